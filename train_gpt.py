@@ -969,7 +969,9 @@ def train(a: Hyperparameters, d: Dist) -> int:
         log(f"nu_act:{raw_model.nu_act:.4f} (Monte Carlo, {a.mlp})")
     model = raw_model
     if d.world > 1:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
+        # with the MLP skip rule a whole micro-batch may skip an MLP, leaving its weights without a gradient
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
+                                                    find_unused_parameters=a.mlp_skip_threshold > 0)
     if a.compile and d.device.type == "cuda":
         model = torch.compile(model)
     log(f"parameters: {sum(p.numel() for p in raw_model.parameters()):,} kernels: {kernels} grad_accum: {loader.grad_accum} micro_batch: {micro}")
@@ -1021,7 +1023,7 @@ def train(a: Hyperparameters, d: Dist) -> int:
         elif a.arch == "angpt":
             raw_model.project_weights()
         sync(); dt = (time.perf_counter() - t0) * 1000; train_time_ms += dt
-        log(f"step:{step + 1}/{a.steps} train_loss:{train_loss:.4f} train_time:{train_time_ms:.0f}ms step_avg:{train_time_ms / (step + 1 - start_step if start_step else step + 1):.2f}ms tok/s:{tokens_per_step / dt * 1000:.0f}")
+        log(f"step:{step + 1}/{a.steps} train_loss:{train_loss:.4f} train_time:{train_time_ms:.0f}ms step_avg:{train_time_ms / (step + 1):.2f}ms tok/s:{tokens_per_step / dt * 1000:.0f}")
         signum = torch.tensor(stop.signum, device=d.device)
         if d.world > 1: dist.all_reduce(signum, op=dist.ReduceOp.MAX)  # every rank stops at the same step
         if a.save_every and (step + 1) % a.save_every == 0 or signum.item():
