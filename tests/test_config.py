@@ -1,0 +1,251 @@
+"""train_gpt.py's command line: flag syntax, presets, typos, bad values and bad combinations.
+
+Everything here goes through the real `parse_args` (and, for the start-up order, the real CLI in a
+subprocess). Expected values are written out, never read back from the code under test, except where a
+test is about "the preset equals the dataclass defaults"."""
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import train_gpt
+from train_gpt import PRESETS, ConfigError, Hyperparameters, parse_args
+
+ROOT = Path(__file__).resolve().parent.parent
+# a run that must not be able to read any data: if validation did not come first we would see a data error
+NO_DATA = ["--train_files=/nonexistent/*_train_*.bin", "--val_files=/nonexistent/*_val_*.bin"]
+
+
+def cli(*args, timeout=120):
+    return subprocess.run([sys.executable, str(ROOT / "train_gpt.py"), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+# ----------------------------------------------------------------------------- flag syntax
+
+def test_name_equals_value_and_name_space_value():
+    a = parse_args(["--preset=cpu", "--n_layer=3", "--n_embd", "96", "--arch", "ngpt", "--lr=0.0125",
+                    "--run_name", "my run", "--prompt=a=b"])
+    assert (a.n_layer, a.n_embd, a.arch, a.lr, a.run_name, a.prompt) == (3, 96, "ngpt", 0.0125, "my run", "a=b")
+    assert isinstance(a.n_layer, int) and isinstance(a.lr, float)
+
+
+def test_dashes_in_names_are_accepted():
+    a = parse_args(["--preset=cpu", "--n-layer=2", "--tie-embeddings", "--no-dyt-qk", "--norm=dyt"])
+    assert (a.n_layer, a.tie_embeddings, a.dyt_qk) == (2, True, False)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--no-rope"], dict(rope=False)),
+    (["--no_rope"], dict(rope=False)),
+    (["--tie_embeddings"], dict(tie_embeddings=True)),
+    (["--post_norm", "--no-bf16"], dict(post_norm=True, bf16=False)),
+    (["--bf16=false", "--compile=true"], dict(bf16=False, compile=True)),
+    (["--bf16", "0", "--compile", "yes"], dict(bf16=False, compile=True)),
+    (["--rope", "off", "--post_norm", "on"], dict(rope=False, post_norm=True)),
+    # a bare flag followed by another flag is True; the next flag is still parsed
+    (["--compile", "--n_layer=2"], dict(compile=True, n_layer=2)),
+    (["--n_layer=2", "--compile"], dict(compile=True, n_layer=2)),
+])
+def test_boolean_forms(argv, expected):
+    a = parse_args(["--preset=cpu", *argv])
+    assert {k: getattr(a, k) for k in expected} == expected
+
+
+def test_later_flag_wins():
+    assert parse_args(["--preset=cpu", "--n_layer=2", "--n_layer=5"]).n_layer == 5
+    assert parse_args(["--preset=cpu", "--rope", "--no-rope"]).rope is False
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--no-n_layer"], "--no-n_layer"),        # only booleans negate
+    (["--no-rope=true"], "--no-rope"),         # a negation takes no value
+    (["--n_layer"], "--n_layer"),              # missing value at the end
+    (["n_layer=3"], "n_layer=3"),              # not a flag
+    (["--bf16=maybe"], "--bf16"),
+])
+def test_malformed_flags(argv, needle):
+    with pytest.raises(ConfigError) as e:
+        parse_args(["--preset=cpu", *argv])
+    assert needle in str(e.value)
+
+
+# ----------------------------------------------------------------------------- presets
+
+def cpu_defaults():
+    """What --preset=cpu must give: the dataclass defaults overlaid with the cpu preset's own values."""
+    return dataclasses.replace(Hyperparameters(), **PRESETS["cpu"], preset="cpu")
+
+
+def test_cpu_preset():
+    a = parse_args(["--preset=cpu"])
+    assert a == cpu_defaults()
+    # the CPU config trains on the embedded Shakespeare shards, a small model
+    assert "data/shakespeare/" in a.train_files and a.train_files.endswith("_train_*.bin")
+    assert "data/shakespeare/" in a.val_files and a.val_files.endswith("_val_*.bin")
+    assert a.n_layer < 12 and a.n_embd < 768
+
+
+def test_speedrun_preset_values():
+    a = parse_args(["--preset=speedrun"])
+    assert (a.n_layer, a.n_embd, a.n_head) == (12, 768, 6)
+    assert "fineweb10B" in a.train_files and "fineweb10B" in a.val_files
+    assert a.train_files.endswith("_train_*.bin") and a.val_files.endswith("_val_*.bin")
+    assert a.val_tokens == 10485760 and a.compile is True
+    # the preset sets every one of its keys
+    assert {k: getattr(a, k) for k in PRESETS["speedrun"]} == PRESETS["speedrun"]
+
+
+def test_explicit_flags_override_the_preset():
+    a = parse_args(["--n_layer=2", "--preset=speedrun", "--compile=false", "--seq_len=64"])
+    assert (a.n_layer, a.compile, a.seq_len) == (2, False, 64)
+    assert (a.n_embd, a.n_head, a.batch_size) == (768, 6, PRESETS["speedrun"]["batch_size"])  # the rest still applies
+    # an explicit value equal to the dataclass default still beats the preset
+    default_layers = Hyperparameters().n_layer
+    assert default_layers != PRESETS["speedrun"]["n_layer"]
+    assert parse_args(["--preset=speedrun", f"--n_layer={default_layers}"]).n_layer == default_layers
+
+
+def test_no_preset_picks_by_cuda():
+    gpu, cpu = parse_args([], cuda_available=True), parse_args([], cuda_available=False)
+    assert gpu.preset == "speedrun" and gpu.n_layer == 12 and gpu.n_embd == 768
+    assert cpu.preset == "cpu" and cpu == cpu_defaults()
+    # an explicit preset wins over the hardware
+    assert parse_args(["--preset=cpu"], cuda_available=True).preset == "cpu"
+    assert parse_args(["--preset=speedrun"], cuda_available=False).n_layer == 12
+
+
+# ----------------------------------------------------------------------------- typos and bad values
+
+@pytest.mark.parametrize("flag, suggestion", [
+    ("--n_layers=3", "--n_layer"),
+    ("--learning_rate=0.1", None),
+    ("--val-evry=10", "--val_every"),
+    ("--tie_embedding", "--tie_embeddings"),
+    ("--no-ropee", None),
+])
+def test_unknown_flag_suggests_a_close_match(flag, suggestion):
+    with pytest.raises(ConfigError) as e:
+        parse_args(["--preset=cpu", flag])
+    msg = str(e.value)
+    assert "unknown flag" in msg
+    if suggestion:
+        assert f"did you mean {suggestion}?" in msg
+
+
+@pytest.mark.parametrize("flag, names", [
+    ("--n_layer=abc", ["--n_layer", "abc", "int"]),
+    ("--n_layer=2.5", ["--n_layer", "2.5"]),
+    ("--lr=fast", ["--lr", "fast", "float"]),
+    ("--arch=foo", ["--arch", "foo", "gpt", "ngpt", "angpt"]),
+    ("--norm=batchnorm", ["--norm", "batchnorm", "rmsnorm"]),
+    ("--mlp=relu", ["--mlp", "relu2"]),
+    ("--optimizer=sgd", ["--optimizer", "muon"]),
+    ("--preset=gpu", ["--preset", "speedrun"]),
+    ("--lr_schedule=linear", ["--lr_schedule", "cosine"]),
+])
+def test_bad_value_names_the_flag(flag, names):
+    with pytest.raises(ConfigError) as e:
+        parse_args(["--preset=cpu", flag])
+    for n in names:
+        assert n in str(e.value)
+
+
+@pytest.mark.parametrize("flags, names", [
+    (["--n_embd=100", "--n_head=3"], ["--n_embd", "--n_head"]),
+    (["--qkv_head_dim=-1"], ["--qkv_head_dim"]),
+    (["--n_layer=0"], ["--n_layer"]),
+    (["--n_head=0"], ["--n_head"]),
+    (["--arch=ngpt", "--norm=dyt"], ["--arch", "--norm"]),
+    (["--arch=angpt", "--post_norm"], ["--arch", "--post_norm"]),
+    (["--arch=ngpt", "--tie_embeddings"], ["--tie_embeddings"]),
+    (["--arch=ngpt", "--dyt_alpha_attn=0.5"], ["--dyt_alpha_attn"]),
+    (["--dyt_alpha_mlp=0.5"], ["--dyt_alpha_mlp", "--norm=dyt"]),          # a DyT flag without --norm=dyt
+    (["--arch=gpt", "--ngpt_alpha_init=0.15"], ["--ngpt_alpha_init", "--arch"]),
+    (["--ngpt_residual=add"], ["--ngpt_residual"]),                       # the default arch is gpt
+    (["--arch=gpt", "--ngpt_proj_every=7", "--ngpt_radius=0.95"], ["--ngpt_proj_every", "--ngpt_radius"]),
+    (["--norm=layernorm", "--norm_skip_tol=0.1"], ["--norm_skip_tol", "--norm=layernorm"]),
+    (["--vocab_size=50000"], ["--vocab_size"]),
+    (["--seq_len=64", "--val_tokens=32"], ["--val_tokens", "--seq_len"]),
+    (["--cooldown_frac=1.5"], ["--cooldown_frac"]),
+    (["--top_p=0"], ["--top_p"]),
+])
+def test_bad_combination_fails_in_parse_args(flags, names):
+    with pytest.raises(ConfigError) as e:
+        parse_args(["--preset=cpu", *flags])
+    for n in names:
+        assert n in str(e.value), (n, str(e.value))
+
+
+def test_good_combinations_pass():
+    """The validator must not reject the combinations the variants are made of."""
+    ok = [
+        ["--arch=ngpt", "--ngpt_alpha_init=0.15", "--ngpt_alpha_schedule=linear", "--ngpt_residual=add", "--ngpt_proj_every=7"],
+        ["--arch=angpt"],
+        ["--norm=dyt", "--dyt_alpha_attn=0.5", "--no-dyt_qk", "--dyt_embed_scale"],
+        ["--norm_skip_tol=0.05", "--mlp_skip_threshold=0.15", "--qkv_head_dim=24"],
+        ["--n_embd=96", "--n_head=3", "--tie_embeddings", "--post_norm", "--no-rope", "--mlp=swiglu"],
+    ]
+    for flags in ok:
+        parse_args(["--preset=cpu", *flags])
+
+
+@pytest.mark.parametrize("flag", [
+    "--save_every=-1",     # validate() only checks save_every when --resume is set: -1 then checkpoints every step
+    "--mlp_ratio=0",       # passes parse_args, then ZeroDivisionError (a traceback) while initialising the model
+    "--adam_beta1=1.0",    # passes parse_args, then torch's "Invalid beta parameter" after the data is read
+])
+def test_nonsense_values_fail_in_parse_args(flag):
+    with pytest.raises(ConfigError) as e:
+        parse_args(["--preset=cpu", "--optimizer=adam", flag])
+    assert flag.split("=")[0] in str(e.value)
+
+
+def test_batch_that_cannot_split_fails_in_parse_args():
+    """--batch_size=6 with --device_batch_size=4 cannot split for any world size (6 % 4 != 0); neither can
+    --batch_size=8 with --grad_accum=3. Both are invalid combinations known before any data is read."""
+    for flags, names in ((["--batch_size=6", "--device_batch_size=4"], ["--batch_size", "--device_batch_size"]),
+                         (["--batch_size=8", "--grad_accum=3"], ["--batch_size", "--grad_accum"]),
+                         (["--batch_size=4", "--device_batch_size=8"], ["--batch_size", "--device_batch_size"])):
+        with pytest.raises(ConfigError) as e:
+            parse_args(["--preset=cpu", *flags])
+        for n in names:
+            assert n in str(e.value)
+
+
+# ----------------------------------------------------------------------------- the real CLI: validation precedes data
+
+def test_cli_bad_combination_fails_before_reading_data():
+    r = cli("--n_embd=100", "--n_head=3", *NO_DATA)
+    assert r.returncode != 0
+    assert "--n_embd" in r.stderr and "--n_head" in r.stderr, r.stderr
+    assert "nonexistent" not in r.stderr and "matches no file" not in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_cli_typo_and_bad_value():
+    r = cli("--n_layers=3", "--arch=foo", *NO_DATA)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert "--n_layers" in r.stderr and "--n_layer?" in r.stderr, r.stderr
+    assert "matches no file" not in r.stderr
+
+
+def test_cli_missing_data_is_reported_after_valid_flags(tmp_path):
+    """The counterpart of the tests above: with valid flags the same run does reach the data and names it."""
+    r = cli("--preset=cpu", *NO_DATA, f"--log_dir={tmp_path}")
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert "--train_files=/nonexistent/*_train_*.bin" in r.stderr and "matches no file" in r.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing was logged before the data check
+
+
+def test_import_has_no_side_effects(tmp_path):
+    """Importing train_gpt neither trains, nor parses sys.argv, nor opens a process group."""
+    code = ("import sys; sys.argv = ['x', '--n_layers=bogus']; import torch.distributed as d, train_gpt; "
+            "assert not d.is_initialized(); print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+    assert list(tmp_path.iterdir()) == []
