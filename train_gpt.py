@@ -185,14 +185,23 @@ def validate(a: Hyperparameters):
     need(0 <= a.cooldown_frac <= 1 and 0 <= a.min_lr_frac <= 1, "--cooldown_frac and --min_lr_frac must lie in [0, 1]")
     need(a.norm_skip_tol >= 0 and a.mlp_skip_threshold >= 0, "--norm_skip_tol and --mlp_skip_threshold must be >= 0")
     need(a.top_p > 0 and a.top_p <= 1 and a.temperature >= 0, "--top_p must lie in (0, 1] and --temperature be >= 0")
-    need(a.resume == "" or a.save_every >= 0, "--save_every must be >= 0")
+    need(a.save_every >= 0, f"--save_every={a.save_every} must be >= 0 (0 = no periodic checkpoints)")
+    need(a.mlp_ratio > 0, f"--mlp_ratio={a.mlp_ratio} must be > 0")
+    need(0 <= a.adam_beta1 < 1 and 0 <= a.adam_beta2 < 1, f"--adam_beta1={a.adam_beta1} and --adam_beta2={a.adam_beta2} must lie in [0, 1)")
+    need(0 <= a.muon_momentum < 1, f"--muon_momentum={a.muon_momentum} must lie in [0, 1)")
+    # the batch must split for every world size: checked here, before any data is read
+    if a.grad_accum:
+        need(a.batch_size % a.grad_accum == 0, f"--batch_size={a.batch_size} is not divisible by --grad_accum={a.grad_accum}")
+    else:
+        need(a.batch_size % a.device_batch_size == 0, f"--batch_size={a.batch_size} is not a multiple of --device_batch_size={a.device_batch_size} (or set --grad_accum)")
     if a.arch != "gpt":
         gpt_only = dict(norm=a.norm != "rmsnorm", post_norm=a.post_norm, norm_skip_tol=a.norm_skip_tol > 0,
                         mlp_skip_threshold=a.mlp_skip_threshold > 0, dyt_embed_scale=a.dyt_embed_scale, tie_embeddings=a.tie_embeddings)
         bad = [k for k, v in gpt_only.items() if v]
         need(not bad, f"--arch={a.arch} has no norm layers to change: {', '.join('--' + k for k in bad)} only apply to --arch=gpt")
-    if a.arch != "ngpt":
-        changed = [f.name for f in fields(a) if f.name.startswith("ngpt_") and getattr(a, f.name) != f.default]
+    if a.arch != "ngpt":  # anGPT shares nGPT's alpha init and logit scale
+        shared = {"ngpt_alpha_init", "ngpt_logit_scale", "ngpt_logit_scale_mode"} if a.arch == "angpt" else set()
+        changed = [f.name for f in fields(a) if f.name.startswith("ngpt_") and f.name not in shared and getattr(a, f.name) != f.default]
         need(not changed, f"{', '.join('--' + k for k in changed)} only apply to --arch=ngpt (got --arch={a.arch})")
     if a.norm != "dyt":
         changed = [f.name for f in fields(a) if f.name.startswith("dyt_") and getattr(a, f.name) != f.default]
@@ -591,7 +600,7 @@ class GPT(nn.Module):
             logits = self.logit_softcap * torch.tanh(logits / self.logit_softcap)
         if targets is None:
             return logits
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), reduction=reduction)
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
 
     @torch.no_grad()
     def param_stats(self):
@@ -924,11 +933,11 @@ def peak_memory_line(device):
 def train(a: Hyperparameters, d: Dist) -> int:
     """Runs one training job; returns the process exit code."""
     # everything that can fail on bad input fails before the model is built
-    train_files, val_files = find_shards(a.train_files, "train_files"), find_shards(a.val_files, "val_files")
     micro = a.batch_size // (d.world * a.grad_accum) if a.grad_accum else a.device_batch_size
     if micro < 1 or a.batch_size != micro * d.world * (a.grad_accum or a.batch_size // (micro * d.world)):
         raise ConfigError(f"--batch_size={a.batch_size} does not split into {d.world} rank(s) x --grad_accum x micro-batches of "
                           f"{micro} sequences: make batch_size a multiple of world_size*device_batch_size, or set --grad_accum")
+    train_files, val_files = find_shards(a.train_files, "train_files"), find_shards(a.val_files, "val_files")
     a.run_name = a.run_name or f"{a.arch}_s{a.seed}"
     resumed_path, ckpt = load_checkpoint(a) if a.resume else (None, None)
     if ckpt is not None:
@@ -1031,7 +1040,7 @@ def train(a: Hyperparameters, d: Dist) -> int:
         if signum.item():
             log(f"stopped by signal {signum.item()} after step {step + 1}; resume with --resume=auto --run_name={a.run_name}")
             return 128 + int(signum.item())
-    if a.save_every:
+    if a.save_every and a.steps % a.save_every:  # the loop saved it already otherwise
         checkpoint(a.steps)
     if d.master and a.sample_tokens > 0:
         g = torch.Generator(device=d.device).manual_seed(a.seed)
