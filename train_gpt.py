@@ -391,6 +391,7 @@ def _ngpt_update_fwd_kernel(H, X, A, G, Y, STATS, n_rows, n_cols, sh, sx, eps,
         tl.store(STATS + rows, rx, mask=rows < n_rows)
         u = h + a * (x * rx[:, None] - h)
     else:
+        tl.store(STATS + rows, tl.zeros([BLOCK_M], dtype=tl.float32), mask=rows < n_rows)  # unused, but defined
         u = h + a * x
     ru = tl.math.rsqrt(tl.sum(u * u, axis=1) + eps)
     tl.store(STATS + n_rows + rows, ru, mask=rows < n_rows)
@@ -522,11 +523,13 @@ def _dyt_bwd_kernel(DY, X, ALPHA, W, DX, DA_PART, DW_PART, DB_PART, n_rows, n_co
 
 # ---- Launch plumbing shared by the ops
 
-def _tile(d):
-    """(BLOCK_M, BLOCK_N, num_warps) for rows of width d: one tile spans a row; narrow rows (head dims) are
-    stacked so that a program still moves ~2K elements."""
+def _tile(d, bwd=False):
+    """(BLOCK_M, BLOCK_N, num_warps) for rows of width d: one tile spans a row, narrow rows (head dims) are stacked.
+    ~16 elements per thread forward; ~8 backward, whose kernels hold more live tensors (ptxas: <= ~170 registers)."""
     bn = triton.next_power_of_2(d)
-    return max(1, 2048 // bn), bn, (4 if bn <= 2048 else 8 if bn <= 4096 else 16)
+    per_thread = 8 if bwd else 16
+    bm = max(1, 128 * per_thread // bn)
+    return bm, bn, max(4, min(32, bm * bn // (32 * per_thread)))
 
 _SM_COUNT = {}
 def _programs(n_rows, block_m, device, reduce):
@@ -592,7 +595,7 @@ def _rms_norm_op(x: torch.Tensor, weight: Optional[torch.Tensor], eps: float, sk
 @_custom_op("rms_norm_bwd", lambda dy, x, weight, stats, skip_tol: (_like(x), _like(weight) if weight is not None else _none(x)))
 def _rms_norm_bwd_op(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor], stats: torch.Tensor, skip_tol: float) -> tuple[torch.Tensor, torch.Tensor]:
     x2, dy2, dx = _rows(x), _rows(dy), _like(x)
-    (n, d), (bm, bn, nw) = x2.shape, _tile(x.shape[-1])
+    (n, d), (bm, bn, nw) = x2.shape, _tile(x.shape[-1], bwd=True)
     grid = _programs(n, bm, x.device, reduce=weight is not None)
     part = torch.empty(grid, d, dtype=torch.float32, device=x.device) if weight is not None else None
     if n:
@@ -626,7 +629,7 @@ def _l2_norm_op(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor
 @_custom_op("l2_norm_bwd", lambda dy, x, stats: _like(x))
 def _l2_norm_bwd_op(dy: torch.Tensor, x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
     x2, dy2, dx = _rows(x), _rows(dy), _like(x)
-    (n, d), (bm, bn, nw) = x2.shape, _tile(x.shape[-1])
+    (n, d), (bm, bn, nw) = x2.shape, _tile(x.shape[-1], bwd=True)
     if n:
         _l2_norm_bwd_kernel[(triton.cdiv(n, bm),)](dy2, x2, stats, dx, n, d, dy2.stride(0), x2.stride(0), BLOCK_M=bm, BLOCK_N=bn, num_warps=nw)
     return dx
@@ -657,7 +660,7 @@ def _ngpt_update_op(h: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, gate:
 def _ngpt_update_bwd_op(dy: torch.Tensor, h: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, gate: Optional[torch.Tensor],
                         stats: torch.Tensor, residual: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     h2, x2, dy2, dh, dx = _rows(h), _rows(x), _rows(dy), _like(h), _like(x)
-    (n, d), (bm, bn, nw) = h2.shape, _tile(h.shape[-1])
+    (n, d), (bm, bn, nw) = h2.shape, _tile(h.shape[-1], bwd=True)
     grid = _programs(n, bm, h.device, reduce=True)
     part = torch.empty(grid, d, dtype=torch.float32, device=h.device)
     alpha_v, gate_v = _vec(alpha, d), _vec(gate, d)
@@ -697,7 +700,7 @@ def _angpt_update_op(h: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor) -> t
 @_custom_op("angpt_update_bwd", lambda dy, h, x, alpha: (_like(h), _like(x), _like(alpha)))
 def _angpt_update_bwd_op(dy: torch.Tensor, h: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     h2, x2, dy2, dh, dx = _rows(h), _rows(x), _rows(dy), _like(h), _like(x)
-    (n, d), (bm, bn, nw) = h2.shape, _tile(h.shape[-1])
+    (n, d), (bm, bn, nw) = h2.shape, _tile(h.shape[-1], bwd=True)
     grid = _programs(n, bm, h.device, reduce=True)
     part = torch.empty(grid, d, dtype=torch.float32, device=h.device)
     if n:
@@ -729,7 +732,7 @@ def _gated_residual_op(h: torch.Tensor, x: torch.Tensor, gate: torch.Tensor) -> 
 @_custom_op("gated_residual_bwd", lambda dy, x, gate: (_like(x), _like(gate)))
 def _gated_residual_bwd_op(dy: torch.Tensor, x: torch.Tensor, gate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x2, dy2, dx = _rows(x), _rows(dy), _like(x)
-    (n, d), (bm, bn, nw) = x2.shape, _tile(x.shape[-1])
+    (n, d), (bm, bn, nw) = x2.shape, _tile(x.shape[-1], bwd=True)
     grid = _programs(n, bm, x.device, reduce=True)
     part, gate_v = torch.empty(grid, d, dtype=torch.float32, device=x.device), _vec(gate, d)
     if n:
@@ -763,7 +766,7 @@ def _dyt_op(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: Op
 @_custom_op("dyt_bwd", lambda dy, x, alpha, weight, bias: (_like(x), _like(alpha), _like(weight), _like(bias) if bias is not None else _none(x)))
 def _dyt_bwd_op(dy: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     x2, dy2, dx = _rows(x), _rows(dy), _like(x)
-    (n, d), (bm, bn, nw) = x2.shape, _tile(x.shape[-1])
+    (n, d), (bm, bn, nw) = x2.shape, _tile(x.shape[-1], bwd=True)
     grid = _programs(n, bm, x.device, reduce=True)
     part = torch.empty(3, grid, d, dtype=torch.float32, device=x.device)  # d alpha (per channel), d weight, d bias
     if n:
