@@ -822,6 +822,385 @@ def set_kernels(mode: str, device) -> str:
 # ----------------------------------------------------------------------------- END KERNELS
 
 # -----------------------------------------------------------------------------
+# Components: norms, rotary, attention, MLP, reparameterised scalars
+
+_STATS = None  # dict while measure_stats() runs: modules add what they skipped / measured
+
+@contextlib.contextmanager
+def measure_stats():
+    global _STATS
+    _STATS = {}
+    try: yield _STATS
+    finally: _STATS = None
+
+def record_stat(key, value):
+    if _STATS is not None:
+        _STATS.setdefault(key, []).append(float(value))
+
+class Norm(nn.Module):
+    """One normalisation site: rmsnorm (optionally with the norm_skip_tol rule), layernorm, dyt or none."""
+    def __init__(self, kind, dim, dyt_alpha=0.5, skip_tol=0.0):
+        super().__init__()
+        self.kind, self.skip_tol = kind, skip_tol
+        if kind == "dyt":
+            self.alpha = nn.Parameter(torch.full((1,), float(dyt_alpha)))
+            self.weight, self.bias = nn.Parameter(torch.ones(dim)), nn.Parameter(torch.zeros(dim))
+    def forward(self, x):
+        if self.kind == "rmsnorm":
+            if self.skip_tol > 0 and _STATS is not None:
+                rms = torch.sqrt(x.float().pow(2).mean(-1) + 1e-6)
+                record_stat("norm_skip_frac", ((rms - 1).abs() < self.skip_tol).float().mean())
+            return K.rms_norm(x, None, 1e-6, self.skip_tol)
+        if self.kind == "layernorm":
+            return F.layer_norm(x, (x.size(-1),))
+        if self.kind == "dyt":
+            return K.dyt(x, self.alpha, self.weight, self.bias)
+        return x
+
+class Scalars(nn.Module):
+    """nGPT's reparameterised scalars: stored s_hat starts at `scale` and is used as s_hat * init / scale,
+    so Adam's step size on s is independent of its init; `trainable=False` keeps it fixed."""
+    def __init__(self, shape, init, scale, trainable=True):
+        super().__init__()
+        init = torch.as_tensor(init, dtype=torch.float32).expand(shape).clone()
+        self.s_hat = nn.Parameter(torch.full(shape, float(scale)), requires_grad=trainable)
+        self.register_buffer("factor", init / scale, persistent=False)
+    def forward(self):
+        return self.s_hat * self.factor
+
+class Rotary(nn.Module):
+    def __init__(self, head_dim, max_len, base):
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
+        self.register_buffer("cos", freqs.cos()[None, :, None, :], persistent=False)
+        self.register_buffer("sin", freqs.sin()[None, :, None, :], persistent=False)
+    def forward(self, x):  # (B, T, H, D)
+        T = x.size(1)
+        cos, sin = self.cos[:, :T], self.sin[:, :T]
+        x1, x2 = x.float().chunk(2, dim=-1)
+        return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1).type_as(x)
+
+def linear(d_in, d_out):
+    return nn.Linear(d_in, d_out, bias=False)
+
+class Attention(nn.Module):
+    """Causal self-attention. qk: 'norm' (a Norm per head: rms/dyt), 'l2' (nGPT/anGPT: s_qk * q/||q||), 'none'.
+    v_scale / out_scale are anGPT's constant nu factors (1 elsewhere)."""
+    def __init__(self, a, qk, qk_norm_kind="rmsnorm", v_scale=1.0, out_scale=1.0):
+        super().__init__()
+        d, self.n_head = a.n_embd, a.n_head
+        self.head_dim = hd = a.qkv_head_dim or d // a.n_head
+        self.c_q, self.c_k, self.c_v = linear(d, a.n_head * hd), linear(d, a.n_head * hd), linear(d, a.n_head * hd)
+        self.c_proj = linear(a.n_head * hd, d)
+        self.rotary = Rotary(hd, a.seq_len, a.rope_base) if a.rope else None
+        self.qk, self.v_scale, self.out_scale = qk, v_scale, out_scale
+        if qk == "norm":
+            self.q_norm = Norm(qk_norm_kind, hd, a.dyt_alpha_attn)
+            self.k_norm = Norm(qk_norm_kind, hd, a.dyt_alpha_attn)
+        if qk == "l2":  # nGPT: s_qk init 1, scale 1/sqrt(d), one per head channel
+            self.s_qk = Scalars((a.n_head, hd), 1.0, d ** -0.5)
+        # exact unit q, k make q.k a cosine in [-1, 1]: nGPT scales the softmax by sqrt(d_head), not 1/sqrt(d_head)
+        self.softmax_scale = hd ** 0.5 if qk == "l2" else hd ** -0.5
+    def forward(self, x):
+        B, T, _ = x.shape
+        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
+        k = self.c_k(x).view(B, T, self.n_head, self.head_dim)
+        v = self.c_v(x).view(B, T, self.n_head, self.head_dim)
+        if self.qk == "norm":
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rotary is not None:
+            q, k = self.rotary(q), self.rotary(k)
+        if self.qk == "l2":  # after RoPE, as in the nGPT paper
+            s_qk = self.s_qk().to(q.dtype)
+            q, k = s_qk * K.l2_norm(q), s_qk * K.l2_norm(k)
+        if self.v_scale != 1.0:
+            v = v * self.v_scale
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=self.softmax_scale)
+        y = self.c_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+        return y * self.out_scale if self.out_scale != 1.0 else y
+
+ACTIVATIONS = {"relu2": lambda u: F.relu(u).square(), "gelu": F.gelu, "silu": F.silu}
+
+class MLP(nn.Module):
+    """relu2 / gelu / silu MLP, or SwiGLU (hidden 2/3 as wide, so the parameter count matches).
+    up_scale: nGPT's s_u*sqrt(d) (a Scalars) or anGPT's constant nu_up; act_scale / down_scale: anGPT's nu."""
+    def __init__(self, a, ngpt_scalars=False):
+        super().__init__()
+        d, self.kind = a.n_embd, a.mlp
+        hidden = int(a.mlp_ratio * d * (2 / 3 if a.mlp == "swiglu" else 1))
+        self.hidden = hidden = max(64, (hidden + 63) // 64 * 64) if a.mlp == "swiglu" else hidden
+        self.c_fc = linear(d, hidden * (2 if a.mlp == "swiglu" else 1))
+        self.c_proj = linear(hidden, d)
+        self.s_uv = Scalars((self.c_fc.out_features,), 1.0, 1.0) if ngpt_scalars else None  # s_u (and s_v for SwiGLU)
+        self.sqrt_d = d ** 0.5
+        self.up_scale = self.act_scale = self.down_scale = 1.0
+    def act(self, u):
+        if self.kind == "swiglu":
+            u, v = u.chunk(2, dim=-1)
+            return u * F.silu(v)
+        return ACTIVATIONS[self.kind](u)
+    def forward(self, x):
+        record_stat("mlp_rows", x.numel() // x.size(-1))
+        u = self.c_fc(x)
+        if self.s_uv is not None:
+            u = u * (self.s_uv() * self.sqrt_d).to(u.dtype)
+        elif self.up_scale != 1.0:
+            u = u * self.up_scale
+        y = self.c_proj(self.act(u) * self.act_scale if self.act_scale != 1.0 else self.act(u))
+        return y * self.down_scale if self.down_scale != 1.0 else y
+
+# -----------------------------------------------------------------------------
+# GPT / nGPT / anGPT
+
+class GPTBlock(nn.Module):
+    """Pre-norm (or --post_norm) residual block; --mlp_skip_threshold runs the MLP only on tokens whose
+    residual RMS reaches the threshold (gather / scatter, so skipped tokens cost nothing)."""
+    def __init__(self, a):
+        super().__init__()
+        self.attn_norm = Norm(a.norm, a.n_embd, a.dyt_alpha_attn, a.norm_skip_tol)
+        self.mlp_norm = Norm(a.norm, a.n_embd, a.dyt_alpha_mlp, a.norm_skip_tol)
+        qk_kind = "dyt" if a.norm == "dyt" and a.dyt_qk else "rmsnorm"
+        self.attn, self.mlp = Attention(a, "norm", qk_kind), MLP(a)
+        self.post_norm, self.mlp_skip_threshold = a.post_norm, a.mlp_skip_threshold
+    def mlp_residual(self, x):
+        if self.post_norm:
+            return self.mlp_norm(x + self.mlp(x))
+        return x + self.mlp(self.mlp_norm(x))
+    def forward(self, x):
+        x = self.attn_norm(x + self.attn(x)) if self.post_norm else x + self.attn(self.attn_norm(x))
+        if self.mlp_skip_threshold <= 0:
+            return self.mlp_residual(x)
+        flat = x.reshape(-1, x.size(-1))
+        keep = (flat.float().pow(2).mean(-1).sqrt() >= self.mlp_skip_threshold).nonzero().squeeze(1)
+        record_stat("mlp_skip_frac", 1 - keep.numel() / flat.size(0))
+        out = flat.index_copy(0, keep, self.mlp_residual(flat.index_select(0, keep)))
+        return out.view_as(x)
+
+def ngpt_alpha_multipliers(schedule, n_layer):
+    """Per-layer multiplier of the nGPT alpha init (seed 001, hypothesis 1)."""
+    l = torch.arange(n_layer, dtype=torch.float64)
+    frac = l / max(n_layer - 1, 1)
+    if schedule == "linear": return 0.7 + 0.6 * frac
+    if schedule == "upsidedown_u": return 0.7 + 0.6 * torch.sin(math.pi * frac)
+    if schedule == "downsideup_u": return 1.3 - 0.6 * torch.sin(math.pi * frac)
+    return torch.ones(n_layer, dtype=torch.float64)
+
+class NGPTBlock(nn.Module):
+    """nGPT: h <- norm(h + alpha * (norm(f(h)) - h)) for attention then MLP (or the gated / add forms)."""
+    def __init__(self, a, layer):
+        super().__init__()
+        d = a.n_embd
+        self.attn = Attention(a, "l2" if a.ngpt_qk_norm else "none")
+        self.mlp = MLP(a, ngpt_scalars=True)
+        mult = float(ngpt_alpha_multipliers(a.ngpt_alpha_schedule, a.n_layer)[layer])
+        shape = (1,) if a.ngpt_scalar_alpha else (d,)
+        self.alpha_attn = Scalars(shape, (a.ngpt_alpha_attn_init or a.ngpt_alpha_init) * mult, d ** -0.5)
+        self.alpha_mlp = Scalars(shape, (a.ngpt_alpha_mlp_init or a.ngpt_alpha_init) * mult, d ** -0.5)
+        self.gate_attn = nn.Parameter(torch.zeros(d)) if a.ngpt_gated_residual else None
+        self.gate_mlp = nn.Parameter(torch.zeros(d)) if a.ngpt_gated_residual else None
+        self.residual, self.d = a.ngpt_residual, d
+    def alphas(self):
+        return self.alpha_attn().abs().expand(self.d), self.alpha_mlp().abs().expand(self.d)
+    def forward(self, h):
+        alpha_attn, alpha_mlp = self.alphas()
+        h = K.ngpt_update(h, self.attn(h), alpha_attn, self.gate_attn, self.residual)
+        return K.ngpt_update(h, self.mlp(h), alpha_mlp, self.gate_mlp, self.residual)
+
+def angpt_activation_nu(mlp: MLP, samples: int, seed: int = 0):
+    """nu_act = 1/sqrt(E||act(u)||^2) for u the (nu-scaled, so ~unit-norm) up-projection output: Monte Carlo
+    over random unit vectors (one per SwiGLU half), computed once on the CPU with a fixed generator."""
+    g = torch.Generator().manual_seed(seed)
+    width = mlp.c_fc.out_features
+    n = max(1, min(samples, 1 << 22) // width)
+    u = F.normalize(torch.randn(n, width, generator=g, dtype=torch.float64).view(n, -1, mlp.hidden), dim=-1).view(n, width)
+    return float(mlp.act(u).pow(2).sum(-1).mean().rsqrt())
+
+class ANGPTBlock(nn.Module):
+    """anGPT: exact norms replaced by constant nu factors; h <- nu(alpha) * (h + alpha * (f(h) - h))."""
+    def __init__(self, a, layer, nu_act):
+        super().__init__()
+        d = a.n_embd
+        hd = a.qkv_head_dim or d // a.n_head
+        self.attn = Attention(a, "l2", v_scale=(d / hd) ** 0.5, out_scale=(hd / d) ** 0.5)
+        self.mlp = MLP(a)
+        self.mlp.up_scale = (d / self.mlp.hidden) ** 0.5
+        self.mlp.act_scale, self.mlp.down_scale = nu_act, (self.mlp.hidden / d) ** 0.5
+        self.alpha_attn = Scalars((d,), a.ngpt_alpha_init, d ** -0.5)
+        self.alpha_mlp = Scalars((d,), a.ngpt_alpha_init, d ** -0.5)
+    def alphas(self):
+        return self.alpha_attn().abs(), self.alpha_mlp().abs()
+    def forward(self, h):
+        alpha_attn, alpha_mlp = self.alphas()
+        h = K.angpt_update(h, self.attn(h), alpha_attn)
+        return K.angpt_update(h, self.mlp(h), alpha_mlp)
+
+class GPT(nn.Module):
+    """Embedding -> blocks -> head, shared by the three architectures (args.arch picks the block)."""
+    def __init__(self, a: Hyperparameters):
+        super().__init__()
+        self.arch, self.n_embd, self.vocab_size = a.arch, a.n_embd, a.vocab_size
+        self.wte = nn.Embedding(a.vocab_size, a.n_embd)
+        if a.arch == "gpt":
+            self.blocks = nn.ModuleList([GPTBlock(a) for _ in range(a.n_layer)])
+            self.final_norm = Norm("none" if a.post_norm else a.norm, a.n_embd, a.dyt_alpha_final)
+            self.embed_scale = nn.Parameter(torch.full((1,), a.n_embd ** 0.5)) if a.dyt_embed_scale else None
+        elif a.arch == "ngpt":
+            self.blocks = nn.ModuleList([NGPTBlock(a, l) for l in range(a.n_layer)])
+        else:
+            self.nu_act = angpt_activation_nu(MLP(a), a.angpt_nu_samples)
+            self.blocks = nn.ModuleList([ANGPTBlock(a, l, self.nu_act) for l in range(a.n_layer)])
+        self.lm_head = linear(a.n_embd, a.vocab_size)
+        if a.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+        self.logit_softcap = a.logit_softcap if a.arch == "gpt" else 0.0
+        if a.arch != "gpt":  # s_z: per vocab entry, one scalar, or a fixed constant
+            mode = a.ngpt_logit_scale_mode
+            self.s_z = Scalars((a.vocab_size,) if mode == "vocab" else (1,), a.ngpt_logit_scale, a.n_embd ** -0.5, trainable=mode != "fixed")
+        self.reset_parameters(a)
+
+    @torch.no_grad()
+    def reset_parameters(self, a):
+        for name, p in self.named_parameters():
+            if p.ndim == 2 and name != "wte.weight":  # modded-nanogpt's init; nGPT/anGPT renormalise below
+                p.uniform_(-(3 ** 0.5) * 0.5 / p.size(1) ** 0.5, (3 ** 0.5) * 0.5 / p.size(1) ** 0.5)
+        nn.init.normal_(self.wte.weight, std=a.n_embd ** -0.5 if a.tie_embeddings else 1.0)
+        if a.arch == "gpt":  # zero output projections: every block starts as the identity
+            for block in self.blocks:
+                block.attn.c_proj.weight.zero_(); block.mlp.c_proj.weight.zero_()
+            if not a.tie_embeddings:
+                self.lm_head.weight.zero_()
+        else:
+            self.project_weights(radius=1.0)
+
+    def matrices_along_embedding(self):
+        """(weight, dim) pairs whose vectors along the embedding dim nGPT keeps on the sphere."""
+        yield self.wte.weight, 1
+        if self.lm_head.weight is not self.wte.weight:
+            yield self.lm_head.weight, 1
+        for b in self.blocks:
+            yield from ((b.attn.c_q.weight, 1), (b.attn.c_k.weight, 1), (b.attn.c_v.weight, 1), (b.mlp.c_fc.weight, 1))
+            yield from ((b.attn.c_proj.weight, 0), (b.mlp.c_proj.weight, 0))
+
+    @torch.no_grad()
+    def project_weights(self, radius=1.0):
+        """nGPT: every matrix back to norm `radius` along the embedding dim. anGPT: every row to norm <= 1."""
+        if self.arch == "ngpt":
+            for w, dim in self.matrices_along_embedding():
+                w.copy_(w * (radius * torch.rsqrt(w.float().pow(2).sum(dim, keepdim=True) + 1e-12)).to(w.dtype))
+        elif self.arch == "angpt":
+            for p in self.parameters():
+                if p.ndim == 2:
+                    p.div_(p.norm(dim=1, keepdim=True).clamp_min(1.0))
+
+    def forward(self, idx, targets=None, reduction="mean"):
+        x = self.wte(idx)
+        if self.arch == "gpt" and self.embed_scale is not None:
+            x = x * self.embed_scale
+        if self.arch == "ngpt":
+            x = K.l2_norm(x)  # the embedding rows are unit (or radius r) already; the stream starts on the sphere
+        for block in self.blocks:
+            x = block(x)
+        if _STATS is not None and self.arch != "gpt":
+            record_stat("hidden_norm", x.float().norm(dim=-1).mean())
+        if self.arch == "gpt":
+            x = self.final_norm(x)
+        logits = self.lm_head(x)
+        if self.arch != "gpt":
+            logits = logits * self.s_z().to(logits.dtype)
+        elif self.logit_softcap > 0:
+            logits = self.logit_softcap * torch.tanh(logits / self.logit_softcap)
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), reduction=reduction)
+
+    @torch.no_grad()
+    def param_stats(self):
+        """Scalars worth seeing at each validation (mean effective alpha per sub-layer, learned scales)."""
+        out = {}
+        if self.arch != "gpt":
+            alphas = [b.alphas() for b in self.blocks]
+            out["alpha_attn"] = torch.stack([a.mean() for a, _ in alphas]).mean().item()
+            out["alpha_mlp"] = torch.stack([m.mean() for _, m in alphas]).mean().item()
+            out["s_z"] = self.s_z().mean().item()
+            if getattr(self.blocks[0], "gate_attn", None) is not None:
+                out["gate_attn"] = torch.stack([torch.sigmoid(b.gate_attn).mean() for b in self.blocks]).mean().item()
+                out["gate_mlp"] = torch.stack([torch.sigmoid(b.gate_mlp).mean() for b in self.blocks]).mean().item()
+        return out
+
+def build_model(a: Hyperparameters) -> GPT:
+    return GPT(a)
+
+# -----------------------------------------------------------------------------
+# Optimizers: Muon for hidden matrices, Adam for the rest (or Adam/AdamW for everything); LR schedules
+
+def zeropower_via_newtonschulz5(G, steps=5, dtype=torch.bfloat16):
+    """Orthogonalise G with the quintic Newton-Schulz iteration of Muon (modded-nanogpt's coefficients)."""
+    a, b, c = (3.4445, -4.7750, 2.0315)
+    X = G.to(dtype)
+    transposed = X.size(-2) > X.size(-1)
+    if transposed: X = X.mT
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    for _ in range(steps):
+        A = X @ X.mT
+        X = a * X + (b * A + c * A @ A) @ X
+    return X.mT if transposed else X
+
+class Muon(torch.optim.Optimizer):
+    """SGD-momentum (Nesterov) whose update is orthogonalised; for 2-D hidden weights only."""
+    def __init__(self, params, lr=0.05, momentum=0.95, nesterov=True, ns_steps=5, ns_dtype=torch.bfloat16):
+        super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps))
+        self.ns_dtype = ns_dtype
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None: continue
+                g, state = p.grad, self.state[p]
+                buf = state.setdefault("momentum_buffer", torch.zeros_like(g))
+                buf.lerp_(g, 1 - group["momentum"])
+                g = g.lerp(buf, group["momentum"]) if group["nesterov"] else buf
+                g = zeropower_via_newtonschulz5(g, group["ns_steps"], self.ns_dtype).to(p.dtype)
+                p.add_(g, alpha=-group["lr"] * max(1, p.size(-2) / p.size(-1)) ** 0.5)
+
+DEFAULT_OPTIMIZER = {"gpt": "muon", "ngpt": "adam", "angpt": "adam"}
+DEFAULT_ADAM_LR = {"gpt": 3e-3, "ngpt": 2e-3, "angpt": 2e-3}
+
+def build_optimizers(model: GPT, a: Hyperparameters):
+    kind = a.optimizer or DEFAULT_OPTIMIZER[a.arch]
+    params = dict(model.named_parameters())  # de-duplicates a tied embedding/head
+    trainable = {n: p for n, p in params.items() if p.requires_grad}
+    betas = (a.adam_beta1, a.adam_beta2)
+    if kind in ("adam", "adamw"):
+        lr = a.lr or DEFAULT_ADAM_LR[a.arch]
+        wd = a.weight_decay if kind == "adamw" else 0.0
+        decay = [p for n, p in trainable.items() if p.ndim == 2]
+        no_decay = [p for n, p in trainable.items() if p.ndim < 2]
+        return [torch.optim.AdamW([dict(params=decay, weight_decay=wd), dict(params=no_decay, weight_decay=0.0)], lr=lr, betas=betas, eps=1e-10)]
+    head = [p for n, p in trainable.items() if n == "lm_head.weight" or (n == "wte.weight" and a.tie_embeddings)]
+    embed = [p for n, p in trainable.items() if n == "wte.weight" and not a.tie_embeddings]
+    scalars = [p for n, p in trainable.items() if p.ndim < 2]
+    hidden = [p for n, p in trainable.items() if p.ndim == 2 and n not in ("wte.weight", "lm_head.weight")]
+    adam = torch.optim.Adam([dict(params=embed, lr=a.embed_lr), dict(params=head, lr=a.head_lr), dict(params=scalars, lr=a.scalar_lr)],
+                            betas=betas, eps=1e-10)
+    muon = Muon(hidden, lr=a.muon_lr, momentum=a.muon_momentum, ns_dtype=torch.bfloat16 if a.bf16 else torch.float32)
+    return [adam, muon]
+
+def lr_multiplier(step, a: Hyperparameters):
+    """trapezoid: (optional warmup), constant, then linear cooldown over the last cooldown_frac of the steps;
+    cosine: linear warmup then cosine down to min_lr_frac."""
+    if step < a.warmup_steps:
+        return (step + 1) / a.warmup_steps
+    if a.lr_schedule == "cosine":
+        progress = (step - a.warmup_steps) / max(1, a.steps - a.warmup_steps)
+        return a.min_lr_frac + (1 - a.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    cooldown_start = a.steps * (1 - a.cooldown_frac)
+    if step < cooldown_start:
+        return 1.0
+    w = (a.steps - step) / max(a.steps * a.cooldown_frac, 1e-9)
+    return a.min_lr_frac + (1 - a.min_lr_frac) * w
+
+# -----------------------------------------------------------------------------
 # Data: modded-nanogpt shards (256 int32 header, then uint16 tokens) and the GPT-2 tokenizer from data/gpt2
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -875,3 +1254,329 @@ def gpt2_encoding(bpe_dir=None):
     ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(os.path.join(bpe_dir, "vocab.bpe"), os.path.join(bpe_dir, "encoder.json"))
     return tiktoken.Encoding(name="gpt2", explicit_n_vocab=50257, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": EOT_TOKEN},
                              pat_str=r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s""")
+
+def data_fix_hint(pattern):
+    """The command that fetches or prepares the shards a glob names."""
+    if "fineweb10B" in pattern:
+        return "fetch them with `python data/cached_fineweb10B.py 8` (or `./run.sh`, which fetches them)"
+    if "shakespeare" in pattern:
+        return "they ship with the repo: restore them with `git checkout -- data/shakespeare` or rebuild with `python data/prepare_shakespeare.py`"
+    return "make shards from text with `python data/tokenize_text.py FILES... --out DIR --name NAME`"
+
+def find_shards(pattern, flag):
+    files = sorted(glob.glob(pattern if os.path.isabs(pattern) else os.path.join(os.getcwd(), pattern)))
+    if not files and not os.path.isabs(pattern):  # also relative to the repo, so the script runs from anywhere
+        files = sorted(glob.glob(os.path.join(REPO, pattern)))
+    if not files:
+        raise FileNotFoundError(f"--{flag}={pattern} matches no file; {data_fix_hint(pattern)}")
+    for f in files:
+        read_shard_header(f)  # a bad shard fails now, naming the file, not hours into the run
+    return files
+
+class DataLoader:
+    """Deterministic distributed loader. Each step reads the next batch_size*seq_len(+1) tokens of the global
+    stream; rank r's micro-step m takes sequences [(m*W + r)*mb, (m*W + r + 1)*mb) of it, so the global batch
+    is the same for every world size W. The position (shard, pos) is all the state there is."""
+    def __init__(self, files, seq_len, batch_size, micro_batch, rank, world):
+        self.files, self.T, self.B, self.mb, self.rank, self.world = files, seq_len, batch_size, micro_batch, rank, world
+        self.grad_accum = batch_size // (micro_batch * world)
+        self.shard, self.pos = 0, 0
+        self.tokens = read_shard(files[0])
+    def state_dict(self):
+        return dict(shard=self.shard, pos=self.pos)
+    def load_state_dict(self, s):
+        self.shard, self.pos = s["shard"], s["pos"]
+        self.tokens = read_shard(self.files[self.shard])
+    def next_batch(self):
+        need = self.B * self.T + 1
+        if self.pos + need > len(self.tokens):  # next shard (wrapping round: another epoch)
+            self.shard, self.pos = (self.shard + 1) % len(self.files), 0
+            self.tokens = read_shard(self.files[self.shard])
+            if need > len(self.tokens):
+                raise ValueError(f"shard {self.files[self.shard]} has {len(self.tokens)} tokens, fewer than one batch ({need}): lower --batch_size or --seq_len")
+        buf = torch.from_numpy(self.tokens[self.pos:self.pos + need].astype(np.int64))
+        self.pos += self.B * self.T
+        x, y = buf[:-1].view(self.B, self.T), buf[1:].view(self.B, self.T)
+        chunks = [slice((m * self.world + self.rank) * self.mb, (m * self.world + self.rank + 1) * self.mb) for m in range(self.grad_accum)]
+        return [(x[c], y[c]) for c in chunks]
+
+def load_val_tokens(files, n):
+    """The first n+1 tokens of the val shards: validation is always on the same text."""
+    parts, have = [], 0
+    for f in files:
+        parts.append(np.asarray(read_shard(f)[: n + 1 - have])); have += len(parts[-1])
+        if have >= n + 1: break
+    if have < n + 1:
+        raise ValueError(f"--val_tokens={n} but the val shards {files} hold only {have - 1} tokens: lower --val_tokens")
+    return torch.from_numpy(np.concatenate(parts).astype(np.int64))
+
+# -----------------------------------------------------------------------------
+# Train loop: logging, validation, checkpoints, signals, sampling
+
+class Logger:
+    """Rank 0 appends to logs/<run_id>.txt and prints; other ranks stay quiet."""
+    def __init__(self, path, master):
+        self.path, self.master = path, master
+    def __call__(self, msg, console=True):
+        if not self.master: return
+        if console: print(msg, flush=True)
+        with open(self.path, "a") as f:
+            f.write(msg + "\n")
+
+def model_autocast(a, device):
+    if a.bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+@torch.no_grad()
+def evaluate(model, raw_model, val, a, d: Dist):
+    """Mean loss over the fixed val tokens (sequences dealt round-robin to ranks), plus stats measured on
+    one eager forward of the first val batch (what the skip rules skipped, the hidden-state norm)."""
+    model.eval()
+    T, mb = a.seq_len, a.device_batch_size
+    seqs = (len(val) - 1) // T
+    mine = list(range(d.rank, seqs, d.world))
+    total, count = torch.zeros((), dtype=torch.float64, device=d.device), torch.zeros((), dtype=torch.float64, device=d.device)
+    for i in range(0, len(mine), mb):
+        rows = torch.tensor(mine[i:i + mb])
+        idx = (rows[:, None] * T + torch.arange(T)[None, :])
+        x, y = val[idx].to(d.device), val[idx + 1].to(d.device)
+        with model_autocast(a, d.device):
+            total += model(x, y, reduction="sum").double()
+        count += y.numel()
+    if d.world > 1:
+        dist.all_reduce(total); dist.all_reduce(count)
+    with measure_stats() as stats, model_autocast(a, d.device):
+        first = torch.arange(min(mb, seqs))[:, None] * T + torch.arange(T)[None, :]
+        raw_model(val[first].to(d.device))
+    model.train()
+    extra = {k: sum(v) / len(v) for k, v in stats.items() if k != "mlp_rows"}
+    extra.update(raw_model.param_stats())
+    return (total / count).item(), extra
+
+def rng_state():
+    import random
+    return dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                numpy=np.random.get_state(), python=random.getstate())
+
+def set_rng_state(s):
+    import random
+    torch.set_rng_state(s["torch"]); np.random.set_state(s["numpy"]); random.setstate(s["python"])
+    if s["cuda"] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
+
+def save_checkpoint(path, state, keep, log):
+    """Atomic: write a temp file, fsync, rename; then drop all but the newest `keep` of this run."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        torch.save(state, f); f.flush(); os.fsync(f.fileno())
+    os.replace(tmp, path)
+    for old in list_checkpoints(os.path.dirname(path), state["args"]["run_name"])[:-keep] if keep > 0 else []:
+        os.remove(old)
+    log(f"checkpoint saved: {path} step:{state['step']}")
+
+def list_checkpoints(directory, run_name):
+    """This run's checkpoints, oldest first (the step is in the name)."""
+    return sorted(glob.glob(os.path.join(directory, f"{glob.escape(run_name)}_step*.pt")), key=lambda p: int(p.rsplit("_step", 1)[1][:-3]))
+
+def load_checkpoint(a: Hyperparameters):
+    """--resume=PATH, or 'auto': the newest readable checkpoint of --run_name (a cut-short one is skipped)."""
+    if a.resume == "auto":
+        candidates = list_checkpoints(a.checkpoint_dir, a.run_name)[::-1]
+        if not candidates:
+            return None, None  # nothing to resume: start fresh
+    else:
+        if not os.path.exists(a.resume):
+            raise FileNotFoundError(f"--resume={a.resume}: no such checkpoint; use --resume=auto to take the newest of --run_name={a.run_name or '?'} in {a.checkpoint_dir}/")
+        candidates = [a.resume]
+    errors = []
+    for path in candidates:
+        try:
+            return path, torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # truncated / corrupted file
+            errors.append(f"{path}: {type(e).__name__}: {e}")
+            print(f"warning: checkpoint {path} is unreadable ({type(e).__name__}); trying an older one", file=sys.stderr)
+    raise ValueError("no readable checkpoint: " + "; ".join(errors))
+
+def check_resume_config(saved: dict, a: Hyperparameters, path):
+    diff = [k for k, v in asdict(a).items() if k not in RUN_ONLY_FIELDS and saved.get(k, v) != v]
+    if diff:
+        raise ConfigError(f"checkpoint {path} was trained with different flags: " +
+                          ", ".join(f"--{k}={saved[k]!r} (now {getattr(a, k)!r})" for k in diff) + "; pass the same flags or start a new --run_name")
+
+class StopSignal:
+    """First SIGTERM/SIGINT: finish the step, checkpoint, exit 128+signum. A second one exits at once."""
+    def __init__(self):
+        self.signum = 0
+    def install(self):
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, self.handle)
+    def handle(self, signum, frame):
+        if self.signum:
+            os._exit(128 + signum)
+        self.signum = signum
+
+@torch.no_grad()
+def sample(model, enc, a, device, generator):
+    """Top-p sampling from the prompt; the context is cropped to seq_len."""
+    model.eval()
+    idx = torch.tensor([enc.encode(a.prompt, allowed_special="all") or [EOT_TOKEN]], device=device)
+    for _ in range(a.sample_tokens):
+        with model_autocast(a, device):
+            logits = model(idx[:, -a.seq_len:])[0, -1, :50257].float()
+        if a.temperature == 0:
+            nxt = logits.argmax()
+        else:
+            probs = torch.softmax(logits / a.temperature, dim=-1)
+            p_sorted, order = probs.sort(descending=True)
+            cut = (p_sorted.cumsum(0) - p_sorted) > a.top_p  # keep the smallest set whose mass reaches top_p
+            p_sorted[cut] = 0
+            nxt = order[torch.multinomial(p_sorted / p_sorted.sum(), 1, generator=generator)][0]
+        idx = torch.cat([idx, nxt.view(1, 1)], dim=1)
+    model.train()
+    return enc.decode(idx[0].tolist())
+
+def peak_memory_line(device):
+    if device.type == "cuda":
+        return f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB reserved: {torch.cuda.max_memory_reserved() // 2**20} MiB"
+    import resource
+    return f"peak memory rss: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MiB"
+
+def train(a: Hyperparameters, d: Dist) -> int:
+    """Runs one training job; returns the process exit code."""
+    # everything that can fail on bad input fails before the model is built
+    train_files, val_files = find_shards(a.train_files, "train_files"), find_shards(a.val_files, "val_files")
+    micro = a.batch_size // (d.world * a.grad_accum) if a.grad_accum else a.device_batch_size
+    if micro < 1 or a.batch_size != micro * d.world * (a.grad_accum or a.batch_size // (micro * d.world)):
+        raise ConfigError(f"--batch_size={a.batch_size} does not split into {d.world} rank(s) x --grad_accum x micro-batches of "
+                          f"{micro} sequences: make batch_size a multiple of world_size*device_batch_size, or set --grad_accum")
+    a.run_name = a.run_name or f"{a.arch}_s{a.seed}"
+    resumed_path, ckpt = load_checkpoint(a) if a.resume else (None, None)
+    if ckpt is not None:
+        check_resume_config(ckpt["args"], a, resumed_path)
+    run_id = ckpt["run_id"] if ckpt else f"{a.run_name}_{uuid.uuid4().hex[:8]}"
+    for directory in (a.log_dir,) + ((a.checkpoint_dir,) if a.save_every or a.resume else ()):
+        try:
+            os.makedirs(directory, exist_ok=True)
+            if not os.access(directory, os.W_OK): raise PermissionError(directory)
+        except OSError as e:
+            raise ConfigError(f"cannot write to {directory!r} ({e.__class__.__name__}): point --{'log_dir' if directory == a.log_dir else 'checkpoint_dir'} at a writable folder") from None
+    log = Logger(os.path.join(a.log_dir, f"{run_id}.txt"), d.master)
+    if ckpt is None:
+        with open(os.path.abspath(__file__)) as f:
+            log(f.read(), console=False)
+        log("=" * 100, console=False)
+        dev = torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else platform.processor() or platform.machine()
+        log(f"torch {torch.__version__} python {platform.python_version()} device {d.device.type} {dev} world_size {d.world}")
+        log("config: " + json.dumps({**asdict(a), "run_id": run_id, "world_size": d.world}))
+    else:
+        log(f"resumed from {resumed_path} at step {ckpt['step']}")
+    kernels = set_kernels(a.kernels, d.device)
+
+    torch.manual_seed(a.seed)
+    raw_model = build_model(a).to(d.device)
+    optimizers = build_optimizers(raw_model, a)
+    for opt in optimizers:
+        for g in opt.param_groups: g["initial_lr"] = g["lr"]
+    loader = DataLoader(train_files, a.seq_len, a.batch_size, micro, d.rank, d.world)
+    val = load_val_tokens(val_files, a.val_tokens // a.seq_len * a.seq_len)
+    start_step, train_time_ms = 0, 0.0
+    if ckpt is not None:
+        raw_model.load_state_dict(ckpt["model"])
+        for opt, s in zip(optimizers, ckpt["optimizers"]): opt.load_state_dict(s)
+        loader.load_state_dict(ckpt["loader"]); set_rng_state(ckpt["rng"])
+        start_step, train_time_ms = ckpt["step"], ckpt["train_time_ms"]
+    if a.arch == "angpt" and ckpt is None:
+        log(f"nu_act:{raw_model.nu_act:.4f} (Monte Carlo, {a.mlp})")
+    model = raw_model
+    if d.world > 1:
+        # with the MLP skip rule a whole micro-batch may skip an MLP, leaving its weights without a gradient
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
+                                                    find_unused_parameters=a.mlp_skip_threshold > 0)
+    if a.compile and d.device.type == "cuda":
+        model = torch.compile(model)
+    log(f"parameters: {sum(p.numel() for p in raw_model.parameters()):,} kernels: {kernels} grad_accum: {loader.grad_accum} micro_batch: {micro}")
+
+    stop = StopSignal(); stop.install()
+    tokens_per_step = a.batch_size * a.seq_len
+    last_ckpt = resumed_path
+
+    def checkpoint(step):
+        nonlocal last_ckpt
+        state = dict(step=step, train_time_ms=train_time_ms, run_id=run_id, args=asdict(a), model=raw_model.state_dict(),
+                     optimizers=[o.state_dict() for o in optimizers], loader=loader.state_dict(), rng=rng_state())
+        if d.master:
+            save_checkpoint(os.path.join(a.checkpoint_dir, f"{a.run_name}_step{step}.pt"), state, a.keep_checkpoints, log)
+        last_ckpt = os.path.join(a.checkpoint_dir, f"{a.run_name}_step{step}.pt")
+        if d.world > 1: dist.barrier()
+
+    sync = (lambda: torch.cuda.synchronize()) if d.device.type == "cuda" else (lambda: None)
+    for step in range(start_step, a.steps + 1):
+        last = step == a.steps
+        if last or step % a.val_every == 0:
+            val_loss, extra = evaluate(model, raw_model, val, a, d)
+            fields_ = "".join(f" {k}:{v:.4f}" for k, v in extra.items())
+            log(f"step:{step}/{a.steps} val_loss:{val_loss:.4f} train_time:{train_time_ms:.0f}ms step_avg:{train_time_ms / max(step, 1):.2f}ms{fields_}")
+        if last:
+            break
+        sync(); t0 = time.perf_counter()
+        batches = loader.next_batch()
+        loss_sum = torch.zeros((), device=d.device)
+        for i, (x, y) in enumerate(batches):
+            no_sync = model.no_sync() if d.world > 1 and i < len(batches) - 1 else contextlib.nullcontext()
+            with no_sync, model_autocast(a, d.device):
+                loss = model(x.to(d.device), y.to(d.device)) / len(batches)
+            loss.backward()
+            loss_sum += loss.detach()
+        train_loss = all_reduce_mean(loss_sum).item()
+        if not math.isfinite(train_loss):
+            log(f"step:{step + 1}/{a.steps} train_loss:{train_loss} -- stopping: the loss is not finite. Last checkpoint: {last_ckpt or 'none (set --save_every)'}")
+            return 2
+        if a.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), a.grad_clip)
+        mult = lr_multiplier(step, a)
+        for opt in optimizers:
+            for g in opt.param_groups: g["lr"] = g["initial_lr"] * mult
+            opt.step()
+        raw_model.zero_grad(set_to_none=True)
+        if a.arch == "ngpt" and (step + 1) % a.ngpt_proj_every == 0:
+            raw_model.project_weights(radius=1 + (a.ngpt_radius - 1) * (step + 1) / a.steps)
+        elif a.arch == "angpt":
+            raw_model.project_weights()
+        sync(); dt = (time.perf_counter() - t0) * 1000; train_time_ms += dt
+        log(f"step:{step + 1}/{a.steps} train_loss:{train_loss:.4f} train_time:{train_time_ms:.0f}ms step_avg:{train_time_ms / (step + 1):.2f}ms tok/s:{tokens_per_step / dt * 1000:.0f}")
+        signum = torch.tensor(stop.signum, device=d.device)
+        if d.world > 1: dist.all_reduce(signum, op=dist.ReduceOp.MAX)  # every rank stops at the same step
+        if a.save_every and (step + 1) % a.save_every == 0 or signum.item():
+            checkpoint(step + 1)
+        if signum.item():
+            log(f"stopped by signal {signum.item()} after step {step + 1}; resume with --resume=auto --run_name={a.run_name}")
+            return 128 + int(signum.item())
+    if a.save_every:
+        checkpoint(a.steps)
+    if d.master and a.sample_tokens > 0:
+        g = torch.Generator(device=d.device).manual_seed(a.seed)
+        text = sample(raw_model, gpt2_encoding(), a, d.device, g)
+        log("sample: " + json.dumps(text), console=False)
+        if d.master: print("-" * 40 + "\n" + text + "\n" + "-" * 40, flush=True)
+    log(peak_memory_line(d.device))
+    return 0
+
+# -----------------------------------------------------------------------------
+# main
+
+def main(argv=None):
+    try:
+        a = parse_args(sys.argv[1:] if argv is None else argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr); return 2
+    d = setup_distributed()
+    try:
+        return train(a, d)
+    except (ConfigError, FileNotFoundError, ValueError, PermissionError) as e:
+        print(f"error: {e}", file=sys.stderr); return 2
+    finally:
+        if dist.is_initialized(): dist.destroy_process_group()
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,403 @@
+"""
+Compare training logs: group runs by config, test final val losses, plot the curves.
+
+    python records/compare.py logs/ records/ngpt_sweep/*.txt --target=3.28 --markdown
+    python records/compare.py records/ngpt_sweep --baseline=norm=dyt --plot=curves.png --group_by=arch,norm
+
+PATHS are files, folders (every *.txt inside, recursively) or globs. Per group the table shows n,
+mean ± std (ddof=1) of the final val loss, Δ vs the baseline group with a Welch 95% CI and Welch's
+t-test p-value, with --target the one-sided one-sample test (modded-nanogpt's record rule:
+mean < target and p < alpha), mean steps / training time to first reach the target, and the mean step
+time (train_time/step of the last step line) with its ratio to the baseline's.
+
+Logs: the source of train_gpt.py, a line of 100 '=', versions, `config: {json}`, then step lines
+`step:N/T key:value ...` (val lines carry val_loss). A repeated step (resumed run) keeps the later line.
+Runs are grouped by their config minus the keys that differ between seeds of one config (IGNORE_KEYS);
+a group is named by how its config differs from the reference group (the default baseline), which is
+named `baseline`. Logs without a config line (modded-nanogpt's records) are grouped by file stem with
+a trailing uuid / run id / seed removed, or by their folder's name when nothing is left (uuid names).
+Runs without step lines or without a val line are skipped with a warning; logs with no final
+`peak memory` line are flagged incomplete and left out of the final-loss statistics unless
+--include_incomplete (their curves still count for time-to-target and step time).
+Zero variance (identical final losses): Δ=0 gives p=1 and CI [0, 0]; Δ≠0 gives p=0 and CI [Δ, Δ];
+with n < 2 on either side std/CI/p print as n/a.
+"""
+import argparse
+import glob
+import json
+import math
+import os
+import re
+import sys
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import stats
+
+SEP = "=" * 100
+STEP_RE = re.compile(r"^step:(\d+)/(\d+)(.*)$")
+FIELD_RE = re.compile(r"(\S+?):(\S+)")
+NUM_RE = re.compile(r"^[-+]?(?:nan|inf|(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)", re.I)
+CONFIG_RE = re.compile(r"^config:\s*(\{.*\})\s*$")
+# keys that differ between runs of one config and change neither the training nor its speed
+# (steps, kernels, compile, world_size do: they stay in the grouping)
+IGNORE_KEYS = {"seed", "run_name", "run_id", "log_dir", "resume", "save_every", "keep_checkpoints", "val_every",
+               "log_every", "sample_tokens", "temperature", "top_p", "prompt", "checkpoint_dir"}
+PATHLIKE_RE = re.compile(r"(_dir|_path)$")
+# a trailing uuid, hex/date id (8+ chars with a digit) or seed tag: "ngpt_3f2a9c1e-..." -> "ngpt"
+RUN_ID_RE = re.compile(r"(?:(?:^|[-_.])(?:[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}|(?=[0-9a-f]*\d)[0-9a-f]{8,}"
+                       r"|s\d+|seed\d+))+$", re.I)
+
+def warn(msg):
+    print(f"compare: warning: {msg}", file=sys.stderr)
+
+# -----------------------------------------------------------------------------
+# parsing
+
+@dataclass
+class Run:
+    path: str
+    config: dict | None
+    val: dict = field(default_factory=dict)    # step -> fields of its val line (val_loss, train_time, ...)
+    train: dict = field(default_factory=dict)  # step -> fields of its train line
+    total_steps: int | None = None
+    incomplete: bool = False
+
+    @property
+    def name(self):
+        return os.path.splitext(os.path.basename(self.path))[0]
+
+    @property
+    def final_val_loss(self):
+        return self.val[max(self.val)]["val_loss"]
+
+    @property
+    def step_ms(self):
+        """train_time/step of the last step line with a train_time (ms), None if unknown."""
+        lines = {**self.val, **self.train}  # the train line wins at a shared step
+        steps = [s for s in lines if s > 0 and isinstance(lines[s].get("train_time"), float)]
+        return lines[max(steps)]["train_time"] / max(steps) if steps else None
+
+    def reach(self, target):
+        """(step, train_time ms) of the first val line with val_loss <= target, or None."""
+        for s in sorted(self.val):
+            if self.val[s]["val_loss"] <= target:
+                return s, self.val[s].get("train_time")
+        return None
+
+def _value(v):
+    m = NUM_RE.match(v)  # "812ms" -> 812.0, "0.05" -> 0.05; non-numbers stay strings
+    return float(m.group(0)) if m else v
+
+def parse_log(path):
+    """Parse one log. Returns a Run, or None (with a warning) when it has no step or no val line."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    lines = text.split("\n")
+    seps = [i for i, l in enumerate(lines) if l.rstrip("\r") == SEP]
+    skip = set(range(seps[0] + 1 if seps else 0))  # the source code header
+    for j in seps[1:]:  # a resumed run that re-dumps source + separator + config into the same log
+        if any(CONFIG_RE.match(l) for l in lines[j + 1:j + 50]):
+            prev = max(i for i in seps if i < j)
+            k = next((k for k in range(prev + 1, j) if lines[k:k + 2] == lines[:2]), j)
+            skip.update(range(k, j))
+    body = [l.rstrip("\r") for i, l in enumerate(lines) if i not in skip]
+    complete = any(l.startswith("peak memory") for l in body)
+    if not complete and not text.endswith("\n"):
+        body = body[:-1]  # a truncated log: its last line may be cut mid-way
+    run = Run(path=str(path), config=None, incomplete=not complete)
+    for line in body:
+        if m := CONFIG_RE.match(line):
+            try:
+                run.config = json.loads(m.group(1))  # a resumed run logs it again: the later one wins
+            except json.JSONDecodeError:
+                warn(f"{path}: unreadable config line")
+        elif m := STEP_RE.match(line):
+            fields = {k: _value(v) for k, v in FIELD_RE.findall(m.group(3))}
+            step, run.total_steps = int(m.group(1)), int(m.group(2))
+            if isinstance(fields.get("val_loss"), float):
+                run.val[step] = fields
+            else:
+                run.train[step] = fields
+    if not run.val and not run.train:
+        warn(f"skipping {path}: no step lines (not a training log)")
+        return None
+    if not run.val:
+        warn(f"skipping {path}: no val_loss line")
+        return None
+    if run.incomplete:
+        warn(f"{path}: incomplete log (no final 'peak memory' line), last val step {max(run.val)}")
+    return run
+
+def expand_paths(paths):
+    """Files, folders (all *.txt inside, recursively) and globs -> sorted unique file list."""
+    out = []
+    for p in paths:
+        if os.path.isdir(p):
+            out += [f for f in glob.glob(os.path.join(p, "**", "*.txt"), recursive=True)
+                    if os.path.basename(f) != "compare.txt"]  # our own table output
+        elif os.path.isfile(p):
+            out.append(p)
+        else:
+            hits = glob.glob(p, recursive=True)
+            if not hits:
+                warn(f"no such file: {p}")
+            out += [h for h in hits if os.path.isfile(h)]
+    return sorted(dict.fromkeys(os.path.normpath(f) for f in out))
+
+def load_runs(paths):
+    return [r for r in map(parse_log, expand_paths(paths)) if r is not None]
+
+# -----------------------------------------------------------------------------
+# grouping
+
+@dataclass
+class Group:
+    name: str
+    runs: list
+    config: dict | None = None  # the group's shared config (ignored keys removed)
+
+def _config_key(cfg):
+    return {k: v for k, v in cfg.items() if k not in IGNORE_KEYS and not PATHLIKE_RE.search(k)}
+
+def _js(v):
+    return json.dumps(v, sort_keys=True, default=str)
+
+def _fmt_value(v):
+    s = ",".join(map(str, v)) if isinstance(v, list) else str(v)
+    return s if len(s) <= 40 else s[:39] + "…"
+
+def _stem_group(run):
+    stem = RUN_ID_RE.sub("", run.name)  # "baseline_3f2a9c1e-...-..." -> "baseline"
+    return stem or os.path.basename(os.path.dirname(os.path.abspath(run.path))) or "runs"
+
+def group_runs(runs, group_by=None):
+    """Group runs by config (or by the keys in group_by). Returns a list of Group in first-seen order."""
+    buckets = {}
+    for r in runs:
+        if r.config is None:
+            key = ("stem", _stem_group(r))
+        elif group_by:
+            key = ("by", tuple(_js(r.config.get(k)) for k in group_by))
+        else:
+            key = ("cfg", _js(_config_key(r.config)))
+        buckets.setdefault(key, []).append(r)
+    groups = []
+    for key, rs in buckets.items():
+        cfg = None if key[0] == "stem" else ({k: rs[0].config.get(k) for k in group_by} if key[0] == "by"
+                                              else _config_key(rs[0].config))
+        groups.append(Group(name=key[1] if key[0] == "stem" else "", runs=rs, config=cfg))
+    _name_groups([g for g in groups if g.config is not None])
+    return groups
+
+def _name_groups(groups):
+    """Name config groups by their differences from the reference group (named 'baseline')."""
+    if not groups:
+        return
+    keys = dict.fromkeys(k for g in groups for k in g.config)  # first-seen order
+    differ = [k for k in keys if len({_js(g.config.get(k)) for g in groups}) > 1]
+    ref = _reference(groups, differ)
+    for g in groups:
+        diff = [f"{k}={_fmt_value(g.config.get(k))}" for k in differ if g.config.get(k) != ref.config.get(k)]
+        g.name = " ".join(diff) or "baseline"
+
+def _reference(groups, differ):
+    """The default baseline: arch=gpt (when the key exists) with the fewest keys off the per-key mode."""
+    vals = {k: [_js(g.config.get(k)) for g in groups] for k in differ}
+    mode = {k: max(v, key=v.count) for k, v in vals.items()}
+    n_off = lambda g: sum(_js(g.config.get(k)) != mode[k] for k in differ)
+    gpt = [g for g in groups if g.config.get("arch") == "gpt"]
+    return min(gpt or groups, key=n_off)
+
+def pick_baseline(groups, spec=None):
+    """--baseline: exact name, then substring of the group name; default the group named 'baseline',
+    else the first with arch=gpt, else the first one."""
+    if spec:
+        for match in (lambda g: g.name == spec, lambda g: spec in g.name):
+            hits = [g for g in groups if match(g)]
+            if hits:
+                return hits[0]
+        raise SystemExit(f"compare: no group matches --baseline={spec!r}; groups: "
+                         + ", ".join(repr(g.name) for g in groups))
+    return next((g for g in groups if g.name == "baseline"),
+                next((g for g in groups if (g.config or {}).get("arch") == "gpt"), groups[0]))
+
+# -----------------------------------------------------------------------------
+# statistics
+
+def _std(x):
+    s = float(np.std(x, ddof=1)) if len(x) > 1 else float("nan")
+    return 0.0 if s < 1e-12 else s  # identical losses: float noise, not variance
+
+def welch(x, b):
+    """Δ = mean(x) - mean(b), its Welch–Satterthwaite 95% CI and Welch's t-test p-value."""
+    x, b = np.asarray(x, float), np.asarray(b, float)
+    delta = float(x.mean() - b.mean()) if len(x) and len(b) else float("nan")
+    if len(x) < 2 or len(b) < 2:
+        return delta, float("nan"), float("nan"), float("nan")
+    vx, vb = _std(x) ** 2 / len(x), _std(b) ** 2 / len(b)
+    se = math.sqrt(vx + vb)
+    if se == 0:  # both groups constant: nothing to test against, p=1 if the means agree, else 0
+        delta = 0.0 if abs(delta) < 1e-12 else delta
+        return delta, delta, delta, 1.0 if delta == 0 else 0.0
+    df = se ** 4 / (vx ** 2 / (len(x) - 1) + vb ** 2 / (len(b) - 1))
+    h = stats.t.ppf(0.975, df) * se
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p = float(stats.ttest_ind(x, b, equal_var=False).pvalue)
+    return delta, delta - h, delta + h, p
+
+def one_sample_less(x, target):
+    """One-sided p-value of mean(x) < target (scipy.stats.ttest_1samp, alternative='less')."""
+    x = np.asarray(x, float)
+    if len(x) < 2:
+        return float("nan")
+    if _std(x) == 0:
+        return 0.0 if x.mean() < target else 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(stats.ttest_1samp(x, target, alternative="less").pvalue)
+
+def _mean(xs):
+    xs = [x for x in xs if x is not None]
+    return float(np.mean(xs)) if xs else None
+
+def compare(groups, baseline=None, target=None, alpha=0.01, include_incomplete=False):
+    """One row dict per group. baseline: a Group, a name/substring, or None (default pick)."""
+    base = baseline if isinstance(baseline, Group) else pick_baseline(groups, baseline)
+    used = lambda g: [r for r in g.runs if include_incomplete or not r.incomplete]
+    b_loss = [r.final_val_loss for r in used(base)]
+    b_step = _mean(r.step_ms for r in base.runs)
+    rows = []
+    for g in [base] + [g for g in groups if g is not base]:  # baseline first
+        runs = used(g)
+        loss = [r.final_val_loss for r in runs]
+        delta, lo, hi, p = welch(loss, b_loss)
+        row = dict(group=g.name, baseline=g is base, n=len(loss), n_incomplete=sum(r.incomplete for r in g.runs),
+                   mean=_mean(loss), std=_std(loss) if loss else float("nan"), delta=delta, ci_low=lo, ci_high=hi,
+                   p=p, step_ms=_mean(r.step_ms for r in g.runs))
+        row["step_ratio"] = row["step_ms"] / b_step if row["step_ms"] and b_step else None
+        if target is not None:
+            p1 = one_sample_less(loss, target)
+            row.update(target=target, p_target=p1,
+                       record=None if math.isnan(p1) else bool(row["mean"] < target and p1 < alpha))
+            hits = [h for h in (r.reach(target) for r in g.runs) if h]
+            row.update(n_reached=len(hits), n_runs=len(g.runs), steps_to_target=_mean(h[0] for h in hits),
+                       time_to_target_ms=_mean(h[1] if isinstance(h[1], float) else None for h in hits))
+        rows.append(row)
+    return rows
+
+# -----------------------------------------------------------------------------
+# output
+
+def _f(x, spec):
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+def _p(p):
+    return "n/a" if p is None or math.isnan(p) else (f"{p:.1e}" if 0 < p < 1e-3 else f"{p:.3f}")
+
+def format_table(rows, markdown=False):
+    head = ["group", "n", "val_loss", "Δ vs base", "95% CI", "p"]
+    has_target = any("target" in r for r in rows)
+    if has_target:
+        t = next(r["target"] for r in rows if "target" in r)
+        head += [f"p(<{t:g})", "record", f"steps→{t:g}", f"time→{t:g}"]
+    head += ["step ms", "×base"]
+    body = []
+    for r in rows:
+        n = f"{r['n']}" + (f" (+{r['n_incomplete']} inc)" if r["n_incomplete"] else "")
+        loss = f"{_f(r['mean'], '.4f')} ± {_f(r['std'], '.4f')}" if r["n"] else "n/a"
+        if r["baseline"]:
+            cells = [r["group"] + " *", n, loss, "-", "-", "-"]
+        else:
+            ci = "n/a" if math.isnan(r["ci_low"]) else f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]"
+            cells = [r["group"], n, loss, _f(r["delta"], "+.4f"), ci, _p(r["p"])]
+        if has_target:
+            reached = "" if r["n_reached"] in (0, r["n_runs"]) else f" ({r['n_reached']}/{r['n_runs']})"
+            cells += [_p(r["p_target"]), "n/a" if r["record"] is None else ("yes" if r["record"] else "no"),
+                      "-" if r["steps_to_target"] is None else f"{r['steps_to_target']:.0f}{reached}",
+                      "-" if r["time_to_target_ms"] is None else f"{r['time_to_target_ms'] / 1000:.1f}s{reached}"]
+        cells += [_f(r["step_ms"], ".1f"), _f(r["step_ratio"], ".3f")]
+        body.append(cells)
+    if markdown:
+        esc = lambda c: c.replace("|", "\\|")
+        lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+        lines += ["| " + " | ".join(map(esc, c)) + " |" for c in body]
+    else:
+        w = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
+        fmt = lambda c: "  ".join(c[0].ljust(w[0]) if i == 0 else x.rjust(w[i]) for i, x in enumerate(c))
+        lines = [fmt(head), "  ".join("-" * x for x in w)] + [fmt(c) for c in body]
+    return "\n".join(lines) + ("\n\n\\* baseline\n" if markdown else "\n* baseline\n")
+
+def plot(groups, path, target=None, include_incomplete=False):
+    """Val loss vs step: per group the mean over its runs at the steps they all share, ± std band.
+    Left: the whole run; right: the second half, where the groups separate."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(13, 5))
+    last = 0
+    for g in groups:
+        runs = [r for r in g.runs if include_incomplete or not r.incomplete] or g.runs
+        steps = sorted(set.intersection(*(set(r.val) for r in runs)))
+        if not steps:
+            warn(f"group {g.name!r}: its runs share no val step, not plotted")
+            continue
+        y = np.array([[r.val[s]["val_loss"] for s in steps] for r in runs])
+        mean, std = y.mean(0), (y.std(0, ddof=1) if len(runs) > 1 else np.zeros(len(steps)))
+        last = max(last, steps[-1])
+        for a in (ax, zoom):
+            line, = a.plot(steps, mean, label=f"{g.name} (n={len(runs)})", lw=1.5,
+                           marker="." if len(steps) < 30 else None)
+            a.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
+    zoom.set_xlim(last / 2, last * 1.02)
+    ys = [y for l in zoom.get_lines() for x, y in zip(*l.get_data()) if x >= last / 2]
+    if ys:
+        pad = 0.05 * (max(ys) - min(ys)) + 1e-3
+        zoom.set_ylim(min(ys + [target or min(ys)]) - pad, max(ys) + pad)
+    for a in (ax, zoom):
+        if target is not None:
+            a.axhline(target, color="k", ls="--", lw=0.8, label=f"target {target:g}")
+        a.set(xlabel="step", ylabel="val loss")
+        a.grid(alpha=0.3)
+    ax.set_title("val loss (mean ± std over runs)")
+    zoom.set_title("second half")
+    zoom.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+# -----------------------------------------------------------------------------
+# CLI
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("paths", nargs="+", help="log files, folders (*.txt recursively) or globs")
+    ap.add_argument("--baseline", help="baseline group: name or substring of it")
+    ap.add_argument("--target", type=float, help="target val loss (modded-nanogpt: 3.28)")
+    ap.add_argument("--alpha", type=float, default=0.01, help="significance level of the record test")
+    ap.add_argument("--plot", help="PNG path (default <first folder>/compare.png or compare.png); 'none' skips")
+    ap.add_argument("--group_by", help="comma-separated config keys to group by instead of the whole config")
+    ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    ap.add_argument("--include_incomplete", action="store_true", help="count truncated logs in the loss stats")
+    args = ap.parse_args(argv)
+    runs = load_runs(args.paths)
+    if not runs:
+        print(f"compare: no usable run (a log with step lines and a val_loss line) in {' '.join(args.paths)}",
+              file=sys.stderr)
+        return 1
+    groups = group_runs(runs, args.group_by.split(",") if args.group_by else None)
+    rows = compare(groups, args.baseline, args.target, args.alpha, args.include_incomplete)
+    print(format_table(rows, args.markdown), end="")
+    if (args.plot or "").lower() != "none":
+        folder = next((p for p in args.paths if os.path.isdir(p)), None)
+        path = args.plot or (os.path.join(folder, "compare.png") if folder else "compare.png")
+        print(f"plot: {plot(groups, path, args.target, args.include_incomplete)}")
+    return 0
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# ./run.sh [flags]        train: GPU node -> torchrun over all local GPUs, speedrun preset on FineWeb (fetched if missing);
+#                         no GPU -> the cpu preset on the embedded Shakespeare shards. Flags pass through to train_gpt.py.
+# ./run.sh test [args]    the test suite (pytest; args pass through)
+# ./run.sh sweep NAME --seeds=N -- "CONFIG FLAGS" ...   several configs x seeds into records/NAME (records/sweep.py)
+# ./run.sh compare PATHS...                            the comparison table + plot (records/compare.py)
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV="${VENV:-.venv}"
+PY="$VENV/bin/python"
+
+setup() {  # make the venv from requirements.txt once; reuse it while the packages import
+  [ -x "$PY" ] || python3 -m venv "$VENV"
+  if ! "$PY" -c "import torch, triton, tiktoken, numpy, scipy, matplotlib, pytest" 2>/dev/null; then
+    echo "setting up $VENV from requirements.txt" >&2
+    "$PY" -m pip install -q --upgrade pip >&2 || true
+    "$PY" -m pip install -q -r requirements.txt >&2
+  fi
+}
+
+ngpus() { "$PY" -c "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)"; }
+
+setup
+case "${1:-}" in
+  test)    shift; exec "$PY" -m pytest -q tests "$@" ;;
+  sweep)   shift; exec "$PY" records/sweep.py "$@" ;;
+  compare) shift; exec "$PY" records/compare.py "$@" ;;
+esac
+
+n=$(ngpus)
+if [ "$n" -gt 0 ]; then
+  # the speedrun reads data/fineweb10B: fetch the shards it needs when they are missing
+  ls data/fineweb10B/fineweb_val_*.bin >/dev/null 2>&1 || "$PY" data/cached_fineweb10B.py 8
+  exec "$VENV/bin/torchrun" --standalone --nproc_per_node="$n" train_gpt.py "$@"
+else
+  exec "$PY" train_gpt.py --preset=cpu "$@"
+fi

@@ -1,0 +1,263 @@
+"""records/compare.py: log parsing, grouping, statistics (checked against scipy), table, plot, CLI."""
+import json
+import math
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "records"))
+import compare  # noqa: E402
+
+SEP = "=" * 100
+# a fake train_gpt.py source: decoy lines that look like log lines must not be parsed
+SOURCE = '''"""train_gpt.py -- decoy source"""
+import os
+step:5/10 val_loss:0.0001 train_time:1ms step_avg:1.00ms
+config: {"arch": "decoy"}
+peak memory allocated: 1 MiB reserved: 1 MiB
+print(f"step:{step}/{args.steps} val_loss:{val_loss:.4f} train_time:{t:.0f}ms")
+print("=" * 100)
+'''
+
+def make_config(seed=0, run_name="run", **over):
+    cfg = dict(arch="gpt", seed=seed, run_name=run_name, run_id=f"{run_name}_{uuid.uuid4().hex[:8]}",
+               log_dir="logs", steps=100, val_every=25, val_tokens=65536, preset="cpu",
+               train_files="data/shakespeare/*_train_*.bin", val_files="data/shakespeare/*_val_*.bin",
+               save_every=0, resume="", kernels="torch", n_layer=4, n_embd=64, ngpt_alpha_init=0.05)
+    cfg.update(over)
+    return cfg
+
+def log_text(final, steps=100, val_every=25, step_ms=10.0, config=None, complete=True, extra=True):
+    """The body of a log in train_gpt.py's format (no source header); val loss decays to `final`."""
+    loss = lambda s: final + (10.8 - final) * (1 - s / steps) ** 2
+    out = ["torch 2.13.0 python 3.11.7 device cpu world_size 1"]
+    if config is not None:
+        out.append("config: " + json.dumps(config))
+    for s in range(steps + 1):
+        if s % val_every == 0 or s == steps:
+            x = " hidden_norm:1.0000 alpha_attn:0.0500" if extra else ""
+            out.append(f"step:{s}/{steps} val_loss:{loss(s):.4f} train_time:{s * step_ms:.0f}ms "
+                       f"step_avg:{step_ms if s else 0:.2f}ms{x}")
+        if s < steps and s % 10 == 0:
+            out.append(f"step:{s + 1}/{steps} train_loss:{loss(s) + 0.1:.4f} train_time:{(s + 1) * step_ms:.0f}ms "
+                       f"step_avg:{step_ms:.2f}ms tok/s:5043")
+        if s == steps // 2:
+            out += ["nu_act: 3.74", "sample: To be or not to be"]
+    if complete:
+        out.append("peak memory allocated: 1234 MiB reserved: 1300 MiB")
+    return "\n".join(out) + "\n"
+
+def write_log(path, final, seed=0, config_over=None, **kw):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cfg = make_config(seed=seed, run_name=path.stem, **(config_over or {}))
+    path.write_text(SOURCE + SEP + "\n" + log_text(final, config=cfg, **kw))
+    return path
+
+def write_group(folder, finals, prefix, config_over=None, **kw):
+    return [write_log(Path(folder) / f"{prefix}_s{i}.txt", f, seed=i, config_over=config_over, **kw)
+            for i, f in enumerate(finals)]
+
+MODDED = SOURCE + SEP + """
+Running Python 3.12.7 (main, Jan 17 2025) [GCC 13.2.0]
+Running PyTorch 2.7.0.dev20250110+cu126 compiled for CUDA 12.6
+Thu Jan 16 18:20:05 2025
++-----------------------------------------------------------------------------------------+
+| NVIDIA-SMI 550.127.05             Driver Version: 550.127.05     CUDA Version: 12.6     |
+|   0  NVIDIA H100 80GB HBM3          On  |   00000000:61:00.0 Off |                    0 |
++-----------------------------------------------------------------------------------------+
+""" + SEP + """
+step:0/1750 val_loss:10.8258 train_time:0ms step_avg:0.02ms
+step:1/1750 train_time:22361ms step_avg:22360.81ms
+step:2/1750 train_time:22453ms step_avg:11226.58ms
+step:125/1750 val_loss:4.3786 train_time:12345ms step_avg:98.76ms
+step:1750/1750 val_loss:3.2787 train_time:175311ms step_avg:100.75ms
+peak memory allocated: 26233 MiB reserved: 27502 MiB
+"""
+
+# -----------------------------------------------------------------------------
+# parsing
+
+def test_parse_our_format_ignores_decoys_in_source(tmp_path, capsys):
+    p = write_log(tmp_path / "a.txt", 3.3, step_ms=12.0)
+    r = compare.parse_log(p)
+    assert r.config["arch"] == "gpt" and r.config["seed"] == 0  # not the decoy config
+    assert not r.incomplete and r.total_steps == 100
+    assert sorted(r.val) == [0, 25, 50, 75, 100]
+    assert r.final_val_loss == pytest.approx(3.3)
+    assert r.val[100]["hidden_norm"] == 1.0 and r.train[1]["tok/s"] == 5043
+    assert r.step_ms == pytest.approx(12.0)
+    assert r.reach(10.0)[0] == 25 and r.reach(1.0) is None
+    assert "warning" not in capsys.readouterr().err
+
+def test_parse_modded_nanogpt_log(tmp_path):
+    folder = tmp_path / "2025-01-16_Sub3Speedrun"
+    folder.mkdir()
+    for i in range(2):
+        (folder / f"{uuid.uuid4()}.txt").write_text(MODDED)
+    runs = compare.load_runs([folder])
+    assert len(runs) == 2 and runs[0].config is None and not runs[0].incomplete
+    assert runs[0].final_val_loss == pytest.approx(3.2787)
+    assert runs[0].step_ms == pytest.approx(175311 / 1750)
+    groups = compare.group_runs(runs)  # uuid names -> one group named after the folder
+    assert [g.name for g in groups] == ["2025-01-16_Sub3Speedrun"] and len(groups[0].runs) == 2
+    (folder / "ngpt_0123abcd.txt").write_text(MODDED)  # name stem minus its id
+    assert [g.name for g in compare.group_runs(compare.load_runs([folder]))] == ["2025-01-16_Sub3Speedrun", "ngpt"]
+
+def test_parse_truncated_log(tmp_path, capsys):
+    p = tmp_path / "t.txt"
+    text = SOURCE + SEP + "\n" + log_text(3.5, config=make_config(), complete=False)
+    p.write_text(text + "step:95/100 val_loss:3.9")  # last line cut mid-way: not trusted
+    r = compare.parse_log(p)
+    assert r.incomplete and "incomplete" in capsys.readouterr().err
+    assert max(r.val) == 100 and r.final_val_loss == pytest.approx(3.5)
+    cut = text[:text.index("step:75/100 val_loss")] + "step:75/100 val_loss:4.6"
+    p.write_text(cut)
+    r = compare.parse_log(p)
+    assert r.incomplete and max(r.val) == 50
+
+def test_foreign_and_valless_files_are_skipped(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("just some notes\nstep: one\n")
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "noval.txt").write_text(SEP + "\nstep:1/10 train_loss:5.0 train_time:10ms step_avg:10.00ms\n")
+    write_log(tmp_path / "ok.txt", 3.3)
+    runs = compare.load_runs([tmp_path])
+    assert [Path(r.path).name for r in runs] == ["ok.txt"]
+    err = capsys.readouterr().err
+    assert "notes.txt" in err and "empty.txt" in err and "noval.txt" in err and "no val_loss" in err
+
+def test_resumed_log_later_lines_win(tmp_path):
+    cfg = make_config()
+    first = log_text(4.0, config=cfg, complete=False).split("\n")
+    first = "\n".join(first[:first.index(next(l for l in first if l.startswith("step:51/")))]) + "\n"
+    resumed = ("resumed from checkpoints/x.pt at step 50\n"
+               "step:50/100 val_loss:5.5555 train_time:500ms step_avg:10.00ms\n" + log_text(3.0, config=cfg))
+    p = tmp_path / "r.txt"
+    p.write_text(SOURCE + SEP + "\n" + first + resumed)
+    r = compare.parse_log(p)
+    assert r.val[50]["val_loss"] == pytest.approx(3.0 + 7.8 * 0.25)  # the later line wins
+    assert r.final_val_loss == pytest.approx(3.0) and not r.incomplete
+    # a resumed run that re-dumps the whole header (source with decoys, separator, config) into the log
+    p.write_text(SOURCE + SEP + "\n" + first + SOURCE + SEP + "\n" + resumed)
+    r = compare.parse_log(p)
+    assert r.config["arch"] == "gpt" and r.final_val_loss == pytest.approx(3.0)
+    assert 5 not in r.val  # the decoy step:5 in the re-dumped source was skipped
+
+# -----------------------------------------------------------------------------
+# grouping
+
+def test_grouping_names_and_baseline(tmp_path):
+    write_group(tmp_path, [3.30, 3.31, 3.29], "gpt")
+    write_group(tmp_path, [3.20, 3.22, 3.21], "ngpt", dict(arch="ngpt", ngpt_alpha_init=0.15))
+    write_group(tmp_path, [3.25, 3.26], "ngpt05", dict(arch="ngpt"))
+    groups = compare.group_runs(compare.load_runs([tmp_path]))  # seeds/run names/run ids differ: ignored
+    names = sorted(g.name for g in groups)
+    assert names == ["arch=ngpt", "arch=ngpt ngpt_alpha_init=0.15", "baseline"]
+    assert {len(g.runs) for g in groups} == {2, 3}
+    assert compare.pick_baseline(groups).name == "baseline"
+    assert compare.pick_baseline(groups, "0.15").name == "arch=ngpt ngpt_alpha_init=0.15"
+    assert compare.pick_baseline(groups, "arch=ngpt").name == "arch=ngpt"  # exact name before substring
+    with pytest.raises(SystemExit):
+        compare.pick_baseline(groups, "nonexistent")
+    by = compare.group_runs(compare.load_runs([tmp_path]), group_by=["arch"])
+    assert sorted((g.name, len(g.runs)) for g in by) == [("arch=ngpt", 5), ("baseline", 3)]
+
+# -----------------------------------------------------------------------------
+# statistics
+
+A = [3.281, 3.276, 3.279, 3.284, 3.277]
+B = [3.262, 3.270, 3.259, 3.266]
+
+def groups_from(tmp_path, a, b, **kw):
+    write_group(tmp_path, a, "gpt", **kw)
+    write_group(tmp_path, b, "ngpt", dict(arch="ngpt"), **kw)
+    return compare.group_runs(compare.load_runs([tmp_path]))
+
+def test_statistics_agree_with_scipy(tmp_path):
+    groups = groups_from(tmp_path, A, B)
+    rows = {r["group"]: r for r in compare.compare(groups, target=3.28)}
+    base, ng = rows["baseline"], rows["arch=ngpt"]
+    assert base["baseline"] and base["n"] == 5 and ng["n"] == 4
+    assert base["mean"] == pytest.approx(np.mean(A)) and base["std"] == pytest.approx(np.std(A, ddof=1))
+    ref = stats.ttest_ind(B, A, equal_var=False)
+    ci = ref.confidence_interval(0.95)
+    assert ng["delta"] == pytest.approx(np.mean(B) - np.mean(A))
+    assert ng["p"] == pytest.approx(ref.pvalue, rel=1e-9)
+    assert (ng["ci_low"], ng["ci_high"]) == pytest.approx((ci.low, ci.high), rel=1e-9)
+    for row, x in ((base, A), (ng, B)):
+        assert row["p_target"] == pytest.approx(stats.ttest_1samp(x, 3.28, alternative="less").pvalue, rel=1e-9)
+    assert ng["record"] is True and base["record"] is False
+    assert base["delta"] == 0 and base["p"] == pytest.approx(1.0)  # baseline vs itself
+
+def test_identical_and_different_groups(tmp_path):
+    assert compare.welch(A, A)[3] == pytest.approx(1.0) and compare.welch(A, A)[0] == 0
+    assert compare.welch([3.3] * 3, [3.3] * 4) == (0.0, 0.0, 0.0, 1.0)  # zero variance, same mean
+    d, lo, hi, p = compare.welch([3.2] * 3, [3.3] * 3)  # zero variance, different means
+    assert p == 0.0 and lo == hi == pytest.approx(-0.1)
+    assert compare.welch([3.0, 3.01, 3.02], [3.5, 3.51, 3.49])[3] < 0.01
+    assert compare.one_sample_less([3.2] * 3, 3.28) == 0.0 and compare.one_sample_less([3.3] * 3, 3.28) == 1.0
+    groups = groups_from(tmp_path, [3.3] * 3, [3.3] * 3)
+    table = compare.format_table(compare.compare(groups, target=3.28))
+    assert "nan" not in table and "1.000" in table
+
+def test_small_groups_print_na(tmp_path):
+    groups = groups_from(tmp_path, [3.3], [3.2, 3.21])
+    rows = compare.compare(groups, target=3.28)
+    assert math.isnan(rows[0]["std"]) and math.isnan(rows[1]["p"]) and rows[0]["record"] is None
+    table = compare.format_table(rows)
+    md = compare.format_table(rows, markdown=True)
+    assert "n/a" in table and "nan" not in table and md.startswith("| group |")
+
+def test_target_steps_time_and_step_ratio(tmp_path):
+    write_group(tmp_path, [3.30, 3.30], "gpt", step_ms=10.0)
+    write_group(tmp_path, [3.00, 3.00], "ngpt", dict(arch="ngpt"), step_ms=11.0)
+    rows = {r["group"]: r for r in compare.compare(compare.group_runs(compare.load_runs([tmp_path])), target=3.28)}
+    assert rows["baseline"]["steps_to_target"] is None and rows["baseline"]["n_reached"] == 0
+    assert rows["arch=ngpt"]["steps_to_target"] == 100
+    assert rows["arch=ngpt"]["time_to_target_ms"] == pytest.approx(1100.0)
+    assert rows["arch=ngpt"]["step_ratio"] == pytest.approx(1.1)
+
+def test_incomplete_runs_excluded_by_default(tmp_path, capsys):
+    write_group(tmp_path, [3.30, 3.31, 3.29], "gpt")
+    write_log(tmp_path / "gpt_s9.txt", 5.0, seed=9, complete=False)
+    groups = compare.group_runs(compare.load_runs([tmp_path]))
+    assert len(groups) == 1 and len(groups[0].runs) == 4
+    assert compare.compare(groups)[0]["n"] == 3 and compare.compare(groups)[0]["n_incomplete"] == 1
+    assert compare.compare(groups, include_incomplete=True)[0]["n"] == 4
+    assert "+1 inc" in compare.format_table(compare.compare(groups))
+
+# -----------------------------------------------------------------------------
+# plot and CLI
+
+def test_plot_writes_valid_png(tmp_path):
+    import matplotlib.image
+    groups = groups_from(tmp_path, A, B)
+    out = compare.plot(groups, tmp_path / "sub" / "c.png", target=3.28)
+    assert Path(out).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    img = matplotlib.image.imread(out)
+    assert img.ndim == 3 and img.shape[0] > 100
+
+def test_cli_end_to_end(tmp_path):
+    write_group(tmp_path / "logs", A, "gpt")
+    write_group(tmp_path / "logs", B, "ngpt", dict(arch="ngpt", ngpt_alpha_init=0.15))
+    (tmp_path / "logs" / "README.txt").write_text("not a log\n")
+    cmd = [sys.executable, str(REPO / "records" / "compare.py"), str(tmp_path / "logs"), "--target=3.28"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "baseline *" in res.stdout and "arch=ngpt ngpt_alpha_init=0.15" in res.stdout
+    assert "record" in res.stdout and "yes" in res.stdout and "README.txt" in res.stderr
+    png = tmp_path / "logs" / "compare.png"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    res = subprocess.run(cmd + ["--markdown", "--plot=none", "--baseline=ngpt"], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0 and res.stdout.startswith("| group |") and "plot:" not in res.stdout
+    (tmp_path / "empty").mkdir()
+    res = subprocess.run([sys.executable, str(REPO / "records" / "compare.py"), str(tmp_path / "empty")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0 and "no usable run" in res.stderr

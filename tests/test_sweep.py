@@ -1,0 +1,71 @@
+"""records/sweep.py: commands (dry run) and a whole sweep over a stub train script that writes logs."""
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEP = [sys.executable, str(REPO / "records" / "sweep.py")]
+
+# a stand-in for train_gpt.py: parses the flags the sweep passes, writes a log in train_gpt.py's format
+STUB = r'''
+import json, os, sys
+args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
+seed, arch = int(args["seed"]), args.get("arch", "gpt")
+print(f"stub training {args['run_name']}", flush=True)
+if int(args.get("fail_seed", -1)) == seed:
+    sys.exit(3)
+cfg = dict(arch=arch, seed=seed, run_name=args["run_name"], run_id=args["run_name"], log_dir=args["log_dir"],
+           steps=20, val_every=10, resume="", save_every=0, n_layer=2)
+final = (3.30 if arch == "gpt" else 3.20) + 0.002 * seed
+os.makedirs(args["log_dir"], exist_ok=True)
+with open(os.path.join(args["log_dir"], args["run_name"] + ".txt"), "w") as f:
+    f.write("step:3/20 val_loss:0.1 train_time:1ms step_avg:1.00ms\n" + "=" * 100 + "\n")  # decoy "source"
+    f.write("torch 2.13.0 python 3.11.7 device cpu world_size 1\nconfig: " + json.dumps(cfg) + "\n")
+    for s, v in ((0, 10.8), (10, 5.0), (20, final)):
+        f.write(f"step:{s}/20 val_loss:{v:.4f} train_time:{s * 10}ms step_avg:10.00ms\n")
+    f.write("peak memory allocated: 12 MiB reserved: 14 MiB\n")
+'''
+
+def run_sweep(*args):
+    return subprocess.run(SWEEP + list(args), capture_output=True, text=True, timeout=120)
+
+def test_dry_run_prints_commands_seed_major(tmp_path):
+    res = run_sweep("demo", "--seeds=2", "--seed0=7", f"--out={tmp_path / 'o'}", "--dry_run", "--",
+                    "--arch=gpt --steps=50", "--arch=ngpt --ngpt_alpha_init=0.15")
+    assert res.returncode == 0, res.stderr
+    cmds = [shlex.split(l) for l in res.stdout.splitlines() if not l.startswith("#")]
+    assert len(cmds) == 4 and not (tmp_path / "o").exists()
+    assert [c[-1] for c in cmds] == ["--run_name=demo_c0_s7", "--run_name=demo_c1_s7",
+                                     "--run_name=demo_c0_s8", "--run_name=demo_c1_s8"]
+    # no GPU here: plain python on the repo's train_gpt.py, config flags then the sweep's own
+    assert cmds[1][0] == sys.executable and cmds[1][1] == "train_gpt.py"
+    assert cmds[1][2:] == ["--arch=ngpt", "--ngpt_alpha_init=0.15", "--seed=7", f"--log_dir={tmp_path / 'o'}",
+                           "--run_name=demo_c1_s7"]
+
+def test_dry_run_default_out_is_records_name():
+    res = run_sweep("abc", "--seeds=1", "--dry_run", "--launcher=python")
+    assert res.returncode == 0
+    assert "--log_dir=records/abc" in res.stdout and "--run_name=abc_c0_s0" in res.stdout
+
+def test_sweep_with_stub_continues_after_failure(tmp_path):
+    stub = tmp_path / "stub_train.py"
+    stub.write_text(STUB)
+    out = tmp_path / "out"
+    res = run_sweep("t", "--seeds=3", f"--out={out}", f"--script={stub}", "--launcher=python", "--target=3.28",
+                    "--", "--arch=gpt", "--arch=ngpt --fail_seed=1")
+    assert res.returncode == 1  # one run failed, the others ran
+    assert "stub training t_c1_s2" in res.stdout and "t_c1_s1 FAILED (exit 3)" in res.stdout
+    assert "t_c1_s1" in res.stderr
+    rec = json.loads((out / "sweep.json").read_text())
+    assert rec["seeds"] == [0, 1, 2] and rec["configs"] == ["--arch=gpt", "--arch=ngpt --fail_seed=1"]
+    assert [(r["run_name"], r["returncode"]) for r in rec["runs"]] == [
+        ("t_c0_s0", 0), ("t_c1_s0", 0), ("t_c0_s1", 0), ("t_c1_s1", 3), ("t_c0_s2", 0), ("t_c1_s2", 0)]
+    assert rec["runs"][0]["cmd"][:2] == [sys.executable, str(stub)]
+    table = (out / "compare.txt").read_text()
+    assert "baseline *" in table and "arch=ngpt fail_seed=1" not in table  # fail_seed is not in the config
+    lines = {l.split()[0]: l for l in table.splitlines()[2:] if l.strip() and not l.startswith("*")}
+    assert lines["baseline"].split()[2] == "3" and lines["arch=ngpt"].split()[1] == "2"
+    assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert table in res.stdout
