@@ -528,9 +528,16 @@ def _tile(d, bwd=False):
     ~16 elements per thread forward; ~8 backward, whose kernels hold more live tensors (at 16, ptxas reported
     130-250 registers; at 8 at most 128 and no spills for d <= 8192)."""
     bn = triton.next_power_of_2(d)
+    if INTERPRET_TILE:
+        return max(1, INTERPRET_TILE // bn), bn, 4
     per_thread = 8 if bwd else 16
     bm = max(1, 128 * per_thread // bn)
     return bm, bn, max(4, min(32, bm * bn // (32 * per_thread)))
+
+# The interpreter's cost is mostly per program, so on a CPU tiles hold ~64K elements (10-20x faster than GPU-sized
+# tiles); tests set this to 0 to run the GPU tiling (several tiles, backward loops) under the interpreter too.
+_INTERPRETED = triton is not None and type(_rms_norm_fwd_kernel).__name__ == "InterpretedFunction"
+INTERPRET_TILE = 1 << 16 if _INTERPRETED else 0
 
 _SM_COUNT = {}
 def _programs(n_rows, block_m, device, reduce):
@@ -813,7 +820,7 @@ def set_kernels(mode: str, device) -> str:
     use = "triton" if mode == "triton" or (mode == "auto" and on_cuda and triton is not None) else "torch"
     if use == "triton" and triton is None:
         raise RuntimeError(f"--kernels=triton needs the triton package ({_TRITON_ERROR}); install it (pip install triton) or use --kernels=torch")
-    if use == "triton" and not on_cuda and type(_rms_norm_fwd_kernel).__name__ != "InterpretedFunction":
+    if use == "triton" and not on_cuda and not _INTERPRETED:
         raise RuntimeError("--kernels=triton on a CPU runs in Triton's interpreter, which was off when train_gpt was imported: "
                            "set TRITON_INTERPRET=1 before starting, or use --kernels=torch")
     for name in KERNEL_OPS:

@@ -8,6 +8,13 @@ pytest.importorskip("triton")
 import train_gpt as T
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CPU_TILE = T.INTERPRET_TILE  # elements per tile the interpreter uses by default (big: its cost is per program)
+
+@pytest.fixture(autouse=True)
+def gpu_tiling(monkeypatch):
+    """Launch with the GPU's tile sizes under the interpreter too: several tiles per launch, masked tails, backward
+    programs looping over tiles. Tests of the CPU's own tiling put it back."""
+    monkeypatch.setattr(T, "INTERPRET_TILE", 0)
 SKIP_TOL = 0.05
 SHAPES = [(1, 96), (2, 3, 200), (9, 1024), (37, 64)]  # single row; 3-D, non-power-of-two; tiles looping per program; stacked narrow rows
 DTYPES = [torch.float32, torch.bfloat16]
@@ -82,6 +89,13 @@ VARIANTS = [
 def test_matches_reference(op, variant, shape, dtype):
     args, kwargs = make_inputs(op, shape, dtype, variant)
     compare(op, args, kwargs)
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_matches_reference_with_cpu_tiling(dtype, monkeypatch):
+    monkeypatch.setattr(T, "INTERPRET_TILE", CPU_TILE)
+    for op, variant in VARIANTS:
+        args, kwargs = make_inputs(op, (2, 3, 200), dtype, variant)
+        compare(op, args, kwargs)
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("weight", [False, True])
@@ -225,8 +239,9 @@ MODEL_CONFIGS = {  # every architecture path that calls a kernel
 }
 
 @pytest.mark.parametrize("name", MODEL_CONFIGS)
-def test_model_triton_matches_torch(name):
+def test_model_triton_matches_torch(name, monkeypatch):
     """A one-layer model gives the same loss and parameter gradients with --kernels=triton as with --kernels=torch (fp32)."""
+    monkeypatch.setattr(T, "INTERPRET_TILE", CPU_TILE)  # as `python train_gpt.py --kernels=triton` runs on a CPU
     a = T.parse_args(["--preset=cpu", "--n_layer=1", "--n_embd=64", "--n_head=2", "--bf16=false", "--kernels=triton", *MODEL_CONFIGS[name]])
     torch.manual_seed(0)
     model = T.build_model(a)
