@@ -26,10 +26,10 @@ class Hyperparameters:
     # data
     train_files: str = "data/shakespeare/shakespeare_train_*.bin"
     val_files: str = "data/shakespeare/shakespeare_val_*.bin"
-    val_tokens: int = 65536          # fixed count read from the start of the val shards
+    val_tokens: int = 32768          # fixed count read from the start of the val shards
     seq_len: int = 256
-    batch_size: int = 16             # global sequences per optimizer step
-    device_batch_size: int = 16      # sequences per forward pass per rank (sets grad_accum when that is 0)
+    batch_size: int = 8              # global sequences per optimizer step
+    device_batch_size: int = 8       # sequences per forward pass per rank (sets grad_accum when that is 0)
     grad_accum: int = 0              # micro-steps per step; 0 = batch_size // (world * device_batch_size)
     # model
     arch: str = field(default="gpt", metadata=dict(choices=["gpt", "ngpt", "angpt"]))
@@ -80,14 +80,14 @@ class Hyperparameters:
     muon_momentum: float = 0.95
     adam_beta1: float = 0.8
     adam_beta2: float = 0.95
-    weight_decay: float = 0.0
+    weight_decay: float = 0.1        # --optimizer=adamw only (on matrices); muon/adam use none
     grad_clip: float = 0.0
     lr_schedule: str = field(default="trapezoid", metadata=dict(choices=["trapezoid", "cosine"]))
     warmup_steps: int = 0
     cooldown_frac: float = 0.4
     min_lr_frac: float = 0.0
     # run
-    steps: int = 300
+    steps: int = 250
     val_every: int = 50
     seed: int = 0
     run_name: str = ""
