@@ -287,6 +287,528 @@ def dyt_ref(x, alpha, weight, bias=None):
         y = y + bias.float()
     return y.to(x.dtype)
 
+# ---- Triton kernels. Imported tolerantly: without triton the references still work and set_kernels("triton")
+# says what is missing. Without CUDA the kernels run in Triton's interpreter, which is chosen when they are decorated.
+from typing import Optional
+try:
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9 warns while it is unset; 1 is its default
+    import triton
+    import triton.language as tl
+    _jit, _TRITON_ERROR = triton.jit, None
+except ImportError as e:
+    triton, _jit, _TRITON_ERROR = None, (lambda fn: fn), e
+    tl = type("tl", (), dict(constexpr=None))  # enough for the definitions below to load; they never run
+
+# Layout shared by every kernel: a program owns a (BLOCK_M, BLOCK_N) tile of rows, BLOCK_N >= d covers a row,
+# loads go to fp32 at once (the interpreter mis-handles bf16 math) and stores cast back to the output's dtype.
+# Backward kernels that produce parameter gradients loop over tiles (a few programs per SM) and write one
+# partial row each into a (programs, d) buffer that torch sums: no atomics, deterministic.
+
+@_jit
+def _rms_norm_fwd_kernel(X, W, Y, STATS, n_rows, n_cols, sx, eps, skip_tol,
+                         HAS_W: tl.constexpr, SKIP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    cols = tl.arange(0, BLOCK_N)
+    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+    x = tl.load(X + rows[:, None] * sx + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    rms = tl.sqrt(tl.sum(x * x, axis=1) / n_cols + eps)
+    y = x * (1.0 / rms)[:, None]
+    if HAS_W:
+        y = y * tl.load(W + cols, mask=cols < n_cols, other=0.0).to(tl.float32)[None, :]
+    if SKIP:  # rows already at unit rms pass through untouched
+        y = tl.where((tl.abs(rms - 1.0) < skip_tol)[:, None], x, y)
+    tl.store(Y + rows[:, None] * n_cols + cols[None, :], y, mask=mask)
+    tl.store(STATS + rows, rms, mask=rows < n_rows)  # the backward re-derives the skip mask from the same value
+
+@_jit
+def _rms_norm_bwd_kernel(DY, X, W, STATS, DX, DW_PART, n_rows, n_cols, sdy, sx, skip_tol,
+                         HAS_W: tl.constexpr, SKIP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid, cols = tl.program_id(0), tl.arange(0, BLOCK_N)
+    if HAS_W:
+        w = tl.load(W + cols, mask=cols < n_cols, other=0.0).to(tl.float32)[None, :]
+    dw = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for start in tl.range(pid * BLOCK_M, n_rows, tl.num_programs(0) * BLOCK_M):
+        rows = (start + tl.arange(0, BLOCK_M)).to(tl.int64)
+        mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+        dy = tl.load(DY + rows[:, None] * sdy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(X + rows[:, None] * sx + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        rms = tl.load(STATS + rows, mask=rows < n_rows, other=1.0)[:, None]
+        rstd = 1.0 / rms
+        g = dy
+        if HAS_W:
+            g = dy * w
+            dw_tile = dy * x * rstd
+        # d(x * rstd) = rstd * (g - x * rstd^2 * mean(g * x))
+        dx = (g - x * (rstd * rstd * tl.sum(g * x, axis=1)[:, None] / n_cols)) * rstd
+        if SKIP:
+            keep = tl.abs(rms - 1.0) < skip_tol
+            dx = tl.where(keep, dy, dx)
+            if HAS_W:
+                dw_tile = tl.where(keep, 0.0, dw_tile)
+        if HAS_W:
+            dw += dw_tile
+        tl.store(DX + rows[:, None] * n_cols + cols[None, :], dx, mask=mask)
+    if HAS_W:
+        tl.store(DW_PART + pid * n_cols + cols, tl.sum(dw, axis=0), mask=cols < n_cols)
+
+@_jit
+def _l2_norm_grad(dy, y, r):
+    """Gradient through y = x * r, r = 1/||x|| (r of shape [BLOCK_M, 1]): r * (dy - y * <dy, y>)."""
+    return r * (dy - y * tl.sum(dy * y, axis=1)[:, None])
+
+@_jit
+def _l2_norm_fwd_kernel(X, Y, STATS, n_rows, n_cols, sx, eps, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    cols = tl.arange(0, BLOCK_N)
+    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+    x = tl.load(X + rows[:, None] * sx + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    r = tl.math.rsqrt(tl.sum(x * x, axis=1) + eps)
+    tl.store(Y + rows[:, None] * n_cols + cols[None, :], x * r[:, None], mask=mask)
+    tl.store(STATS + rows, r, mask=rows < n_rows)
+
+@_jit
+def _l2_norm_bwd_kernel(DY, X, STATS, DX, n_rows, n_cols, sdy, sx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    cols = tl.arange(0, BLOCK_N)
+    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+    dy = tl.load(DY + rows[:, None] * sdy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(X + rows[:, None] * sx + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    r = tl.load(STATS + rows, mask=rows < n_rows, other=0.0)[:, None]
+    tl.store(DX + rows[:, None] * n_cols + cols[None, :], _l2_norm_grad(dy, x * r, r), mask=mask)
+
+@_jit
+def _channel_scale(A, G, cols, n_cols, HAS_GATE: tl.constexpr):
+    """a = alpha (* sigmoid(gate)) as a [1, BLOCK_N] row."""
+    a = tl.load(A + cols, mask=cols < n_cols, other=0.0).to(tl.float32)
+    if HAS_GATE:
+        a = a * tl.sigmoid(tl.load(G + cols, mask=cols < n_cols, other=0.0).to(tl.float32))
+    return a[None, :]
+
+@_jit
+def _ngpt_update_fwd_kernel(H, X, A, G, Y, STATS, n_rows, n_cols, sh, sx, eps,
+                            HAS_GATE: tl.constexpr, LERP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    cols = tl.arange(0, BLOCK_N)
+    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+    h = tl.load(H + rows[:, None] * sh + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(X + rows[:, None] * sx + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    a = _channel_scale(A, G, cols, n_cols, HAS_GATE)
+    if LERP:  # STATS row 0: 1/||x||, row 1: 1/||u||
+        rx = tl.math.rsqrt(tl.sum(x * x, axis=1) + eps)
+        tl.store(STATS + rows, rx, mask=rows < n_rows)
+        u = h + a * (x * rx[:, None] - h)
+    else:
+        tl.store(STATS + rows, tl.zeros([BLOCK_M], dtype=tl.float32), mask=rows < n_rows)  # unused, but defined
+        u = h + a * x
+    ru = tl.math.rsqrt(tl.sum(u * u, axis=1) + eps)
+    tl.store(STATS + n_rows + rows, ru, mask=rows < n_rows)
+    tl.store(Y + rows[:, None] * n_cols + cols[None, :], u * ru[:, None], mask=mask)
+
+@_jit
+def _ngpt_update_bwd_kernel(DY, H, X, A, G, STATS, DH, DX, DA_PART, n_rows, n_cols, sdy, sh, sx,
+                            HAS_GATE: tl.constexpr, LERP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid, cols = tl.program_id(0), tl.arange(0, BLOCK_N)
+    a = _channel_scale(A, G, cols, n_cols, HAS_GATE)
+    da = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for start in tl.range(pid * BLOCK_M, n_rows, tl.num_programs(0) * BLOCK_M):
+        rows = (start + tl.arange(0, BLOCK_M)).to(tl.int64)
+        mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+        dy = tl.load(DY + rows[:, None] * sdy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        h = tl.load(H + rows[:, None] * sh + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(X + rows[:, None] * sx + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        ru = tl.load(STATS + n_rows + rows, mask=rows < n_rows, other=0.0)[:, None]
+        if LERP:  # recompute u rather than store it: two row scalars instead of a tensor
+            rx = tl.load(STATS + rows, mask=rows < n_rows, other=0.0)[:, None]
+            xn = x * rx
+            u = h + a * (xn - h)
+        else:
+            u = h + a * x
+        du = _l2_norm_grad(dy, u * ru, ru)
+        if LERP:
+            dh = du * (1.0 - a)
+            dx = _l2_norm_grad(du * a, xn, rx)
+            da += du * (xn - h)
+        else:
+            dh = du
+            dx = du * a
+            da += du * x
+        tl.store(DH + rows[:, None] * n_cols + cols[None, :], dh, mask=mask)
+        tl.store(DX + rows[:, None] * n_cols + cols[None, :], dx, mask=mask)
+    tl.store(DA_PART + pid * n_cols + cols, tl.sum(da, axis=0), mask=cols < n_cols)
+
+@_jit
+def _angpt_update_fwd_kernel(H, X, A, Y, n_rows, n_cols, sh, sx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    cols = tl.arange(0, BLOCK_N)
+    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+    h = tl.load(H + rows[:, None] * sh + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(X + rows[:, None] * sx + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    a = tl.load(A + cols, mask=cols < n_cols, other=0.0).to(tl.float32)[None, :]
+    nu = tl.math.rsqrt(a * a + (1.0 - a) * (1.0 - a))
+    tl.store(Y + rows[:, None] * n_cols + cols[None, :], nu * (h + a * (x - h)), mask=mask)
+
+@_jit
+def _angpt_update_bwd_kernel(DY, H, X, A, DH, DX, DA_PART, n_rows, n_cols, sdy, sh, sx,
+                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid, cols = tl.program_id(0), tl.arange(0, BLOCK_N)
+    a = tl.load(A + cols, mask=cols < n_cols, other=0.0).to(tl.float32)[None, :]
+    nu = tl.math.rsqrt(a * a + (1.0 - a) * (1.0 - a))
+    dnu = -nu * nu * nu * (2.0 * a - 1.0)  # d nu / d a
+    da = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for start in tl.range(pid * BLOCK_M, n_rows, tl.num_programs(0) * BLOCK_M):
+        rows = (start + tl.arange(0, BLOCK_M)).to(tl.int64)
+        mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+        dy = tl.load(DY + rows[:, None] * sdy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        h = tl.load(H + rows[:, None] * sh + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(X + rows[:, None] * sx + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        da += dy * (dnu * (h + a * (x - h)) + nu * (x - h))
+        tl.store(DH + rows[:, None] * n_cols + cols[None, :], dy * nu * (1.0 - a), mask=mask)
+        tl.store(DX + rows[:, None] * n_cols + cols[None, :], dy * nu * a, mask=mask)
+    tl.store(DA_PART + pid * n_cols + cols, tl.sum(da, axis=0), mask=cols < n_cols)
+
+@_jit
+def _gated_residual_fwd_kernel(H, X, G, Y, n_rows, n_cols, sh, sx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    cols = tl.arange(0, BLOCK_N)
+    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+    h = tl.load(H + rows[:, None] * sh + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(X + rows[:, None] * sx + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    s = tl.sigmoid(tl.load(G + cols, mask=cols < n_cols, other=0.0).to(tl.float32))[None, :]
+    tl.store(Y + rows[:, None] * n_cols + cols[None, :], h + s * x, mask=mask)
+
+@_jit
+def _gated_residual_bwd_kernel(DY, X, G, DX, DG_PART, n_rows, n_cols, sdy, sx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid, cols = tl.program_id(0), tl.arange(0, BLOCK_N)
+    s = tl.sigmoid(tl.load(G + cols, mask=cols < n_cols, other=0.0).to(tl.float32))[None, :]
+    dg = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)  # sum of dy * x; the sigmoid' factor is applied in torch
+    for start in tl.range(pid * BLOCK_M, n_rows, tl.num_programs(0) * BLOCK_M):
+        rows = (start + tl.arange(0, BLOCK_M)).to(tl.int64)
+        mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+        dy = tl.load(DY + rows[:, None] * sdy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(X + rows[:, None] * sx + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        dg += dy * x
+        tl.store(DX + rows[:, None] * n_cols + cols[None, :], dy * s, mask=mask)
+    tl.store(DG_PART + pid * n_cols + cols, tl.sum(dg, axis=0), mask=cols < n_cols)
+
+@_jit
+def _dyt_fwd_kernel(X, ALPHA, W, B, Y, n_rows, n_cols, sx, HAS_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    cols = tl.arange(0, BLOCK_N)
+    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+    x = tl.load(X + rows[:, None] * sx + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    t = 2.0 * tl.sigmoid(2.0 * tl.load(ALPHA).to(tl.float32) * x) - 1.0  # tanh without libdevice
+    y = tl.load(W + cols, mask=cols < n_cols, other=0.0).to(tl.float32)[None, :] * t
+    if HAS_B:
+        y += tl.load(B + cols, mask=cols < n_cols, other=0.0).to(tl.float32)[None, :]
+    tl.store(Y + rows[:, None] * n_cols + cols[None, :], y, mask=mask)
+
+@_jit
+def _dyt_bwd_kernel(DY, X, ALPHA, W, DX, DA_PART, DW_PART, DB_PART, n_rows, n_cols, sdy, sx,
+                    HAS_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid, cols = tl.program_id(0), tl.arange(0, BLOCK_N)
+    alpha = tl.load(ALPHA).to(tl.float32)
+    w = tl.load(W + cols, mask=cols < n_cols, other=0.0).to(tl.float32)[None, :]
+    da = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)  # per-channel parts of d alpha, summed in torch
+    dw = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    db = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for start in tl.range(pid * BLOCK_M, n_rows, tl.num_programs(0) * BLOCK_M):
+        rows = (start + tl.arange(0, BLOCK_M)).to(tl.int64)
+        mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+        dy = tl.load(DY + rows[:, None] * sdy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(X + rows[:, None] * sx + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        t = 2.0 * tl.sigmoid(2.0 * alpha * x) - 1.0
+        dz = dy * w * (1.0 - t * t)  # gradient at z = alpha * x
+        da += dz * x
+        dw += dy * t
+        if HAS_B:
+            db += dy
+        tl.store(DX + rows[:, None] * n_cols + cols[None, :], dz * alpha, mask=mask)
+    tl.store(DA_PART + pid * n_cols + cols, tl.sum(da, axis=0), mask=cols < n_cols)
+    tl.store(DW_PART + pid * n_cols + cols, tl.sum(dw, axis=0), mask=cols < n_cols)
+    if HAS_B:
+        tl.store(DB_PART + pid * n_cols + cols, tl.sum(db, axis=0), mask=cols < n_cols)
+
+# ---- Launch plumbing shared by the ops
+
+def _tile(d, bwd=False):
+    """(BLOCK_M, BLOCK_N, num_warps) for rows of width d: one tile spans a row, narrow rows (head dims) are stacked.
+    ~16 elements per thread forward; ~8 backward, whose kernels hold more live tensors (at 16, ptxas reported
+    130-250 registers; at 8 at most 128 and no spills for d <= 8192)."""
+    bn = triton.next_power_of_2(d)
+    if INTERPRET_TILE:
+        return max(1, INTERPRET_TILE // bn), bn, 4
+    per_thread = 8 if bwd else 16
+    bm = max(1, 128 * per_thread // bn)
+    return bm, bn, max(4, min(32, bm * bn // (32 * per_thread)))
+
+# The interpreter's cost is mostly per program, so on a CPU tiles hold ~64K elements (10-20x faster than GPU-sized
+# tiles); tests set this to 0 to run the GPU tiling (several tiles, backward loops) under the interpreter too.
+_INTERPRETED = triton is not None and type(_rms_norm_fwd_kernel).__name__ == "InterpretedFunction"
+INTERPRET_TILE = 1 << 16 if _INTERPRETED else 0
+
+_SM_COUNT = {}
+def _programs(n_rows, block_m, device, reduce):
+    """One program per tile; when parameter grads are reduced, at most 2 per SM (each loops over its tiles)."""
+    tiles = triton.cdiv(n_rows, block_m)
+    if not reduce:
+        return tiles
+    if device.type != "cuda":
+        return min(tiles, 4)
+    if device not in _SM_COUNT:
+        _SM_COUNT[device] = torch.cuda.get_device_properties(device).multi_processor_count
+    return min(tiles, 2 * _SM_COUNT[device])
+
+def _rows(t):
+    """(..., d) -> (rows, d) with unit column stride; a view when possible (the kernels take the row stride)."""
+    t = t.reshape(-1, t.shape[-1])
+    return t if t.stride(1) == 1 else t.contiguous()
+
+def _vec(p, d):
+    """A per-channel parameter as a contiguous (d,) vector; a 1-element one is broadcast."""
+    if p is None:
+        return None
+    if p.numel() not in (1, d):
+        raise ValueError(f"a parameter of shape {tuple(p.shape)} does not broadcast over {d} channels")
+    return p.reshape(-1).expand(d).contiguous()
+
+def _grad_like(g, p):
+    """Per-channel fp32 gradient -> p's shape and dtype (summed for a 1-element parameter)."""
+    return (g.sum() if p.numel() == 1 else g).reshape(p.shape).to(p.dtype)
+
+def _same_shape(h, x):
+    if h.shape != x.shape:
+        raise ValueError(f"h and x must have the same shape, got {tuple(h.shape)} and {tuple(x.shape)}")
+
+def _like(t):  # contiguous, like the outputs of the real implementations
+    return t.new_empty(t.shape)
+
+def _stats(x, k):  # k fp32 scalars per row, saved for the backward
+    return x.new_empty((k, *x.shape[:-1]), dtype=torch.float32)
+
+def _none(t):  # what a custom op returns for the gradient of an absent optional parameter
+    return t.new_empty(0)
+
+def _custom_op(name, fake):
+    """torch.ops.ngpt.<name>: opaque to torch.compile, with `fake` giving output shapes for tracing."""
+    def register(fn):
+        op = torch.library.custom_op(f"ngpt::{name}", fn, mutates_args=())
+        op.register_fake(fake)
+        return op
+    return register
+
+# ---- Custom ops: forward and backward per op, then the autograd wiring and the public function (the references' signature)
+
+@_custom_op("rms_norm", lambda x, weight, eps, skip_tol: (_like(x), _stats(x, 1)))
+def _rms_norm_op(x: torch.Tensor, weight: Optional[torch.Tensor], eps: float, skip_tol: float) -> tuple[torch.Tensor, torch.Tensor]:
+    x2, y, stats = _rows(x), _like(x), _stats(x, 1)
+    (n, d), (bm, bn, nw) = x2.shape, _tile(x.shape[-1])
+    if n:
+        _rms_norm_fwd_kernel[(triton.cdiv(n, bm),)](x2, _vec(weight, d), y, stats, n, d, x2.stride(0), eps, skip_tol,
+                                                     HAS_W=weight is not None, SKIP=skip_tol > 0, BLOCK_M=bm, BLOCK_N=bn, num_warps=nw)
+    return y, stats
+
+@_custom_op("rms_norm_bwd", lambda dy, x, weight, stats, skip_tol: (_like(x), _like(weight) if weight is not None else _none(x)))
+def _rms_norm_bwd_op(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor], stats: torch.Tensor, skip_tol: float) -> tuple[torch.Tensor, torch.Tensor]:
+    x2, dy2, dx = _rows(x), _rows(dy), _like(x)
+    (n, d), (bm, bn, nw) = x2.shape, _tile(x.shape[-1], bwd=True)
+    grid = _programs(n, bm, x.device, reduce=weight is not None)
+    part = torch.empty(grid, d, dtype=torch.float32, device=x.device) if weight is not None else None
+    if n:
+        _rms_norm_bwd_kernel[(grid,)](dy2, x2, _vec(weight, d), stats, dx, part, n, d, dy2.stride(0), x2.stride(0), skip_tol,
+                                      HAS_W=weight is not None, SKIP=skip_tol > 0, BLOCK_M=bm, BLOCK_N=bn, num_warps=nw)
+    return dx, (_grad_like(part.sum(0), weight) if weight is not None else _none(x))
+
+def _rms_norm_setup(ctx, inputs, output):
+    x, weight, _, ctx.skip_tol = inputs
+    ctx.save_for_backward(x, weight, output[1])
+
+def _rms_norm_backward(ctx, dy, _):
+    x, weight, stats = ctx.saved_tensors
+    dx, dw = _rms_norm_bwd_op(dy, x, weight, stats, ctx.skip_tol)
+    return dx, (dw if weight is not None else None), None, None
+
+_rms_norm_op.register_autograd(_rms_norm_backward, setup_context=_rms_norm_setup)
+
+def rms_norm_triton(x, weight=None, eps: float = 1e-6, skip_tol: float = 0.0):
+    return _rms_norm_op(x, weight, float(eps), float(skip_tol))[0]
+
+
+@_custom_op("l2_norm", lambda x, eps: (_like(x), _stats(x, 1)))
+def _l2_norm_op(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    x2, y, stats = _rows(x), _like(x), _stats(x, 1)
+    (n, d), (bm, bn, nw) = x2.shape, _tile(x.shape[-1])
+    if n:
+        _l2_norm_fwd_kernel[(triton.cdiv(n, bm),)](x2, y, stats, n, d, x2.stride(0), eps, BLOCK_M=bm, BLOCK_N=bn, num_warps=nw)
+    return y, stats
+
+@_custom_op("l2_norm_bwd", lambda dy, x, stats: _like(x))
+def _l2_norm_bwd_op(dy: torch.Tensor, x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+    x2, dy2, dx = _rows(x), _rows(dy), _like(x)
+    (n, d), (bm, bn, nw) = x2.shape, _tile(x.shape[-1], bwd=True)
+    if n:
+        _l2_norm_bwd_kernel[(triton.cdiv(n, bm),)](dy2, x2, stats, dx, n, d, dy2.stride(0), x2.stride(0), BLOCK_M=bm, BLOCK_N=bn, num_warps=nw)
+    return dx
+
+def _l2_norm_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], output[1])
+
+def _l2_norm_backward(ctx, dy, _):
+    return _l2_norm_bwd_op(dy, *ctx.saved_tensors), None
+
+_l2_norm_op.register_autograd(_l2_norm_backward, setup_context=_l2_norm_setup)
+
+def l2_norm_triton(x, eps: float = 1e-12):
+    return _l2_norm_op(x, float(eps))[0]
+
+
+@_custom_op("ngpt_update", lambda h, x, alpha, gate, residual: (_like(h), _stats(h, 2)))
+def _ngpt_update_op(h: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, gate: Optional[torch.Tensor], residual: str) -> tuple[torch.Tensor, torch.Tensor]:
+    _same_shape(h, x)
+    h2, x2, y, stats = _rows(h), _rows(x), _like(h), _stats(h, 2)
+    (n, d), (bm, bn, nw) = h2.shape, _tile(h.shape[-1])
+    if n:
+        _ngpt_update_fwd_kernel[(triton.cdiv(n, bm),)](h2, x2, _vec(alpha, d), _vec(gate, d), y, stats, n, d, h2.stride(0), x2.stride(0), 1e-12,
+                                                        HAS_GATE=gate is not None, LERP=residual == "lerp", BLOCK_M=bm, BLOCK_N=bn, num_warps=nw)
+    return y, stats
+
+@_custom_op("ngpt_update_bwd", lambda dy, h, x, alpha, gate, stats, residual: (_like(h), _like(x), _like(alpha), _like(gate) if gate is not None else _none(h)))
+def _ngpt_update_bwd_op(dy: torch.Tensor, h: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, gate: Optional[torch.Tensor],
+                        stats: torch.Tensor, residual: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    h2, x2, dy2, dh, dx = _rows(h), _rows(x), _rows(dy), _like(h), _like(x)
+    (n, d), (bm, bn, nw) = h2.shape, _tile(h.shape[-1], bwd=True)
+    grid = _programs(n, bm, h.device, reduce=True)
+    part = torch.empty(grid, d, dtype=torch.float32, device=h.device)
+    alpha_v, gate_v = _vec(alpha, d), _vec(gate, d)
+    if n:
+        _ngpt_update_bwd_kernel[(grid,)](dy2, h2, x2, alpha_v, gate_v, stats, dh, dx, part, n, d, dy2.stride(0), h2.stride(0), x2.stride(0),
+                                         HAS_GATE=gate is not None, LERP=residual == "lerp", BLOCK_M=bm, BLOCK_N=bn, num_warps=nw)
+    da = part.sum(0)  # gradient of the effective a = alpha * sigmoid(gate), per channel
+    if gate is None:
+        return dh, dx, _grad_like(da, alpha), _none(h)
+    s = torch.sigmoid(gate_v.float())
+    return dh, dx, _grad_like(da * s, alpha), _grad_like(da * alpha_v.float() * s * (1 - s), gate)
+
+def _ngpt_update_setup(ctx, inputs, output):
+    h, x, alpha, gate, ctx.residual = inputs
+    ctx.save_for_backward(h, x, alpha, gate, output[1])
+
+def _ngpt_update_backward(ctx, dy, _):
+    h, x, alpha, gate, stats = ctx.saved_tensors
+    dh, dx, dalpha, dgate = _ngpt_update_bwd_op(dy, h, x, alpha, gate, stats, ctx.residual)
+    return dh, dx, dalpha, (dgate if gate is not None else None), None
+
+_ngpt_update_op.register_autograd(_ngpt_update_backward, setup_context=_ngpt_update_setup)
+
+def ngpt_update_triton(h, x, alpha, gate=None, residual: str = "lerp"):
+    return _ngpt_update_op(h, x, alpha, gate, residual)[0]
+
+
+@_custom_op("angpt_update", lambda h, x, alpha: _like(h))
+def _angpt_update_op(h: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    _same_shape(h, x)
+    h2, x2, y = _rows(h), _rows(x), _like(h)
+    (n, d), (bm, bn, nw) = h2.shape, _tile(h.shape[-1])
+    if n:
+        _angpt_update_fwd_kernel[(triton.cdiv(n, bm),)](h2, x2, _vec(alpha, d), y, n, d, h2.stride(0), x2.stride(0), BLOCK_M=bm, BLOCK_N=bn, num_warps=nw)
+    return y
+
+@_custom_op("angpt_update_bwd", lambda dy, h, x, alpha: (_like(h), _like(x), _like(alpha)))
+def _angpt_update_bwd_op(dy: torch.Tensor, h: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    h2, x2, dy2, dh, dx = _rows(h), _rows(x), _rows(dy), _like(h), _like(x)
+    (n, d), (bm, bn, nw) = h2.shape, _tile(h.shape[-1], bwd=True)
+    grid = _programs(n, bm, h.device, reduce=True)
+    part = torch.empty(grid, d, dtype=torch.float32, device=h.device)
+    if n:
+        _angpt_update_bwd_kernel[(grid,)](dy2, h2, x2, _vec(alpha, d), dh, dx, part, n, d, dy2.stride(0), h2.stride(0), x2.stride(0),
+                                          BLOCK_M=bm, BLOCK_N=bn, num_warps=nw)
+    return dh, dx, _grad_like(part.sum(0), alpha)
+
+def _angpt_update_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+def _angpt_update_backward(ctx, dy):
+    return _angpt_update_bwd_op(dy, *ctx.saved_tensors)
+
+_angpt_update_op.register_autograd(_angpt_update_backward, setup_context=_angpt_update_setup)
+
+def angpt_update_triton(h, x, alpha):
+    return _angpt_update_op(h, x, alpha)
+
+
+@_custom_op("gated_residual", lambda h, x, gate: _like(h))
+def _gated_residual_op(h: torch.Tensor, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    _same_shape(h, x)
+    h2, x2, y = _rows(h), _rows(x), _like(h)
+    (n, d), (bm, bn, nw) = h2.shape, _tile(h.shape[-1])
+    if n:
+        _gated_residual_fwd_kernel[(triton.cdiv(n, bm),)](h2, x2, _vec(gate, d), y, n, d, h2.stride(0), x2.stride(0), BLOCK_M=bm, BLOCK_N=bn, num_warps=nw)
+    return y
+
+@_custom_op("gated_residual_bwd", lambda dy, x, gate: (_like(x), _like(gate)))
+def _gated_residual_bwd_op(dy: torch.Tensor, x: torch.Tensor, gate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x2, dy2, dx = _rows(x), _rows(dy), _like(x)
+    (n, d), (bm, bn, nw) = x2.shape, _tile(x.shape[-1], bwd=True)
+    grid = _programs(n, bm, x.device, reduce=True)
+    part, gate_v = torch.empty(grid, d, dtype=torch.float32, device=x.device), _vec(gate, d)
+    if n:
+        _gated_residual_bwd_kernel[(grid,)](dy2, x2, gate_v, dx, part, n, d, dy2.stride(0), x2.stride(0), BLOCK_M=bm, BLOCK_N=bn, num_warps=nw)
+    s = torch.sigmoid(gate_v.float())
+    return dx, _grad_like(part.sum(0) * s * (1 - s), gate)
+
+def _gated_residual_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1], inputs[2])
+
+def _gated_residual_backward(ctx, dy):
+    return (dy, *_gated_residual_bwd_op(dy, *ctx.saved_tensors))  # d h = dy: nothing to compute
+
+_gated_residual_op.register_autograd(_gated_residual_backward, setup_context=_gated_residual_setup)
+
+def gated_residual_triton(h, x, gate):
+    return _gated_residual_op(h, x, gate)
+
+
+@_custom_op("dyt", lambda x, alpha, weight, bias: _like(x))
+def _dyt_op(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    if alpha.numel() != 1:
+        raise ValueError(f"dyt: alpha must have one element, got shape {tuple(alpha.shape)}")
+    x2, y = _rows(x), _like(x)
+    (n, d), (bm, bn, nw) = x2.shape, _tile(x.shape[-1])
+    if n:
+        _dyt_fwd_kernel[(triton.cdiv(n, bm),)](x2, alpha, _vec(weight, d), _vec(bias, d), y, n, d, x2.stride(0),
+                                                HAS_B=bias is not None, BLOCK_M=bm, BLOCK_N=bn, num_warps=nw)
+    return y
+
+@_custom_op("dyt_bwd", lambda dy, x, alpha, weight, bias: (_like(x), _like(alpha), _like(weight), _like(bias) if bias is not None else _none(x)))
+def _dyt_bwd_op(dy: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    x2, dy2, dx = _rows(x), _rows(dy), _like(x)
+    (n, d), (bm, bn, nw) = x2.shape, _tile(x.shape[-1], bwd=True)
+    grid = _programs(n, bm, x.device, reduce=True)
+    part = torch.empty(3, grid, d, dtype=torch.float32, device=x.device)  # d alpha (per channel), d weight, d bias
+    if n:
+        _dyt_bwd_kernel[(grid,)](dy2, x2, alpha, _vec(weight, d), dx, part[0], part[1], part[2], n, d, dy2.stride(0), x2.stride(0),
+                                 HAS_B=bias is not None, BLOCK_M=bm, BLOCK_N=bn, num_warps=nw)
+    da, dw, db = (p.sum(0) for p in part)  # separate sums: a custom op's outputs may not alias each other
+    return dx, _grad_like(da.sum(), alpha), _grad_like(dw, weight), (_grad_like(db, bias) if bias is not None else _none(x))
+
+def _dyt_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+def _dyt_backward(ctx, dy):
+    x, alpha, weight, bias = ctx.saved_tensors
+    dx, dalpha, dw, db = _dyt_bwd_op(dy, x, alpha, weight, bias)
+    return dx, dalpha, dw, (db if bias is not None else None)
+
+_dyt_op.register_autograd(_dyt_backward, setup_context=_dyt_setup)
+
+def dyt_triton(x, alpha, weight, bias=None):
+    return _dyt_op(x, alpha, weight, bias)
+
+# ---- Selection
+
+KERNEL_OPS = ("rms_norm", "l2_norm", "ngpt_update", "angpt_update", "gated_residual", "dyt")
+
 class KernelSet:
     """The ops the model calls; set_kernels() swaps in the Triton versions."""
     rms_norm = staticmethod(rms_norm_ref)
@@ -298,14 +820,21 @@ class KernelSet:
 
 K = KernelSet()
 
-def set_kernels(mode: str, device: torch.device):
-    """auto = Triton on CUDA, torch elsewhere."""
-    use_triton = mode == "triton" or (mode == "auto" and device.type == "cuda")
-    if use_triton:
-        raise NotImplementedError("Triton kernels are not in this build yet; use --kernels=torch")
-    for name in ("rms_norm", "l2_norm", "ngpt_update", "angpt_update", "gated_residual", "dyt"):
-        setattr(K, name, globals()[name + "_ref"])
-    return "torch"
+def set_kernels(mode: str, device) -> str:
+    """auto = Triton on CUDA (when it is installed), torch elsewhere; triton forces it (on a CPU through the
+    interpreter); torch = the references. Returns the name of the implementation in use."""
+    if mode not in ("auto", "triton", "torch"):
+        raise ValueError(f"--kernels={mode!r}: choose one of 'auto', 'triton', 'torch'")
+    on_cuda = torch.device(device).type == "cuda"
+    use = "triton" if mode == "triton" or (mode == "auto" and on_cuda and triton is not None) else "torch"
+    if use == "triton" and triton is None:
+        raise RuntimeError(f"--kernels=triton needs the triton package ({_TRITON_ERROR}); install it (pip install triton) or use --kernels=torch")
+    if use == "triton" and not on_cuda and not _INTERPRETED:
+        raise RuntimeError("--kernels=triton on a CPU runs in Triton's interpreter, which was off when train_gpt was imported: "
+                           "set TRITON_INTERPRET=1 before starting, or use --kernels=torch")
+    for name in KERNEL_OPS:
+        setattr(K, name, globals()[name + ("_triton" if use == "triton" else "_ref")])
+    return use
 
 # ----------------------------------------------------------------------------- END KERNELS
 

@@ -1,0 +1,270 @@
+"""Triton kernels against their torch references (Triton's interpreter on CPU), custom-op registration, kernel
+selection, and ahead-of-time compilation of every kernel for Hopper (sm_90) without a GPU."""
+import os, sys, zlib, inspect, contextlib, subprocess, textwrap
+import pytest
+import torch
+
+pytest.importorskip("triton")
+import train_gpt as T
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CPU_TILE = T.INTERPRET_TILE  # elements per tile the interpreter uses by default (big: its cost is per program)
+
+@pytest.fixture(autouse=True)
+def gpu_tiling(monkeypatch):
+    """Launch with the GPU's tile sizes under the interpreter too: several tiles per launch, masked tails, backward
+    programs looping over tiles. Tests of the CPU's own tiling put it back."""
+    monkeypatch.setattr(T, "INTERPRET_TILE", 0)
+SKIP_TOL = 0.05
+SHAPES = [(1, 96), (2, 3, 200), (9, 1024), (37, 64)]  # single row; 3-D, non-power-of-two; tiles looping per program; stacked narrow rows
+DTYPES = [torch.float32, torch.bfloat16]
+
+def make_inputs(op, shape, dtype, variant):
+    """Activations in `dtype`, parameters in fp32 (as the model keeps them)."""
+    g = torch.Generator().manual_seed(zlib.crc32(repr((op, shape, variant)).encode()))
+    d = shape[-1]
+    rnd = lambda *s, scale=1.0: torch.randn(*s, generator=g) * scale
+    x = rnd(*shape).to(dtype)
+    if op == "rms_norm":
+        return (x, rnd(d) if variant.get("weight") else None), {}
+    if op == "l2_norm":
+        return (x,), {}
+    h = rnd(*shape)
+    if op == "ngpt_update":
+        h = (h / h.norm(dim=-1, keepdim=True)).to(dtype)  # the nGPT residual stream is unit-norm
+        alpha = torch.rand(d, generator=g) * 0.4 + 0.05
+        return (h, x, alpha, rnd(d) if variant.get("gate") else None), dict(residual=variant["residual"])
+    if op == "angpt_update":
+        return (h.to(dtype), x, torch.rand(d, generator=g)), {}
+    if op == "gated_residual":
+        return (h.to(dtype), x, rnd(d)), {}
+    if op == "dyt":
+        return (x, torch.tensor([0.7]), 1 + rnd(d, scale=0.3), rnd(d, scale=0.3) if variant.get("bias") else None), {}
+    raise ValueError(op)
+
+def run(fn, args, kwargs, dy):
+    """Forward and backward of fn on fresh leaf copies: (output, grads of every tensor argument)."""
+    leaves = [a.detach().clone().requires_grad_() if torch.is_tensor(a) else a for a in args]
+    y = fn(*leaves, **kwargs)
+    y.backward(dy)
+    return y.detach(), [a.grad for a in leaves if torch.is_tensor(a)]
+
+def compare(name, args, kwargs=None, seed=0):
+    kwargs = kwargs or {}
+    ref, tri = getattr(T, name + "_ref"), getattr(T, name + "_triton")
+    y_ref = ref(*args, **kwargs)
+    dy = torch.randn(y_ref.shape, generator=torch.Generator().manual_seed(seed)).to(y_ref.dtype)
+    (y1, g1), (y2, g2) = run(ref, args, kwargs, dy), run(tri, args, kwargs, dy)
+    assert y2.dtype == y1.dtype and y2.shape == y1.shape
+    close(y2, y1, "output")
+    for i, (a, b) in enumerate(zip(g2, g1)):
+        assert (a is None) == (b is None), f"grad {i}: presence differs"
+        if a is not None:
+            assert a.dtype == b.dtype and a.shape == b.shape, f"grad {i}: {a.dtype}{tuple(a.shape)} vs {b.dtype}{tuple(b.shape)}"
+            close(a, b, f"grad of argument {i}")
+    return (y1, g1), (y2, g2)
+
+def close(actual, expected, what):
+    """fp32: ~1e-5 relative to the tensor's scale (parameter grads are sums over rows). bf16: a bf16 ulp or two
+    (the interpreter truncates on fp32 -> bf16 stores where torch rounds)."""
+    scale = max(1.0, expected.float().abs().max().item())
+    if actual.dtype == torch.bfloat16:
+        torch.testing.assert_close(actual.float(), expected.float(), rtol=1.6e-2, atol=1e-2 * scale, msg=lambda m: f"{what}: {m}")
+    else:
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=2e-5 * scale, msg=lambda m: f"{what}: {m}")
+
+VARIANTS = [
+    ("rms_norm", {}), ("rms_norm", dict(weight=True)),
+    ("l2_norm", {}),
+    ("ngpt_update", dict(residual="lerp")), ("ngpt_update", dict(residual="lerp", gate=True)),
+    ("ngpt_update", dict(residual="add")), ("ngpt_update", dict(residual="add", gate=True)),
+    ("angpt_update", {}),
+    ("gated_residual", {}),
+    ("dyt", {}), ("dyt", dict(bias=True)),
+]
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("op,variant", VARIANTS, ids=[f"{o}-{'-'.join(f'{k}={v}' for k, v in v.items()) or 'plain'}" for o, v in VARIANTS])
+def test_matches_reference(op, variant, shape, dtype):
+    args, kwargs = make_inputs(op, shape, dtype, variant)
+    compare(op, args, kwargs)
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_matches_reference_with_cpu_tiling(dtype, monkeypatch):
+    monkeypatch.setattr(T, "INTERPRET_TILE", CPU_TILE)
+    for op, variant in VARIANTS:
+        args, kwargs = make_inputs(op, (2, 3, 200), dtype, variant)
+        compare(op, args, kwargs)
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("weight", [False, True])
+def test_rms_norm_skip_rule(weight, dtype):
+    """Rows at unit rms come back (and pass gradients) unchanged; the others are normalised."""
+    x = torch.randn(2, 5, 200)
+    x[:, ::2] /= x[:, ::2].pow(2).mean(-1, keepdim=True).sqrt()  # even rows: rms == 1 -> skipped
+    x[:, 1::2] *= 3.0                                               # odd rows: rms ~ 3 -> normalised
+    x = x.to(dtype)
+    w, dy = (torch.randn(200) if weight else None), torch.randn(x.shape).to(dtype)
+    y, (dx, *_) = run(T.rms_norm_triton, (x, w), dict(skip_tol=SKIP_TOL), dy)
+    assert torch.equal(y[:, ::2], x[:, ::2]) and torch.equal(dx[:, ::2], dy[:, ::2])
+    assert not torch.allclose(y[:, 1::2].float(), x[:, 1::2].float(), atol=0.1)
+    compare("rms_norm", (x, w), dict(skip_tol=SKIP_TOL))
+
+def test_strided_and_broadcast_inputs():
+    """Row-strided views run in place, column-strided ones are copied; 1-element alpha/gate broadcast."""
+    base = torch.randn(6, 300)
+    h, x = base[:, :200], torch.randn(200, 6).t()  # row stride 300; column stride 6
+    compare("ngpt_update", (h, x, torch.rand(200) * 0.3, torch.randn(200)))
+    compare("ngpt_update", (h, x, torch.tensor([0.2]), torch.randn(1)), dict(residual="add"))
+    compare("angpt_update", (h, x, torch.tensor([0.3])))
+    compare("gated_residual", (h, x, torch.randn(1)))
+    compare("rms_norm", (x, torch.randn(200)))
+
+def test_empty_rows():
+    """Zero rows (e.g. every token skipped the MLP) give empty outputs and zero parameter grads."""
+    x, w = torch.randn(0, 64), torch.randn(64, requires_grad=True)
+    y = T.rms_norm_triton(x, w)
+    y.sum().backward()
+    assert y.shape == (0, 64) and torch.equal(w.grad, torch.zeros(64))
+
+def test_custom_ops_pass_opcheck():
+    """Schemas, fake (meta) implementations and autograd registration are consistent: what torch.compile relies on."""
+    x, h, w, g = torch.randn(2, 3, 96), torch.randn(2, 3, 96), torch.randn(96), torch.randn(96)
+    alpha, stats1 = torch.rand(96) * 0.3, T._rms_norm_op(x, w, 1e-6, 0.1)[1]
+    ng_stats = T._ngpt_update_op(h, x, alpha, g, "lerp")[1]
+    grad = lambda *ts: tuple(t.clone().requires_grad_() for t in ts)
+    cases = [
+        (T._rms_norm_op, (*grad(x, w), 1e-6, 0.1)), (T._rms_norm_op, (*grad(x), None, 1e-6, 0.0)),
+        (T._rms_norm_bwd_op, (h, x, w, stats1, 0.1)),
+        (T._l2_norm_op, (*grad(x), 1e-12)), (T._l2_norm_bwd_op, (h, x, T._l2_norm_op(x, 1e-12)[1])),
+        (T._ngpt_update_op, (*grad(h, x, alpha, g), "lerp")), (T._ngpt_update_op, (*grad(h, x, alpha), None, "add")),
+        (T._ngpt_update_bwd_op, (h, h, x, alpha, g, ng_stats, "lerp")),
+        (T._angpt_update_op, grad(h, x, alpha)), (T._angpt_update_bwd_op, (x, h, x, alpha)),
+        (T._gated_residual_op, grad(h, x, g)), (T._gated_residual_bwd_op, (h, x, g)),
+        (T._dyt_op, grad(x, torch.tensor([0.5]), w, g)), (T._dyt_op, (*grad(x, torch.tensor([0.5]), w), None)),
+        (T._dyt_bwd_op, (h, x, torch.tensor([0.5]), w, g)),
+    ]
+    for op, args in cases:
+        torch.library.opcheck(op, args)
+
+def test_torch_compile_fullgraph():
+    """All six ops in one graph under torch.compile(fullgraph=True) (aot_eager: inductor's CPU codegen adds nothing here)."""
+    def chain(ops, x, h, w, g, a):
+        y = ops["rms_norm"](x, w, skip_tol=0.0)
+        y = ops["ngpt_update"](ops["l2_norm"](h), y, a, g)
+        y = ops["angpt_update"](y, x, a)
+        y = ops["gated_residual"](y, x, g)
+        return ops["dyt"](y, a[:1], w, g)
+    tri = {n: getattr(T, n + "_triton") for n in T.KERNEL_OPS}
+    ref = {n: getattr(T, n + "_ref") for n in T.KERNEL_OPS}
+    args = (torch.randn(4, 96), torch.randn(4, 96), torch.randn(96), torch.randn(96), torch.rand(96) * 0.3)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda *a: chain(tri, *a), fullgraph=True, backend="aot_eager")
+    dy = torch.randn(4, 96)
+    y1, g1 = run(compiled, args, {}, dy)
+    y2, g2 = run(lambda *a: chain(ref, *a), args, {}, dy)
+    close(y1, y2, "output")
+    for a, b in zip(g1, g2):
+        close(a, b, "grad")
+
+def test_set_kernels():
+    for n in T.KERNEL_OPS:  # the model calls K.<op> the same way whichever implementation is in use
+        assert inspect.signature(getattr(T, n + "_triton")) == inspect.signature(getattr(T, n + "_ref")), n
+    try:
+        assert T.set_kernels("torch", torch.device("cpu")) == "torch" and T.K.rms_norm is T.rms_norm_ref
+        assert T.set_kernels("auto", "cpu") == "torch" and T.K.dyt is T.dyt_ref
+        assert T.set_kernels("triton", "cpu") == "triton"
+        assert all(getattr(T.K, n) is getattr(T, n + "_triton") for n in T.KERNEL_OPS)
+        with pytest.raises(ValueError, match="choose one of"):
+            T.set_kernels("cuda", "cpu")
+    finally:
+        T.set_kernels("torch", "cpu")
+
+def _python(code, **env):
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=600)
+
+def test_without_triton():
+    """train_gpt imports and runs the references without triton; asking for Triton says what is missing."""
+    r = _python("""
+        import sys; sys.modules["triton"] = None  # import triton -> ImportError
+        import torch, train_gpt as T
+        assert T.set_kernels("auto", "cuda") == "torch"
+        print(T.K.rms_norm(torch.randn(2, 8)).shape)
+        try: T.set_kernels("triton", "cpu")
+        except RuntimeError as e: print("ERR", e)
+    """)
+    assert r.returncode == 0, r.stderr
+    assert "torch.Size([2, 8])" in r.stdout and "ERR --kernels=triton needs the triton package" in r.stdout, r.stdout
+
+AOT_WIDTHS = [64, 96, 128, 200, 256, 512, 768, 1024, 2048, 3072, 4096, 8192]  # head dims, test shapes, model widths (MLP 4x included)
+
+def test_kernels_compile_for_hopper(tmp_path):
+    """Every kernel, for every tile it is launched with at these widths (constexpr flags all on; every flag
+    combination at one width), compiles to PTX and a cubin for sm_90. Runs in a subprocess: under
+    TRITON_INTERPRET=1 @triton.jit makes interpreted functions, which cannot be compiled."""
+    r = _python(f"""
+        import itertools, triton, train_gpt as T
+        from triton.compiler import ASTSource
+        from triton.backends.compiler import GPUTarget
+        kernels = {{k: v for k, v in vars(T).items() if k.endswith("_kernel")}}
+        assert len(kernels) == 2 * len(T.KERNEL_OPS) and all(isinstance(k, triton.runtime.JITFunction) for k in kernels.values()), kernels
+        FP32 = {{"STATS", "W", "A", "G", "B", "ALPHA"}}  # parameters and saved statistics; activations are bf16
+        def arg_type(p):
+            if p.is_constexpr: return "constexpr"
+            if p.name.isupper(): return "*fp32" if p.name in FP32 or p.name.endswith("_PART") else "*bf16"
+            return "fp32" if p.name in ("eps", "skip_tol") else "i32"
+        n = 0
+        for name, fn in sorted(kernels.items()):
+            sig = {{p.name: arg_type(p) for p in fn.params}}
+            flags = [p.name for p in fn.params if p.is_constexpr and not p.name.startswith("BLOCK_")]
+            tiles = sorted({{T._tile(d, bwd=name.endswith("_bwd_kernel")) for d in {AOT_WIDTHS}}})
+            for bm, bn, warps in tiles:
+                combos = itertools.product([True, False], repeat=len(flags)) if bn == 1024 else [(True,) * len(flags)]
+                for combo in combos:
+                    consts = dict(BLOCK_M=bm, BLOCK_N=bn, **dict(zip(flags, combo)))
+                    k = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
+                    assert ".target sm_90" in k.asm["ptx"] and len(k.asm["cubin"]) > 1000, (name, consts)
+                    n += 1
+        print("compiled", n)
+    """, TRITON_INTERPRET="0", TRITON_CACHE_DIR=str(tmp_path))
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "compiled" in r.stdout
+
+MODEL_CONFIGS = {  # every architecture path that calls a kernel
+    "gpt-rmsnorm": [], "gpt-dyt": ["--norm=dyt"], "gpt-norm_skip_tol": ["--norm_skip_tol=0.1"],
+    "ngpt": ["--arch=ngpt"], "ngpt-gated-add": ["--arch=ngpt", "--ngpt_gated_residual", "--ngpt_residual=add"],
+    "ngpt-scalar_alpha": ["--arch=ngpt", "--ngpt_scalar_alpha"], "angpt": ["--arch=angpt"],
+}
+
+@pytest.mark.parametrize("name", MODEL_CONFIGS)
+def test_model_triton_matches_torch(name, monkeypatch):
+    """A one-layer model gives the same loss and parameter gradients with --kernels=triton as with --kernels=torch (fp32)."""
+    monkeypatch.setattr(T, "INTERPRET_TILE", CPU_TILE)  # as `python train_gpt.py --kernels=triton` runs on a CPU
+    a = T.parse_args(["--preset=cpu", "--n_layer=1", "--n_embd=64", "--n_head=2", "--bf16=false", "--kernels=triton", *MODEL_CONFIGS[name]])
+    torch.manual_seed(0)
+    model = T.build_model(a)
+    with torch.no_grad():  # zero-initialised projections and gates would leave most gradients at exactly 0
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    g = torch.Generator().manual_seed(1)
+    idx, targets = torch.randint(0, 50257, (2, 16), generator=g), torch.randint(0, 50257, (2, 16), generator=g)
+    def loss_and_grads(mode):
+        assert T.set_kernels(mode, "cpu") == mode
+        model.zero_grad(set_to_none=True)
+        with T.measure_stats() if a.norm_skip_tol > 0 else contextlib.nullcontext({}) as stats:
+            loss = model(idx, targets)
+        loss.backward()
+        return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}, stats
+    try:
+        loss_t, grads_t, stats = loss_and_grads(a.kernels)
+        loss_r, grads_r, _ = loss_and_grads("torch")
+    finally:
+        T.set_kernels("torch", "cpu")
+    if a.norm_skip_tol > 0:  # the rule must have both skipped and normalised tokens here
+        assert any(0 < f < 1 for f in stats["norm_skip_frac"]), stats["norm_skip_frac"]
+    torch.testing.assert_close(loss_t, loss_r, rtol=1e-5, atol=1e-5)
+    assert grads_t.keys() == grads_r.keys()
+    for n in grads_r:
+        close(grads_t[n], grads_r[n], f"grad of {n}")
