@@ -852,7 +852,7 @@ def measure_stats():
 
 def record_stat(key, value):
     if _STATS is not None:
-        _STATS.setdefault(key, []).append(float(value))
+        _STATS.setdefault(key, []).append(float(value.detach() if torch.is_tensor(value) else value))
 
 class Norm(nn.Module):
     """One normalisation site: rmsnorm (optionally with the norm_skip_tol rule), layernorm, dyt or none."""
