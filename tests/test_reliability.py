@@ -155,7 +155,7 @@ def data(tmp_path_factory):
     rng = np.random.default_rng(1234)
     for i in range(3):
         train_gpt.write_shard(str(d / f"rel_train_{i:06d}.bin"), rng.integers(0, 50257, 600))
-    train_gpt.write_shard(str(d / "rel_val_000000.bin"), rng.integers(0, 50257, 16 * 1024 + 1))
+    train_gpt.write_shard(str(d / "rel_val_000000.bin"), rng.integers(0, 50257, 64 * 1024 + 1))
     return dict(dir=d, train=str(d / "rel_train_*.bin"), val=str(d / "rel_val_*.bin"))
 
 def flags(data, where, arch="gpt", world=1, steps=STEPS, extra=()):
@@ -271,14 +271,15 @@ def test_two_process_run_matches_one_process_run(shared):
 
 def test_second_signal_exits_at_once(data, tmp_path):
     """The first SIGTERM asks for a checkpoint at the end of the step; a second one exits at once (143), without
-    finishing the step or saving. Both land in the long validation of step 0 (512 sequences), which starts right
-    after the handler is installed, so a graceful stop cannot win the race."""
+    finishing the step or saving. Both land in the validation of step 0 (2048 sequences: seconds even on a fast idle
+    CPU; the run never gets to finish it), which starts right after the handler is installed, so a graceful stop
+    cannot win the race."""
     args = [*TINY, "--device_batch_size=4", f"--train_files={data['train']}", f"--val_files={data['val']}", "--steps=50",
-            "--val_tokens=16384", "--save_every=0", f"--run_name={RUN}", f"--log_dir={tmp_path}/logs",
+            "--val_tokens=65536", "--save_every=0", f"--run_name={RUN}", f"--log_dir={tmp_path}/logs",
             f"--checkpoint_dir={tmp_path}/ck"]
     live = Live(args)
     live.wait_for(r"parameters: ")  # logged just before the handler is installed and validation starts
-    time.sleep(1.0)
+    time.sleep(0.5)
     live.signal(signal.SIGTERM)
     time.sleep(0.5)
     live.signal(signal.SIGTERM)
