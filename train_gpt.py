@@ -113,7 +113,7 @@ PRESETS = {
     ),
 }
 # fields that say how a run is run, not what it trains: they may differ on resume
-RUN_ONLY_FIELDS = {"steps", "val_every", "run_name", "log_dir", "save_every", "keep_checkpoints", "checkpoint_dir",
+RUN_ONLY_FIELDS = {"val_every", "run_name", "log_dir", "save_every", "keep_checkpoints", "checkpoint_dir",
                    "resume", "sample_tokens", "temperature", "top_p", "prompt", "compile", "kernels", "preset"}
 
 class ConfigError(ValueError):
@@ -915,8 +915,8 @@ class Attention(nn.Module):
         if qk == "norm":
             self.q_norm = Norm(qk_norm_kind, hd, a.dyt_alpha_attn)
             self.k_norm = Norm(qk_norm_kind, hd, a.dyt_alpha_attn)
-        if qk == "l2":  # nGPT: s_qk init 1, scale 1/sqrt(d), one per head channel
-            self.s_qk = Scalars((a.n_head, hd), 1.0, d ** -0.5)
+        if qk == "l2":  # nGPT: s_qk init 1, scale 1/sqrt(d), one per head channel (1-D: optimised as a scalar, not a matrix)
+            self.s_qk = Scalars((a.n_head * hd,), 1.0, d ** -0.5)
         # exact unit q, k make q.k a cosine in [-1, 1]: nGPT scales the softmax by sqrt(d_head), not 1/sqrt(d_head)
         self.softmax_scale = hd ** 0.5 if qk == "l2" else hd ** -0.5
     def forward(self, x):
@@ -929,7 +929,7 @@ class Attention(nn.Module):
         if self.rotary is not None:
             q, k = self.rotary(q), self.rotary(k)
         if self.qk == "l2":  # after RoPE, as in the nGPT paper
-            s_qk = self.s_qk().to(q.dtype)
+            s_qk = self.s_qk().view(self.n_head, self.head_dim).to(q.dtype)
             q, k = s_qk * K.l2_norm(q), s_qk * K.l2_norm(k)
         if self.v_scale != 1.0:
             v = v * self.v_scale
@@ -1087,6 +1087,9 @@ class GPT(nn.Module):
                 block.attn.c_proj.weight.zero_(); block.mlp.c_proj.weight.zero_()
             if not a.tie_embeddings:
                 self.lm_head.weight.zero_()
+        elif a.arch == "angpt":  # every row starts on the unit sphere, then stays inside it
+            for p in self.parameters():
+                if p.ndim == 2: p.div_(p.norm(dim=1, keepdim=True).clamp_min(1e-12))
         else:
             self.project_weights(radius=1.0)
 
@@ -1407,13 +1410,16 @@ def load_checkpoint(a: Hyperparameters):
             raise FileNotFoundError(f"--resume={a.resume}: no such checkpoint; use --resume=auto to take the newest of --run_name={a.run_name or '?'} in {a.checkpoint_dir}/")
         candidates = [a.resume]
     errors = []
-    for path in candidates:
+    for i, path in enumerate(candidates):
         try:
             return path, torch.load(path, map_location="cpu", weights_only=False)
         except Exception as e:  # truncated / corrupted file
             errors.append(f"{path}: {type(e).__name__}: {e}")
-            print(f"warning: checkpoint {path} is unreadable ({type(e).__name__}); trying an older one", file=sys.stderr)
-    raise ValueError("no readable checkpoint: " + "; ".join(errors))
+            if i + 1 < len(candidates):
+                print(f"warning: checkpoint {path} is unreadable ({type(e).__name__}); trying an older one", file=sys.stderr)
+    fix = ("pass another checkpoint, or --resume=auto to take the newest readable one of --run_name" if a.resume != "auto"
+           else f"delete them or start a new --run_name (no checkpoint of {a.run_name} in {a.checkpoint_dir}/ loads)")
+    raise ValueError(f"no readable checkpoint ({fix}): " + "; ".join(errors))
 
 def check_resume_config(saved: dict, a: Hyperparameters, path):
     diff = [k for k, v in asdict(a).items() if k not in RUN_ONLY_FIELDS and saved.get(k, v) != v]
@@ -1472,12 +1478,17 @@ def train(a: Hyperparameters, d: Dist) -> int:
     if ckpt is not None:
         check_resume_config(ckpt["args"], a, resumed_path)
     run_id = ckpt["run_id"] if ckpt else f"{a.run_name}_{uuid.uuid4().hex[:8]}"
-    for directory in (a.log_dir,) + ((a.checkpoint_dir,) if a.save_every or a.resume else ()):
+    # a stop signal writes a checkpoint even with --save_every=0, so --checkpoint_dir is always checked (and only
+    # created when a checkpoint is written: save_checkpoint makes it)
+    for directory, flag in ((a.log_dir, "log_dir"), (a.checkpoint_dir, "checkpoint_dir")):
         try:
-            os.makedirs(directory, exist_ok=True)
-            if not os.access(directory, os.W_OK): raise PermissionError(directory)
+            if flag == "log_dir": os.makedirs(directory, exist_ok=True)
+            probe = os.path.abspath(directory)
+            while not os.path.exists(probe): probe = os.path.dirname(probe)  # the nearest folder that exists
+            if not os.path.isdir(probe): raise NotADirectoryError(probe)
+            if not os.access(probe, os.W_OK): raise PermissionError(probe)
         except OSError as e:
-            raise ConfigError(f"cannot write to {directory!r} ({e.__class__.__name__}): point --{'log_dir' if directory == a.log_dir else 'checkpoint_dir'} at a writable folder") from None
+            raise ConfigError(f"cannot write to {directory!r} ({e.__class__.__name__}: {e}): point --{flag} at a writable folder") from None
     log = Logger(os.path.join(a.log_dir, f"{run_id}.txt"), d.master)
     if ckpt is None:
         with open(os.path.abspath(__file__)) as f:
