@@ -73,10 +73,10 @@ class Hyperparameters:
     # optimizer
     optimizer: str = field(default="", metadata=dict(choices=["", "muon", "adamw", "adam"], help="'' = muon for gpt, adam for ngpt/angpt"))
     lr: float = 0.0                  # adam/adamw lr for every parameter; 0 = per-arch default
-    embed_lr: float = 0.6
-    head_lr: float = 0.008
-    scalar_lr: float = 0.04
-    muon_lr: float = 0.05
+    embed_lr: float = 0.3            # muon mode: Adam lr of the embedding (speedrun: 0.6)
+    head_lr: float = 0.004           # ... of the lm_head (speedrun: 0.008)
+    scalar_lr: float = 0.02          # ... of 1-D parameters (speedrun: 0.04)
+    muon_lr: float = 0.025           # the CPU batch is 256x smaller than the speedrun's: half its lrs
     muon_momentum: float = 0.95
     adam_beta1: float = 0.8
     adam_beta2: float = 0.95
@@ -87,8 +87,8 @@ class Hyperparameters:
     cooldown_frac: float = 0.4
     min_lr_frac: float = 0.0
     # run
-    steps: int = 250
-    val_every: int = 50
+    steps: int = 200
+    val_every: int = 40
     seed: int = 0
     run_name: str = ""
     log_dir: str = "logs"
@@ -110,6 +110,7 @@ PRESETS = {
         train_files="data/fineweb10B/fineweb_train_*.bin", val_files="data/fineweb10B/fineweb_val_*.bin",
         val_tokens=10485760, seq_len=1024, batch_size=512, device_batch_size=64,
         n_layer=12, n_embd=768, n_head=6, steps=1750, val_every=125, compile=True,
+        embed_lr=0.6, head_lr=0.008, scalar_lr=0.04, muon_lr=0.05,
     ),
 }
 # fields that say how a run is run, not what it trains: they may differ on resume
