@@ -389,7 +389,7 @@ def plain_run(tiny_data, tmp_path_factory):
 def test_grad_accum_matches_one_big_batch(tiny_data, plain_run, tmp_path):
     tr, va, _ = plain_run
     assert sorted(tr) == [1, 2, 3] and sorted(va) == [0, 3]
-    assert va[3] < va[0] - 0.05  # it learns (Muon + Adam defaults)
+    assert va[3] < va[0] - 0.02  # it learns (Muon + Adam defaults: 10.83 -> 10.79 in 3 steps; clipped or warming up it moves < 0.01)
     tr2, va2, text = run_train(tiny_data, tmp_path, "--grad_accum=2")
     assert "grad_accum: 2 micro_batch: 2" in text
     for s in tr:
@@ -404,7 +404,7 @@ def test_grad_clip_reaches_the_optimizer(tiny_data, plain_run, tmp_path):
     tr2, va2, text = run_train(tiny_data, tmp_path, "--grad_clip=1e-9")
     assert '"grad_clip": 1e-09' in text
     assert tr2[1] == pytest.approx(tr[1], abs=1e-4)  # the first loss is before any update
-    assert abs(va2[3] - va2[0]) < 0.01 and va[3] < va[0] - 0.05, (va, va2)  # unclipped it learns
+    assert abs(va2[3] - va2[0]) < 0.01 and va[3] < va[0] - 0.02, (va, va2)  # unclipped it learns
 
 
 def test_lr_schedule_reaches_the_optimizer(tiny_data, plain_run, tmp_path):
@@ -412,4 +412,4 @@ def test_lr_schedule_reaches_the_optimizer(tiny_data, plain_run, tmp_path):
     _, va, _ = plain_run
     _, va2, text = run_train(tiny_data, tmp_path, "--lr_schedule=cosine", "--warmup_steps=1000")
     assert '"lr_schedule": "cosine"' in text
-    assert abs(va2[3] - va2[0]) < 0.01 and va[3] < va[0] - 0.05, (va, va2)
+    assert abs(va2[3] - va2[0]) < 0.01 and va[3] < va[0] - 0.02, (va, va2)
