@@ -9,7 +9,8 @@ Each config is a string of train_gpt.py flags (split with shlex); each run gets
 (seed 0 of every config, then seed 1, ...) so an interrupted sweep still has balanced groups.
 With GPUs: `torchrun --standalone --nproc_per_node=<#GPUs> train_gpt.py ...`, else `python train_gpt.py ...`,
 run from the repo root. A failed run is reported and the sweep goes on; the exit code is 1 if any failed.
-Writes <out>/sweep.json (configs, seeds, commands, exit codes; updated after every run), and at the end
+Writes <out>/sweep.json (configs, seeds, commands, exit codes; updated after every run; a second sweep
+into the same folder adds its runs, e.g. `--seed0=3 --seeds=2` for more seeds), and at the end
 <out>/compare.txt (the table of records/compare.py) and <out>/compare.png. Default out: records/<NAME>.
 """
 import argparse
@@ -77,7 +78,20 @@ def main(argv=None):
     configs = configs or [""]  # no config: one run per seed with train_gpt.py's defaults
     out = args.out or os.path.join(REPO, "records", args.name)
     seeds = list(range(args.seed0, args.seed0 + args.seeds))
-    runs = plan(args.name, configs, seeds, out, args.script, launcher(args.launcher))
+    # a folder that already holds a sweep is extended (e.g. more seeds for a close call): its runs stay on
+    # record and a config it already has keeps its index, so run names stay unique per config and seed
+    previous = {}
+    if os.path.exists(os.path.join(out, "sweep.json")):
+        with open(os.path.join(out, "sweep.json")) as f:
+            previous = json.load(f)
+    all_configs = list(previous.get("configs", []))
+    all_configs += [c for c in configs if c not in all_configs]
+    runs = plan(args.name, all_configs, seeds, out, args.script, launcher(args.launcher))
+    runs = [r for r in runs if r["args"] in configs]
+    done = {(r["args"], r["seed"]) for r in previous.get("runs", []) if r.get("returncode") == 0}
+    if any((r["args"], r["seed"]) in done for r in runs):
+        ap.error(f"{out}/sweep.json already has a finished run of these configs at seeds {seeds}: pick other "
+                 f"seeds (--seed0) or another --out")
     if args.dry_run:
         print(f"# cd {REPO}")
         for r in runs:
@@ -85,7 +99,8 @@ def main(argv=None):
         return 0
 
     os.makedirs(out, exist_ok=True)
-    record = dict(name=args.name, out=out, configs=configs, seeds=seeds, runs=runs)
+    record = dict(name=args.name, out=out, configs=all_configs,
+                  seeds=sorted(set(previous.get("seeds", [])) | set(seeds)), runs=previous.get("runs", []) + runs)
     def save():
         with open(os.path.join(out, "sweep.json"), "w") as f:
             json.dump(record, f, indent=1)

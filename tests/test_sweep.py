@@ -69,3 +69,21 @@ def test_sweep_with_stub_continues_after_failure(tmp_path):
     assert lines["baseline"].split()[2] == "3" and lines["arch=ngpt"].split()[1] == "2"
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert table in res.stdout
+
+def test_second_sweep_adds_seeds_to_the_folder(tmp_path):
+    """More seeds for one config later: the earlier runs stay in sweep.json, the config keeps its index."""
+    stub = tmp_path / "stub_train.py"
+    stub.write_text(STUB)
+    out = tmp_path / "out"
+    common = [f"--out={out}", f"--script={stub}", "--launcher=python"]
+    assert run_sweep("t", "--seeds=2", *common, "--", "--arch=gpt", "--arch=ngpt").returncode == 0
+    res = run_sweep("t", "--seeds=1", "--seed0=2", *common, "--", "--arch=ngpt")
+    assert res.returncode == 0, res.stderr
+    rec = json.loads((out / "sweep.json").read_text())
+    assert rec["configs"] == ["--arch=gpt", "--arch=ngpt"] and rec["seeds"] == [0, 1, 2]
+    assert [r["run_name"] for r in rec["runs"]] == ["t_c0_s0", "t_c1_s0", "t_c0_s1", "t_c1_s1", "t_c1_s2"]
+    lines = {l.split()[0]: l for l in (out / "compare.txt").read_text().splitlines()[2:] if l.strip() and not l.startswith("*")}
+    assert lines["baseline"].split()[2] == "2" and lines["arch=ngpt"].split()[1] == "3"
+    again = run_sweep("t", "--seeds=1", "--seed0=1", *common, "--", "--arch=ngpt")  # seed 1 is done already
+    assert again.returncode == 2 and "--seed0" in again.stderr
+    assert len(json.loads((out / "sweep.json").read_text())["runs"]) == 5
