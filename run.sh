@@ -29,8 +29,12 @@ esac
 
 n=$(ngpus)
 if [ "$n" -gt 0 ]; then
-  # the speedrun reads data/fineweb10B: fetch the shards it needs when they are missing
-  ls data/fineweb10B/fineweb_val_*.bin >/dev/null 2>&1 || "$PY" data/cached_fineweb10B.py 8
+  # the speedrun reads 1750 x 512 x 1024 = 917M tokens of data/fineweb10B: fetch the 10 train shards (1B
+  # tokens) + val when any is missing; the fetch needs huggingface_hub, which only GPU nodes install
+  if [ ! -f data/fineweb10B/fineweb_val_000000.bin ] || [ ! -f data/fineweb10B/fineweb_train_000010.bin ]; then
+    "$PY" -c "import huggingface_hub" 2>/dev/null || "$PY" -m pip install -q huggingface_hub >&2
+    "$PY" data/cached_fineweb10B.py 10
+  fi
   exec "$VENV/bin/torchrun" --standalone --nproc_per_node="$n" train_gpt.py "$@"
 else
   exec "$PY" train_gpt.py --preset=cpu "$@"
