@@ -16,7 +16,7 @@ def gpu_tiling(monkeypatch):
     programs looping over tiles. Tests of the CPU's own tiling put it back."""
     monkeypatch.setattr(T, "INTERPRET_TILE", 0)
 SKIP_TOL = 0.05
-SHAPES = [(1, 96), (2, 3, 200), (9, 1024), (37, 64)]  # single row; 3-D, non-power-of-two; tiles looping per program; stacked narrow rows
+SHAPES = [(1, 96), (2, 3, 200), (9, 1024), (37, 64), (2, 8192)]  # single row; 3-D, non-power-of-two; tiles looping per program; stacked narrow rows; the widest supported
 DTYPES = [torch.float32, torch.bfloat16]
 
 def make_inputs(op, shape, dtype, variant):
@@ -198,11 +198,11 @@ def test_without_triton():
     assert r.returncode == 0, r.stderr
     assert "torch.Size([2, 8])" in r.stdout and "ERR --kernels=triton needs the triton package" in r.stdout, r.stdout
 
-AOT_WIDTHS = [64, 96, 128, 200, 256, 512, 768, 1024, 2048, 3072, 4096, 8192]  # head dims, test shapes, model widths (MLP 4x included)
+AOT_WIDTHS = [16, 32, 64, 96, 128, 200, 256, 512, 768, 1024, 2048, 3072, 4096, 8192]  # head dims, test shapes, model widths (MLP 4x included)
 
 def test_kernels_compile_for_hopper(tmp_path):
-    """Every kernel, for every tile it is launched with at these widths (constexpr flags all on; every flag
-    combination at one width), compiles to PTX and a cubin for sm_90. Runs in a subprocess: under
+    """Every kernel, for every tile it is launched with at these widths and for bf16 and fp32 activations
+    (constexpr flags all on; every flag combination at one width), compiles to PTX and a cubin for sm_90. Runs in a subprocess: under
     TRITON_INTERPRET=1 @triton.jit makes interpreted functions, which cannot be compiled."""
     r = _python(f"""
         import itertools, triton, train_gpt as T
@@ -210,18 +210,20 @@ def test_kernels_compile_for_hopper(tmp_path):
         from triton.backends.compiler import GPUTarget
         kernels = {{k: v for k, v in vars(T).items() if k.endswith("_kernel")}}
         assert len(kernels) == 2 * len(T.KERNEL_OPS) and all(isinstance(k, triton.runtime.JITFunction) for k in kernels.values()), kernels
-        FP32 = {{"STATS", "W", "A", "G", "B", "ALPHA"}}  # parameters and saved statistics; activations are bf16
-        def arg_type(p):
+        FP32 = {{"STATS", "W", "A", "G", "B", "ALPHA"}}  # parameters and saved statistics are fp32 always
+        def arg_type(p, act):
             if p.is_constexpr: return "constexpr"
-            if p.name.isupper(): return "*fp32" if p.name in FP32 or p.name.endswith("_PART") else "*bf16"
+            if p.name.isupper(): return "*fp32" if p.name in FP32 or p.name.endswith("_PART") else act
             return "fp32" if p.name in ("eps", "skip_tol") else "i32"
         n = 0
-        for name, fn in sorted(kernels.items()):
-            sig = {{p.name: arg_type(p) for p in fn.params}}
+        # activations: bf16 (autocast's matmul outputs) and fp32 (the GPT residual stream, --no-bf16 runs)
+        for (name, fn), act in itertools.product(sorted(kernels.items()), ("*bf16", "*fp32")):
+            sig = {{p.name: arg_type(p, act) for p in fn.params}}
             flags = [p.name for p in fn.params if p.is_constexpr and not p.name.startswith("BLOCK_")]
             tiles = sorted({{T._tile(d, bwd=name.endswith("_bwd_kernel")) for d in {AOT_WIDTHS}}})
             for bm, bn, warps in tiles:
-                combos = itertools.product([True, False], repeat=len(flags)) if bn == 1024 else [(True,) * len(flags)]
+                every = bn == 1024 and act == "*bf16"
+                combos = itertools.product([True, False], repeat=len(flags)) if every else [(True,) * len(flags)]
                 for combo in combos:
                     consts = dict(BLOCK_M=bm, BLOCK_N=bn, **dict(zip(flags, combo)))
                     k = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
