@@ -8,7 +8,8 @@ PATHS are files, folders (every *.txt inside, recursively) or globs. Per group t
 mean ± std (ddof=1) of the final val loss, Δ vs the baseline group with a Welch 95% CI and Welch's
 t-test p-value, with --target the one-sided one-sample test (modded-nanogpt's record rule:
 mean < target and p < alpha), mean steps / training time to first reach the target, and the mean step
-time (train_time/step of the last step line) with its ratio to the baseline's.
+time (train_time/step of the last step line) with its ratio to the baseline's and Welch's p-value of the
+step-time difference (a speed claim is tested like a loss claim).
 
 Logs: the source of train_gpt.py, a line of 100 '=', versions, `config: {json}`, then step lines
 `step:N/T key:value ...` (val lines carry val_loss). A repeated step (resumed run) keeps the later line.
@@ -268,7 +269,8 @@ def compare(groups, baseline=None, target=None, alpha=0.01, include_incomplete=F
     base = baseline if isinstance(baseline, Group) else pick_baseline(groups, baseline)
     used = lambda g: [r for r in g.runs if include_incomplete or not r.incomplete]
     b_loss = [r.final_val_loss for r in used(base)]
-    b_step = _mean(r.step_ms for r in base.runs)
+    b_steps = [r.step_ms for r in base.runs if r.step_ms]
+    b_step = _mean(b_steps)
     rows = []
     for g in [base] + [g for g in groups if g is not base]:  # baseline first
         runs = used(g)
@@ -278,6 +280,7 @@ def compare(groups, baseline=None, target=None, alpha=0.01, include_incomplete=F
                    mean=_mean(loss), std=_std(loss) if loss else float("nan"), delta=delta, ci_low=lo, ci_high=hi,
                    p=p, step_ms=_mean(r.step_ms for r in g.runs))
         row["step_ratio"] = row["step_ms"] / b_step if row["step_ms"] and b_step else None
+        row["p_step"] = welch([r.step_ms for r in g.runs if r.step_ms], b_steps)[3]  # speed claims need a test too
         if target is not None:
             p1 = one_sample_less(loss, target)
             row.update(target=target, p_target=p1,
@@ -303,7 +306,7 @@ def format_table(rows, markdown=False):
     if has_target:
         t = next(r["target"] for r in rows if "target" in r)
         head += [f"p(<{t:g})", "record", f"steps→{t:g}", f"time→{t:g}"]
-    head += ["step ms", "×base"]
+    head += ["step ms", "×base", "p(step)"]
     body = []
     for r in rows:
         n = f"{r['n']}" + (f" (+{r['n_incomplete']} inc)" if r["n_incomplete"] else "")
@@ -318,7 +321,7 @@ def format_table(rows, markdown=False):
             cells += [_p(r["p_target"]), "n/a" if r["record"] is None else ("yes" if r["record"] else "no"),
                       "-" if r["steps_to_target"] is None else f"{r['steps_to_target']:.0f}{reached}",
                       "-" if r["time_to_target_ms"] is None else f"{r['time_to_target_ms'] / 1000:.1f}s{reached}"]
-        cells += [_f(r["step_ms"], ".1f"), _f(r["step_ratio"], ".3f")]
+        cells += [_f(r["step_ms"], ".1f"), _f(r["step_ratio"], ".3f"), "-" if r["baseline"] else _p(r["p_step"])]
         body.append(cells)
     if markdown:
         esc = lambda c: c.replace("|", "\\|")

@@ -223,6 +223,21 @@ def test_target_steps_time_and_step_ratio(tmp_path):
     assert rows["arch=ngpt"]["time_to_target_ms"] == pytest.approx(1100.0)
     assert rows["arch=ngpt"]["step_ratio"] == pytest.approx(1.1)
 
+def test_step_time_p_value_agrees_with_scipy(tmp_path):
+    base_ms, new_ms = [10.0, 10.4, 9.8], [8.1, 8.5, 8.0, 8.3]
+    for i, ms in enumerate(base_ms):
+        write_log(tmp_path / f"gpt_s{i}.txt", 3.3, seed=i, config_over=dict(norm="rmsnorm"), step_ms=ms)
+    for i, ms in enumerate(new_ms):
+        write_log(tmp_path / f"dyt_s{i}.txt", 3.3, seed=i, config_over=dict(norm="dyt"), step_ms=ms)
+    groups = {g.config["norm"]: g for g in compare.group_runs(compare.load_runs([tmp_path]))}
+    base, dyt = compare.compare(list(groups.values()), baseline=groups["rmsnorm"])
+    assert base["group"] == groups["rmsnorm"].name and dyt["group"] == groups["dyt"].name
+    ref = stats.ttest_ind([r.step_ms for r in groups["dyt"].runs], [r.step_ms for r in groups["rmsnorm"].runs], equal_var=False)
+    assert dyt["p_step"] == pytest.approx(ref.pvalue, rel=1e-9) and ref.pvalue < 0.01
+    assert dyt["step_ratio"] == pytest.approx(np.mean(new_ms) / np.mean(base_ms), rel=1e-3)  # train_time is whole ms
+    table = compare.format_table([base, dyt])
+    assert "p(step)" in table.splitlines()[0] and compare._p(ref.pvalue) in table
+
 def test_incomplete_runs_excluded_by_default(tmp_path, capsys):
     write_group(tmp_path, [3.30, 3.31, 3.29], "gpt")
     write_log(tmp_path / "gpt_s9.txt", 5.0, seed=9, complete=False)
