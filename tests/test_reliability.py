@@ -252,14 +252,16 @@ def test_signal_then_resume_auto_reproduces_every_loss(shared, data, tmp_path, a
     and bit-identical final weights as the uninterrupted run."""
     check_resume_reproduces(shared, data, tmp_path, arch, 1, sig)
 
-def test_signal_then_resume_under_torchrun(shared, data, tmp_path):
+@pytest.mark.parametrize("arch", ["gpt", "ngpt"])
+def test_signal_then_resume_under_torchrun(shared, data, tmp_path, arch):
     """2-process gloo torchrun: SIGTERM to torchrun (which forwards it to both ranks) stops both ranks at the same
-    step after a checkpoint; the resumed 2-process run reproduces the uninterrupted 2-process run."""
-    stopped = shared.interrupted("gpt", 2)
+    step after a checkpoint; the resumed 2-process run reproduces the uninterrupted 2-process run (nGPT too: its
+    weight projection and lazy-projection counter must survive the resume on every rank)."""
+    stopped = shared.interrupted(arch, 2)
     # both workers ended on their own (torchrun kills a worker with SIGKILL only after 30s of waiting)
     assert "forcefully exiting" not in stopped["stderr"], stopped["stderr"][-3000:]
     assert "world_size 2" in stopped["log_text"]
-    check_resume_reproduces(shared, data, tmp_path, "gpt", 2, signal.SIGTERM)
+    check_resume_reproduces(shared, data, tmp_path, arch, 2, signal.SIGTERM)
 
 def test_two_process_run_matches_one_process_run(shared):
     """SPEC: a 2-process gloo run matches the 1-process run with the same global batch (fp32, 1e-5): here the
