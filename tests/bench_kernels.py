@@ -20,8 +20,12 @@ def peak_bandwidth(name):
     n = name.upper()
     if "H200" in n and "GH200" not in n:
         return 4.8e12
+    if "GH200" in n:  # the 96 GB HBM3 part; the 144 GB HBM3e one reports more memory
+        return 4.9e12 if "144" in n else 4.0e12
     if "H100" in n and ("SXM" in n or "HBM3" in n):  # the SXM part reports itself as 'H100 80GB HBM3'
         return 3.35e12
+    if "H100" in n and "PCIE" in n:
+        return 2.0e12
     return None
 
 def make_args(op, n, d, device, dtype=torch.bfloat16):
