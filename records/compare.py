@@ -6,8 +6,9 @@ Compare training logs: group runs by config, test final val losses, plot the cur
 
 PATHS are files, folders (every *.txt inside, recursively) or globs. Per group the table shows n,
 mean ± std (ddof=1) of the final val loss, Δ vs the baseline group with a Welch 95% CI and Welch's
-t-test p-value, with --target the one-sided one-sample test (modded-nanogpt's record rule:
-mean < target and p < alpha), mean steps / training time to first reach the target, and the mean step
+t-test p-value, the paired test over the seeds both groups ran (same seed = same init and data order:
+scipy.stats.ttest_rel, 95% CI of the mean per-seed difference), with --target the one-sided one-sample
+test (modded-nanogpt's record rule: mean < target and p < alpha), mean steps / training time to first reach the target, and the mean step
 time (train_time/step of the last step line) with its ratio to the baseline's and Welch's p-value of the
 step-time difference (a speed claim is tested like a loss claim).
 
@@ -249,6 +250,23 @@ def welch(x, b):
         p = float(stats.ttest_ind(x, b, equal_var=False).pvalue)
     return delta, delta - h, delta + h, p
 
+def paired(pairs):
+    """Runs matched by seed (same init, same data order): mean of the per-seed differences x - b, its 95% CI and
+    the paired t-test's p-value (scipy.stats.ttest_rel). Seed-to-seed spread shared by both arms cancels, so a
+    small effect that Welch's test cannot see over that spread can still show. Needs 2 pairs."""
+    if len(pairs) < 2:
+        return float("nan"), float("nan"), float("nan"), float("nan")
+    x, b = np.asarray(pairs, float).T
+    d = x - b
+    if _std(d) == 0:  # the same difference at every seed (e.g. identical runs): nothing to test against
+        m = 0.0 if abs(d.mean()) < 1e-12 else float(d.mean())
+        return m, m, m, 1.0 if m == 0 else 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = stats.ttest_rel(x, b)
+    ci = res.confidence_interval(0.95)
+    return float(d.mean()), float(ci.low), float(ci.high), float(res.pvalue)
+
 def one_sample_less(x, target):
     """One-sided p-value of mean(x) < target (scipy.stats.ttest_1samp, alternative='less')."""
     x = np.asarray(x, float)
@@ -269,6 +287,7 @@ def compare(groups, baseline=None, target=None, alpha=0.01, include_incomplete=F
     base = baseline if isinstance(baseline, Group) else pick_baseline(groups, baseline)
     used = lambda g: [r for r in g.runs if include_incomplete or not r.incomplete]
     b_loss = [r.final_val_loss for r in used(base)]
+    b_by_seed = {r.config.get("seed"): r.final_val_loss for r in used(base) if r.config and "seed" in r.config}
     b_steps = [r.step_ms for r in base.runs if r.step_ms]
     b_step = _mean(b_steps)
     rows = []
@@ -279,6 +298,10 @@ def compare(groups, baseline=None, target=None, alpha=0.01, include_incomplete=F
         row = dict(group=g.name, baseline=g is base, n=len(loss), n_incomplete=sum(r.incomplete for r in g.runs),
                    mean=_mean(loss), std=_std(loss) if loss else float("nan"), delta=delta, ci_low=lo, ci_high=hi,
                    p=p, step_ms=_mean(r.step_ms for r in g.runs))
+        pairs = [(r.final_val_loss, b_by_seed[r.config["seed"]]) for r in runs
+                 if r.config and r.config.get("seed") in b_by_seed]
+        _, row["pair_low"], row["pair_high"], row["p_paired"] = paired(pairs)
+        row["n_pairs"] = len(pairs)
         row["step_ratio"] = row["step_ms"] / b_step if row["step_ms"] and b_step else None
         row["p_step"] = welch([r.step_ms for r in g.runs if r.step_ms], b_steps)[3]  # speed claims need a test too
         if target is not None:
@@ -301,7 +324,7 @@ def _p(p):
     return "n/a" if p is None or math.isnan(p) else (f"{p:.1e}" if 0 < p < 1e-3 else f"{p:.3f}")
 
 def format_table(rows, markdown=False):
-    head = ["group", "n", "val_loss", "Δ vs base", "95% CI", "p"]
+    head = ["group", "n", "val_loss", "Δ vs base", "95% CI", "p", "pairs", "paired 95% CI", "p paired"]
     has_target = any("target" in r for r in rows)
     if has_target:
         t = next(r["target"] for r in rows if "target" in r)
@@ -312,10 +335,11 @@ def format_table(rows, markdown=False):
         n = f"{r['n']}" + (f" (+{r['n_incomplete']} inc)" if r["n_incomplete"] else "")
         loss = f"{_f(r['mean'], '.4f')} ± {_f(r['std'], '.4f')}" if r["n"] else "n/a"
         if r["baseline"]:
-            cells = [r["group"] + " *", n, loss, "-", "-", "-"]
+            cells = [r["group"] + " *", n, loss, "-", "-", "-", "-", "-", "-"]
         else:
             ci = "n/a" if math.isnan(r["ci_low"]) else f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]"
-            cells = [r["group"], n, loss, _f(r["delta"], "+.4f"), ci, _p(r["p"])]
+            pci = "n/a" if math.isnan(r["pair_low"]) else f"[{r['pair_low']:+.4f}, {r['pair_high']:+.4f}]"
+            cells = [r["group"], n, loss, _f(r["delta"], "+.4f"), ci, _p(r["p"]), str(r["n_pairs"]), pci, _p(r["p_paired"])]
         if has_target:
             reached = "" if r["n_reached"] in (0, r["n_runs"]) else f" ({r['n_reached']}/{r['n_runs']})"
             cells += [_p(r["p_target"]), "n/a" if r["record"] is None else ("yes" if r["record"] else "no"),

@@ -238,6 +238,26 @@ def test_step_time_p_value_agrees_with_scipy(tmp_path):
     table = compare.format_table([base, dyt])
     assert "p(step)" in table.splitlines()[0] and compare._p(ref.pvalue) in table
 
+def test_paired_test_over_matching_seeds_agrees_with_scipy(tmp_path):
+    """Seed-to-seed spread (0.1) hides a steady -0.01 from Welch's test; pairing runs by seed finds it."""
+    base = [3.30, 3.40, 3.50, 3.35]
+    new = [b - 0.01 + e for b, e in zip(base, [0.001, -0.002, 0.0, 0.0015])]
+    write_group(tmp_path, base, "gpt", dict(norm="rmsnorm"))
+    write_group(tmp_path, new[:3], "dyt", dict(norm="dyt"))  # seeds 0-2 only: 3 pairs
+    groups = {g.config["norm"]: g for g in compare.group_runs(compare.load_runs([tmp_path]))}
+    rows = compare.compare(list(groups.values()), baseline=groups["rmsnorm"])
+    dyt = rows[1]
+    ref = stats.ttest_rel(new[:3], base[:3])
+    ci = ref.confidence_interval(0.95)
+    assert dyt["n_pairs"] == 3 and dyt["p_paired"] == pytest.approx(ref.pvalue, rel=1e-6) and ref.pvalue < 0.01
+    assert (dyt["pair_low"], dyt["pair_high"]) == pytest.approx((ci.low, ci.high), rel=1e-6)
+    assert dyt["p"] > 0.5  # unpaired, the effect is lost in the spread
+    assert compare.paired([(3.3, 3.3), (3.4, 3.4)]) == (0.0, 0.0, 0.0, 1.0)  # identical runs
+    assert compare.paired([(3.2, 3.3), (3.3, 3.4)])[3] == 0.0  # the same nonzero difference at every seed
+    assert all(math.isnan(v) for v in compare.paired([(3.2, 3.3)]))  # one pair: no test
+    table = compare.format_table(rows)
+    assert "p paired" in table.splitlines()[0] and "nan" not in table
+
 def test_incomplete_runs_excluded_by_default(tmp_path, capsys):
     write_group(tmp_path, [3.30, 3.31, 3.29], "gpt")
     write_log(tmp_path / "gpt_s9.txt", 5.0, seed=9, complete=False)
