@@ -6,7 +6,7 @@ Compare training logs: group runs by config, test final val losses, plot the cur
 
 PATHS are files, folders (every *.txt inside, recursively) or globs. Per group the table shows n,
 mean ± std (ddof=1) of the final val loss, Δ vs the baseline group with a Welch 95% CI and Welch's
-t-test p-value, the paired test over the seeds both groups ran (same seed = same init and data order:
+t-test p-value, the paired test over the seeds both groups ran (same seed = same init; every run reads the same token stream:
 scipy.stats.ttest_rel, 95% CI of the mean per-seed difference), with --target the one-sided one-sample
 test (modded-nanogpt's record rule: mean < target and p < alpha), mean steps / training time to first reach the target, and the mean step
 time (train_time/step of the last step line) with its ratio to the baseline's and Welch's p-value of the
@@ -251,7 +251,7 @@ def welch(x, b):
     return delta, delta - h, delta + h, p
 
 def paired(pairs):
-    """Runs matched by seed (same init, same data order): mean of the per-seed differences x - b, its 95% CI and
+    """Runs matched by seed (same init; train_gpt.py reads one token stream whatever the seed): mean of the per-seed differences x - b, its 95% CI and
     the paired t-test's p-value (scipy.stats.ttest_rel). Seed-to-seed spread shared by both arms cancels, so a
     small effect that Welch's test cannot see over that spread can still show. Needs 2 pairs."""
     if len(pairs) < 2:
