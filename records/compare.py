@@ -252,8 +252,9 @@ def welch(x, b):
 
 def paired(pairs):
     """Runs matched by seed (same init; train_gpt.py reads one token stream whatever the seed): mean of the
-    per-seed differences x - b, its 95% CI and the paired t-test's p-value (scipy.stats.ttest_rel). Seed-to-seed spread shared by both arms cancels, so a
-    small effect that Welch's test cannot see over that spread can still show. Needs 2 pairs."""
+    per-seed differences x - b, its 95% CI and the paired t-test's p-value (scipy.stats.ttest_rel). Seed-to-seed
+    spread shared by both arms cancels, so a small effect that Welch's test cannot see over that spread can still
+    show. Needs 2 pairs."""
     if len(pairs) < 2:
         return float("nan"), float("nan"), float("nan"), float("nan")
     x, b = np.asarray(pairs, float).T
