@@ -1155,6 +1155,14 @@ class GPT(nn.Module):
 def build_model(a: Hyperparameters) -> GPT:
     return GPT(a)
 
+def project_after_step(model: GPT, a: Hyperparameters, step: int):
+    """After optimizer step `step` (0-based): nGPT back to the sphere (progressive radius r(t)) every
+    ngpt_proj_every steps; anGPT rows back to norm <= 1 every step; GPT nothing."""
+    if a.arch == "ngpt" and (step + 1) % a.ngpt_proj_every == 0:
+        model.project_weights(radius=1 + (a.ngpt_radius - 1) * (step + 1) / a.steps)
+    elif a.arch == "angpt":
+        model.project_weights()
+
 # -----------------------------------------------------------------------------
 # Optimizers: Muon for hidden matrices, Adam for the rest (or Adam/AdamW for everything); LR schedules
 
@@ -1571,10 +1579,7 @@ def train(a: Hyperparameters, d: Dist) -> int:
             for g in opt.param_groups: g["lr"] = g["initial_lr"] * mult
             opt.step()
         raw_model.zero_grad(set_to_none=True)
-        if a.arch == "ngpt" and (step + 1) % a.ngpt_proj_every == 0:
-            raw_model.project_weights(radius=1 + (a.ngpt_radius - 1) * (step + 1) / a.steps)
-        elif a.arch == "angpt":
-            raw_model.project_weights()
+        project_after_step(raw_model, a, step)
         sync(); dt = (time.perf_counter() - t0) * 1000; train_time_ms += dt
         log(f"step:{step + 1}/{a.steps} train_loss:{train_loss:.4f} train_time:{train_time_ms:.0f}ms step_avg:{train_time_ms / (step + 1):.2f}ms tok/s:{tokens_per_step / dt * 1000:.0f}")
         signum = torch.tensor(stop.signum, device=d.device)

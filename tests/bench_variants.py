@@ -37,7 +37,7 @@ class Arm:
         B, L = self.a.device_batch_size, self.a.seq_len
         buf = torch.as_tensor(tokens[: B * L + 1].astype(np.int64), device=device)
         self.x, self.y = buf[:-1].view(B, L), buf[1:].view(B, L)
-        self.device, self.times = device, []
+        self.device, self.times, self.n_steps = device, [], 0
 
     def step(self):
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
@@ -48,8 +48,8 @@ class Arm:
         for opt in self.opts:
             opt.step()
         self.model.zero_grad(set_to_none=True)
-        if self.a.arch != "gpt":
-            self.model.project_weights()
+        T.project_after_step(self.model, self.a, self.n_steps % self.a.steps)  # the train loop's rule
+        self.n_steps += 1
         sync()
         return (time.perf_counter() - t0) * 1000
 
