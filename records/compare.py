@@ -6,11 +6,11 @@ Compare training logs: group runs by config, test final val losses, plot the cur
 
 PATHS are files, folders (every *.txt inside, recursively) or globs. Per group the table shows n,
 mean ± std (ddof=1) of the final val loss, Δ vs the baseline group with a Welch 95% CI and Welch's
-t-test p-value, the paired test over the seeds both groups ran (same seed = same init; every run reads the same token stream:
-scipy.stats.ttest_rel, 95% CI of the mean per-seed difference), with --target the one-sided one-sample
-test (modded-nanogpt's record rule: mean < target and p < alpha), mean steps / training time to first reach the target, and the mean step
-time (train_time/step of the last step line) with its ratio to the baseline's and Welch's p-value of the
-step-time difference (a speed claim is tested like a loss claim).
+t-test p-value, the paired test over the seeds both groups ran (same seed = same init; every run reads
+the same token stream: scipy.stats.ttest_rel, 95% CI of the mean per-seed difference), with --target the
+one-sided one-sample test (modded-nanogpt's record rule: mean < target and p < alpha), mean steps /
+training time to first reach the target, and the mean step time (train_time/step of the last step line)
+with its ratio to the baseline's and Welch's p-value of the step-time difference.
 
 Logs: the source of train_gpt.py, a line of 100 '=', versions, `config: {json}`, then step lines
 `step:N/T key:value ...` (val lines carry val_loss). A repeated step (resumed run) keeps the later line.
