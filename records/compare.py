@@ -16,15 +16,24 @@ Logs: the source of train_gpt.py, a line of 100 '=', versions, `config: {json}`,
 `step:N/T key:value ...` (val lines carry val_loss). A repeated step (resumed run) keeps the later line.
 Runs are grouped by their config minus the keys that differ between seeds of one config (IGNORE_KEYS);
 a group is named by how its config differs from the reference group (the default baseline), which is
-named `baseline`. Logs without a config line (modded-nanogpt's records) are grouped by file stem with
-a trailing uuid / run id / seed removed, or by their folder's name when nothing is left (uuid names).
+named `baseline`. Logs without a config line (modded-nanogpt's records: one folder per record, runs named
+by uuid) are grouped by their folder, one group per folder named after it, whatever their file names.
+--group_by=KEY,... groups by those config keys instead (a key no run has is an error, exit 2), and two
+keys that need no config line work for every log: `folder` (the log's folder) and `stem` (the file name
+minus a trailing uuid / run id / seed, or the folder's name when nothing is left); with config keys, logs
+without a config line stay grouped by folder.
 Runs without step lines or without a val line are skipped with a warning; logs with no final
 `peak memory` line are flagged incomplete and left out of the final-loss statistics unless
---include_incomplete (their curves still count for time-to-target and step time).
+--include_incomplete (their curves still count for time-to-target and step time). A run whose final val
+loss is nan or inf (a diverged run) is named in a warning and left out of the loss statistics and the
+plot; the n column counts it as `+k nan/inf`, so the rest of its group still gets numbers.
 Zero variance (identical final losses): Δ=0 gives p=1 and CI [0, 0]; Δ≠0 gives p=0 and CI [Δ, Δ];
 with n < 2 on either side std/CI/p print as n/a.
+The table is printed before the plot is drawn: a plot path that cannot be written (a read-only folder)
+is an error (exit 2) after the table, never a loss of it.
 """
 import argparse
+import difflib
 import glob
 import json
 import math
@@ -73,6 +82,10 @@ class Run:
     @property
     def final_val_loss(self):
         return self.val[max(self.val)]["val_loss"]
+
+    @property
+    def finite(self):
+        return math.isfinite(self.final_val_loss)
 
     @property
     def step_ms(self):
@@ -130,6 +143,8 @@ def parse_log(path):
         return None
     if run.incomplete:
         warn(f"{path}: incomplete log (no final 'peak memory' line), last val step {max(run.val)}")
+    if not run.finite:  # a diverged run: one nan would turn its whole group's mean/std/p into n/a
+        warn(f"{path}: final val_loss is {run.final_val_loss}; left out of the statistics")
     return run
 
 def expand_paths(paths):
@@ -154,6 +169,12 @@ def load_runs(paths):
 # -----------------------------------------------------------------------------
 # grouping
 
+# --group_by keys that need no config line (a config key of the same name would be shadowed: none exists)
+PSEUDO_KEYS = ("folder", "stem")
+
+class GroupByError(ValueError):
+    """--group_by names a key that no run has: grouping by it would silently merge every run."""
+
 @dataclass
 class Group:
     name: str
@@ -170,26 +191,53 @@ def _fmt_value(v):
     s = ",".join(map(str, v)) if isinstance(v, list) else str(v)
     return s if len(s) <= 40 else s[:39] + "…"
 
+def _folder(path):
+    return os.path.basename(os.path.dirname(os.path.abspath(path))) or "runs"
+
 def _stem_group(run):
-    stem = RUN_ID_RE.sub("", run.name)  # "baseline_3f2a9c1e-...-..." -> "baseline"
-    return stem or os.path.basename(os.path.dirname(os.path.abspath(run.path))) or "runs"
+    return RUN_ID_RE.sub("", run.name) or _folder(run.path)  # "baseline_3f2a9c1e-...-..." -> "baseline"
+
+def _by_value(run, k):
+    return _folder(run.path) if k == "folder" else _stem_group(run) if k == "stem" else run.config.get(k)
+
+def check_group_by(runs, group_by):
+    """Raise GroupByError for a --group_by key that is neither in some run's config nor a pseudo key."""
+    keys = sorted({k for r in runs if r.config for k in r.config})
+    for k in group_by:
+        if k in PSEUDO_KEYS or k in keys:
+            continue
+        close = difflib.get_close_matches(k, keys + list(PSEUDO_KEYS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        avail = f"config keys: {', '.join(keys)}" if keys else "these logs have no config line (not train_gpt.py's)"
+        raise GroupByError(f"--group_by key {k!r} is in no run's config{hint}; {avail}; "
+                           f"for any log: {', '.join(PSEUDO_KEYS)}")
 
 def group_runs(runs, group_by=None):
-    """Group runs by config (or by the keys in group_by). Returns a list of Group in first-seen order."""
+    """Group runs by config (or by the keys in group_by); logs without a config line by folder, unless
+    group_by has only pseudo keys (folder, stem). Returns a list of Group in first-seen order."""
+    group_by = list(group_by or [])
+    check_group_by(runs, group_by)
+    pseudo_only = bool(group_by) and all(k in PSEUDO_KEYS for k in group_by)
     buckets = {}
     for r in runs:
-        if r.config is None:
-            key = ("stem", _stem_group(r))
+        if pseudo_only:
+            key = ("pseudo", tuple(_by_value(r, k) for k in group_by))
+        elif r.config is None:  # no config keys to go by: its folder is its record (modded-nanogpt)
+            key = ("folder", os.path.dirname(os.path.abspath(r.path)))
         elif group_by:
-            key = ("by", tuple(_js(r.config.get(k)) for k in group_by))
+            key = ("by", tuple(_js(_by_value(r, k)) for k in group_by))
         else:
             key = ("cfg", _js(_config_key(r.config)))
         buckets.setdefault(key, []).append(r)
     groups = []
     for key, rs in buckets.items():
-        cfg = None if key[0] == "stem" else ({k: rs[0].config.get(k) for k in group_by} if key[0] == "by"
-                                              else _config_key(rs[0].config))
-        groups.append(Group(name=key[1] if key[0] == "stem" else "", runs=rs, config=cfg))
+        cfg = ({k: _by_value(rs[0], k) for k in group_by} if key[0] == "by" else
+               _config_key(rs[0].config) if key[0] == "cfg" else None)
+        name = "/".join(key[1]) if key[0] == "pseudo" else _folder(rs[0].path) if key[0] == "folder" else ""
+        groups.append(Group(name=name, runs=rs, config=cfg))
+    folders = [g for g in groups if g.config is None and not pseudo_only]
+    for g in [g for g in folders if sum(h.name == g.name for h in folders) > 1]:  # a/logs, b/logs: add the parent
+        g.name = os.path.join(_folder(os.path.dirname(os.path.abspath(g.runs[0].path))), g.name)
     _name_groups([g for g in groups if g.config is not None])
     return groups
 
@@ -286,7 +334,8 @@ def _mean(xs):
 def compare(groups, baseline=None, target=None, alpha=0.01, include_incomplete=False):
     """One row dict per group. baseline: a Group, a name/substring, or None (default pick)."""
     base = baseline if isinstance(baseline, Group) else pick_baseline(groups, baseline)
-    used = lambda g: [r for r in g.runs if include_incomplete or not r.incomplete]
+    counted = lambda g: [r for r in g.runs if include_incomplete or not r.incomplete]
+    used = lambda g: [r for r in counted(g) if r.finite]  # a nan/inf loss is named by parse_log, not averaged
     b_loss = [r.final_val_loss for r in used(base)]
     b_by_seed = {r.config.get("seed"): r.final_val_loss for r in used(base) if r.config and "seed" in r.config}
     b_steps = [r.step_ms for r in base.runs if r.step_ms]
@@ -297,6 +346,7 @@ def compare(groups, baseline=None, target=None, alpha=0.01, include_incomplete=F
         loss = [r.final_val_loss for r in runs]
         delta, lo, hi, p = welch(loss, b_loss)
         row = dict(group=g.name, baseline=g is base, n=len(loss), n_incomplete=sum(r.incomplete for r in g.runs),
+                   n_nonfinite=sum(not r.finite for r in counted(g)),
                    mean=_mean(loss), std=_std(loss) if loss else float("nan"), delta=delta, ci_low=lo, ci_high=hi,
                    p=p, step_ms=_mean(r.step_ms for r in g.runs))
         pairs = [(r.final_val_loss, b_by_seed[r.config["seed"]]) for r in runs
@@ -333,7 +383,8 @@ def format_table(rows, markdown=False):
     head += ["step ms", "×base", "p(step)"]
     body = []
     for r in rows:
-        n = f"{r['n']}" + (f" (+{r['n_incomplete']} inc)" if r["n_incomplete"] else "")
+        left = [f"+{k} {what}" for k, what in ((r["n_incomplete"], "inc"), (r.get("n_nonfinite"), "nan/inf")) if k]
+        n = f"{r['n']}" + (f" ({', '.join(left)})" if left else "")
         loss = f"{_f(r['mean'], '.4f')} ± {_f(r['std'], '.4f')}" if r["n"] else "n/a"
         if r["baseline"]:
             cells = [r["group"] + " *", n, loss, "-", "-", "-", "-", "-", "-"]
@@ -367,7 +418,7 @@ def plot(groups, path, target=None, include_incomplete=False):
     fig, (ax, zoom) = plt.subplots(1, 2, figsize=(13, 5))
     last = 0
     for g in groups:
-        runs = [r for r in g.runs if include_incomplete or not r.incomplete] or g.runs
+        runs = [r for r in g.runs if (include_incomplete or not r.incomplete) and r.finite] or g.runs
         steps = sorted(set.intersection(*(set(r.val) for r in runs)))
         if not steps:
             warn(f"group {g.name!r}: its runs share no val step, not plotted")
@@ -380,7 +431,7 @@ def plot(groups, path, target=None, include_incomplete=False):
                            marker="." if len(steps) < 30 else None)
             a.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
     zoom.set_xlim(last / 2, last * 1.02)
-    ys = [y for l in zoom.get_lines() for x, y in zip(*l.get_data()) if x >= last / 2]
+    ys = [y for l in zoom.get_lines() for x, y in zip(*l.get_data()) if x >= last / 2 and math.isfinite(y)]
     if ys:
         pad = 0.05 * (max(ys) - min(ys)) + 1e-3
         zoom.set_ylim(min(ys + [target or min(ys)]) - pad, max(ys) + pad)
@@ -393,7 +444,8 @@ def plot(groups, path, target=None, include_incomplete=False):
     zoom.set_title("second half")
     zoom.legend(fontsize=8)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if not os.path.exists(os.path.dirname(os.path.abspath(path))):  # a file in its place: "Not a directory"
+        os.makedirs(os.path.dirname(os.path.abspath(path)))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -409,7 +461,8 @@ def main(argv=None):
     ap.add_argument("--target", type=float, help="target val loss (modded-nanogpt: 3.28)")
     ap.add_argument("--alpha", type=float, default=0.01, help="significance level of the record test")
     ap.add_argument("--plot", help="PNG path (default <first folder>/compare.png or compare.png); 'none' skips")
-    ap.add_argument("--group_by", help="comma-separated config keys to group by instead of the whole config")
+    ap.add_argument("--group_by", help="comma-separated config keys to group by instead of the whole config; "
+                                       "'folder' or 'stem' group any log (also those without a config line)")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
     ap.add_argument("--include_incomplete", action="store_true", help="count truncated logs in the loss stats")
     args = ap.parse_args(argv)
@@ -418,13 +471,22 @@ def main(argv=None):
         print(f"compare: no usable run (a log with step lines and a val_loss line) in {' '.join(args.paths)}",
               file=sys.stderr)
         return 1
-    groups = group_runs(runs, args.group_by.split(",") if args.group_by else None)
+    try:
+        groups = group_runs(runs, [k.strip() for k in (args.group_by or "").split(",") if k.strip()])
+    except GroupByError as e:
+        print(f"compare: error: {e}", file=sys.stderr)
+        return 2
     rows = compare(groups, args.baseline, args.target, args.alpha, args.include_incomplete)
-    print(format_table(rows, args.markdown), end="")
+    print(format_table(rows, args.markdown), end="", flush=True)  # before the plot: a bad plot path loses nothing
     if (args.plot or "").lower() != "none":
         folder = next((p for p in args.paths if os.path.isdir(p)), None)
         path = args.plot or (os.path.join(folder, "compare.png") if folder else "compare.png")
-        print(f"plot: {plot(groups, path, args.target, args.include_incomplete)}")
+        try:
+            print(f"plot: {plot(groups, path, args.target, args.include_incomplete)}")
+        except OSError as e:  # read-only folder, a file where a folder should be, full disk
+            print(f"compare: error: cannot write the plot to {path} ({e.strerror or e}): "
+                  f"pass --plot=<writable path> or --plot=none", file=sys.stderr)
+            return 2
     return 0
 
 if __name__ == "__main__":

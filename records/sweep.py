@@ -4,13 +4,15 @@ Seed sweep: run train_gpt.py for every config x seed, then compare the logs.
     python records/sweep.py ngpt_alpha --seeds=5 -- "--arch=gpt" "--arch=ngpt --ngpt_alpha_init=0.15"
     python records/sweep.py quick --seeds=2 --seed0=10 --out=/tmp/quick --dry_run -- "--steps=50" "--arch=ngpt"
 
-Each config is a string of train_gpt.py flags (split with shlex); each run gets
+Each config is a string of train_gpt.py flags (split with shlex, like a shell line: a config with an
+unbalanced quote fails before any run starts, exit 2); each run gets
 `--seed=S --log_dir=<out> --run_name=<NAME>_c<i>_s<S>` appended. Runs go one at a time, seed-major
 (seed 0 of every config, then seed 1, ...) so an interrupted sweep still has balanced groups.
 With GPUs: `torchrun --standalone --nproc_per_node=<#GPUs> train_gpt.py ...`, else `python train_gpt.py ...`,
 run from the repo root. A failed run is reported and the sweep goes on; the exit code is 1 if any failed.
-Writes <out>/sweep.json (configs, seeds, commands, exit codes; updated after every run; a second sweep
-into the same folder adds its runs, e.g. `--seed0=3 --seeds=2` for more seeds), and at the end
+Writes <out>/sweep.json (configs, seeds, commands, exit codes; updated after every run, atomically: a
+crash mid-write leaves the previous version; a second sweep into the same folder adds its runs, e.g.
+`--seed0=3 --seeds=2` for more seeds; an unreadable one stops the sweep, exit 2, untouched), and at the end
 <out>/compare.txt (the table of records/compare.py) and <out>/compare.png. Default out: records/<NAME>.
 """
 import argparse
@@ -46,6 +48,24 @@ def _rel(path):
     path = os.path.abspath(path)
     return os.path.relpath(path, REPO) if path.startswith(REPO + os.sep) else path
 
+def fail(msg):
+    print(f"sweep: error: {msg}", file=sys.stderr)
+    return 2
+
+def write_json_atomic(path, obj):
+    """Write to a temp file in the same folder, fsync, then os.replace: a reader (or the next sweep) sees the
+    old file or the new one, never half of one, even if this process dies mid-write."""
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):  # the write failed: no stray temp file next to the record
+            os.remove(tmp)
+
 def plan(name, configs, seeds, out, script, prefix):
     """The runs, seed-major: dicts with config index, flags, seed, run_name and the command."""
     runs = []
@@ -80,12 +100,26 @@ def main(argv=None):
     seeds = list(range(args.seed0, args.seed0 + args.seeds))
     # a folder that already holds a sweep is extended (e.g. more seeds for a close call): its runs stay on
     # record and a config it already has keeps its index, so run names stay unique per config and seed
-    previous = {}
-    if os.path.exists(os.path.join(out, "sweep.json")):
-        with open(os.path.join(out, "sweep.json")) as f:
-            previous = json.load(f)
+    previous, record_path = {}, os.path.join(out, "sweep.json")
+    if os.path.exists(record_path):
+        try:
+            with open(record_path) as f:
+                previous = json.load(f)
+            if not isinstance(previous, dict):
+                raise ValueError(f"a JSON {type(previous).__name__}, not a sweep record")
+        except (OSError, ValueError) as e:  # never overwrite the record of earlier runs with a fresh one
+            return fail(f"{record_path} is unreadable ({e}): restore it (e.g. git checkout) or move it away to "
+                        f"start a new record there, or pass another --out")
     all_configs = list(previous.get("configs", []))
     all_configs += [c for c in configs if c not in all_configs]
+    for i, cfg in enumerate(all_configs):  # before any run: a bad config must not fail halfway through a sweep
+        try:
+            shlex.split(cfg)
+        except ValueError as e:
+            fix = ("quote the flag value or escape the quote" if "quotation" in str(e) else  # shlex's two errors
+                   "escape the trailing backslash (\\\\)")
+            return fail(f'config {i} "{cfg}": {e}: {fix} (configs are split like a shell line: '
+                        f'--prompt="it\'s" or --prompt=it\\\'s)')
     runs = plan(args.name, all_configs, seeds, out, args.script, launcher(args.launcher))
     runs = [r for r in runs if r["args"] in configs]
     done = {(r["args"], r["seed"]) for r in previous.get("runs", []) if r.get("returncode") == 0}
@@ -101,9 +135,7 @@ def main(argv=None):
     os.makedirs(out, exist_ok=True)
     record = dict(name=args.name, out=out, configs=all_configs,
                   seeds=sorted(set(previous.get("seeds", [])) | set(seeds)), runs=previous.get("runs", []) + runs)
-    def save():
-        with open(os.path.join(out, "sweep.json"), "w") as f:
-            json.dump(record, f, indent=1)
+    save = lambda: write_json_atomic(record_path, record)
     try:
         for k, r in enumerate(runs):
             print(f"=== sweep {args.name}: run {k + 1}/{len(runs)} config {r['config']} seed {r['seed']}: "

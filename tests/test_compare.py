@@ -1,6 +1,7 @@
 """records/compare.py: log parsing, grouping, statistics (checked against scipy), table, plot, CLI."""
 import json
 import math
+import os
 import subprocess
 import sys
 import uuid
@@ -107,8 +108,11 @@ def test_parse_modded_nanogpt_log(tmp_path):
     assert runs[0].step_ms == pytest.approx(175311 / 1750)
     groups = compare.group_runs(runs)  # uuid names -> one group named after the folder
     assert [g.name for g in groups] == ["2025-01-16_Sub3Speedrun"] and len(groups[0].runs) == 2
-    (folder / "ngpt_0123abcd.txt").write_text(MODDED)  # name stem minus its id
-    assert [g.name for g in compare.group_runs(compare.load_runs([folder]))] == ["2025-01-16_Sub3Speedrun", "ngpt"]
+    (folder / "ngpt_0123abcd.txt").write_text(MODDED)  # a named run still belongs to its folder's record
+    groups = compare.group_runs(compare.load_runs([folder]))
+    assert [(g.name, len(g.runs)) for g in groups] == [("2025-01-16_Sub3Speedrun", 3)]
+    by_stem = compare.group_runs(compare.load_runs([folder]), group_by=["stem"])  # the old rule, on request
+    assert [g.name for g in by_stem] == ["2025-01-16_Sub3Speedrun", "ngpt"]  # stem minus its id; uuid -> folder
 
 def test_parse_truncated_log(tmp_path, capsys):
     p = tmp_path / "t.txt"
@@ -167,6 +171,74 @@ def test_grouping_names_and_baseline(tmp_path):
         compare.pick_baseline(groups, "nonexistent")
     by = compare.group_runs(compare.load_runs([tmp_path]), group_by=["arch"])
     assert sorted((g.name, len(g.runs)) for g in by) == [("arch=ngpt", 5), ("baseline", 3)]
+
+def modded(final):
+    return MODDED.replace("val_loss:3.2787", f"val_loss:{final:.4f}")
+
+def test_foreign_logs_group_by_folder_not_by_file_name(tmp_path):
+    """modded-nanogpt keeps one folder per record: run0.txt of a and run0.txt of b are different records,
+    and uuid-named runs of one folder are one record, not groups of one."""
+    for folder, finals in (("a", [3.28, 3.29, 3.27]), ("b", [3.25, 3.26])):
+        (tmp_path / folder).mkdir()
+        for i, f in enumerate(finals[:2]):
+            (tmp_path / folder / f"run{i}.txt").write_text(modded(f))
+        for f in finals[2:]:
+            (tmp_path / folder / f"{uuid.uuid4()}.txt").write_text(modded(f))
+    runs = compare.load_runs([tmp_path / "a", tmp_path / "b"])
+    groups = compare.group_runs(runs)
+    assert [(g.name, len(g.runs), g.config) for g in groups] == [("a", 3, None), ("b", 2, None)]
+    rows = {r["group"]: r for r in compare.compare(groups, baseline="a")}
+    assert rows["b"]["delta"] == pytest.approx(np.mean([3.25, 3.26]) - np.mean([3.28, 3.29, 3.27]))
+    assert sum(len(g.runs) for g in groups) == 5  # every run is in the table
+    stems = compare.group_runs(runs, group_by=["stem"])  # the file-name rule, on request
+    assert sorted((g.name, len(g.runs)) for g in stems) == [("a", 1), ("run0", 2), ("run1", 2)]
+    assert sorted(g.name for g in compare.group_runs(runs, group_by=["folder", "stem"])) == [
+        "a/a", "a/run0", "a/run1", "b/run0", "b/run1"]  # a uuid's stem is its folder
+    # two record folders of one name under different parents stay apart, named with their parent
+    (tmp_path / "x" / "logs").mkdir(parents=True)
+    (tmp_path / "y" / "logs").mkdir(parents=True)
+    (tmp_path / "x" / "logs" / "r.txt").write_text(modded(3.3))
+    (tmp_path / "y" / "logs" / "r.txt").write_text(modded(3.2))
+    same = compare.group_runs(compare.load_runs([tmp_path / "x", tmp_path / "y"]))
+    assert [g.name for g in same] == [str(Path("x/logs")), str(Path("y/logs"))]
+
+def test_mixed_logs_and_pseudo_keys(tmp_path):
+    """Our logs (config line) keep config grouping beside a folder of foreign logs; `folder` also works as a
+    --group_by key on our logs, alone or with config keys."""
+    write_group(tmp_path / "ours", [3.30, 3.31], "gpt")
+    write_group(tmp_path / "ours", [3.20, 3.21], "ngpt", dict(arch="ngpt"))
+    write_group(tmp_path / "ours2", [3.32, 3.33], "gpt")
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / f"{uuid.uuid4()}.txt").write_text(MODDED)
+    runs = compare.load_runs([tmp_path])
+    assert sorted((g.name, len(g.runs)) for g in compare.group_runs(runs)) == [
+        ("arch=ngpt", 2), ("baseline", 4), ("theirs", 1)]
+    by = compare.group_runs(runs, group_by=["arch", "folder"])  # foreign logs have no arch: their folder
+    assert sorted((g.name, len(g.runs)) for g in by) == [
+        ("arch=ngpt", 2), ("baseline", 2), ("folder=ours2", 2), ("theirs", 1)]  # named by what differs
+    assert sorted((g.name, len(g.runs)) for g in compare.group_runs(runs, group_by=["folder"])) == [
+        ("ours", 4), ("ours2", 2), ("theirs", 1)]
+
+def test_unknown_group_by_key_fails_naming_it(tmp_path, capsys):
+    """A key no run has used to merge every run into one group, silently; now exit 2 with one line."""
+    write_group(tmp_path, [3.30, 3.31], "gpt")
+    write_group(tmp_path, [3.20, 3.21], "ngpt", dict(arch="ngpt"))
+    with pytest.raises(compare.GroupByError, match="did you mean 'arch'"):
+        compare.group_runs(compare.load_runs([tmp_path]), group_by=["archh"])
+    capsys.readouterr()
+    assert compare.main([str(tmp_path), "--group_by=arch,archh", "--plot=none"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.startswith("compare: error: --group_by key 'archh' ")
+    assert "(did you mean 'arch'?)" in err and "n_layer, n_embd" not in err and "n_embd, n_layer" in err
+    assert "for any log: folder, stem" in err
+    assert compare.main([str(tmp_path), "--group_by=arch,", "--plot=none"]) == 0  # a stray comma is fine
+    assert "arch=ngpt" in capsys.readouterr().out
+    # foreign logs: no config key can work, the line says what does
+    (tmp_path / "rec").mkdir()
+    (tmp_path / "rec" / "run0.txt").write_text(MODDED)
+    assert compare.main([str(tmp_path / "rec"), "--group_by=arch", "--plot=none"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'arch'" in err and "no config line" in err and "for any log: folder, stem" in err
 
 # -----------------------------------------------------------------------------
 # statistics
@@ -267,8 +339,59 @@ def test_incomplete_runs_excluded_by_default(tmp_path, capsys):
     assert compare.compare(groups, include_incomplete=True)[0]["n"] == 4
     assert "+1 inc" in compare.format_table(compare.compare(groups))
 
+def with_final(path, value):
+    """Replace the final val loss of a log written by write_log (a diverged run)."""
+    text = Path(path).read_text()
+    last = [l for l in text.splitlines() if l.startswith("step:100/100 val_loss:")][-1]
+    Path(path).write_text(text.replace(last, last.replace(last.split()[1], f"val_loss:{value}")))
+    return path
+
+def test_nonfinite_final_loss_is_named_and_left_out(tmp_path, capsys):
+    """One diverged run used to turn its group into `n/a ± n/a` without naming it."""
+    write_group(tmp_path, A, "gpt")
+    nan_run = with_final(write_log(tmp_path / "gpt_s7.txt", 3.3, seed=7), "nan")
+    write_group(tmp_path, B, "ngpt", dict(arch="ngpt"))
+    inf_run = with_final(write_log(tmp_path / "ngpt_s8.txt", 3.3, seed=8, config_over=dict(arch="ngpt")), "inf")
+    lone = with_final(write_log(tmp_path / "dyt_s0.txt", 3.3, config_over=dict(norm="dyt")), "nan")
+    groups = compare.group_runs(compare.load_runs([tmp_path]))
+    err = capsys.readouterr().err
+    for p, v in ((nan_run, "nan"), (inf_run, "inf"), (lone, "nan")):
+        assert f"compare: warning: {p}: final val_loss is {v}; left out of the statistics" in err
+    assert sum(len(g.runs) for g in groups) == 12  # still in their groups: curves, step times, steps to target
+    rows = {r["group"]: r for r in compare.compare(groups, target=3.28)}
+    base, ng, dyt = rows["baseline"], rows["arch=ngpt"], rows["norm=dyt"]
+    assert (base["n"], base["n_nonfinite"], ng["n"], ng["n_nonfinite"]) == (5, 1, 4, 1)
+    assert base["mean"] == pytest.approx(np.mean(A)) and base["std"] == pytest.approx(np.std(A, ddof=1))
+    assert ng["p"] == pytest.approx(stats.ttest_ind(B, A, equal_var=False).pvalue, rel=1e-9)
+    assert ng["n_pairs"] == 4 and not math.isnan(ng["p_paired"])  # the diverged seeds pair with nothing
+    assert ng["n_runs"] == 5 and dyt["n"] == 0 and dyt["n_nonfinite"] == 1
+    table = compare.format_table(list(rows.values()))
+    lines = {l.split("  ")[0].strip(): l for l in table.splitlines()[2:] if l.strip()}
+    assert "5 (+1 nan/inf)" in lines["baseline *"] and "4 (+1 nan/inf)" in lines["arch=ngpt"]
+    assert "0 (+1 nan/inf)" in lines["norm=dyt"]  # a group of diverged runs stays in the table
+    assert "n/a ± n/a" not in lines["baseline *"] and " nan " not in table
+    png = compare.plot(groups, tmp_path / "c.png", target=3.28)  # nan/inf do not break the axes
+    assert Path(png).read_bytes()[:4] == b"\x89PNG"
+
 # -----------------------------------------------------------------------------
 # plot and CLI
+
+def test_cli_unwritable_plot_path_prints_table_then_fails(tmp_path):
+    """The table comes first (it is the result), then one line on the plot path and exit 2: no traceback."""
+    write_group(tmp_path / "logs", A, "gpt")
+    write_group(tmp_path / "logs", B, "ngpt", dict(arch="ngpt"))
+    (tmp_path / "file").write_text("a file where a folder should be\n")
+    for path in (tmp_path / "file" / "c.png", tmp_path / "file" / "sub" / "c.png"):
+        res = subprocess.run([sys.executable, str(REPO / "records" / "compare.py"), str(tmp_path / "logs"),
+                              f"--plot={path}"], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2 and "baseline *" in res.stdout and "arch=ngpt" in res.stdout
+        assert res.stderr == (f"compare: error: cannot write the plot to {path} (Not a directory): "
+                              f"pass --plot=<writable path> or --plot=none\n")
+        assert (tmp_path / "file").read_text() == "a file where a folder should be\n"
+    if os.geteuid() != 0:  # root writes into read-only folders
+        (tmp_path / "ro").mkdir(mode=0o500)
+        assert compare.main([str(tmp_path / "logs"), f"--plot={tmp_path / 'ro' / 'c.png'}"]) == 2
+
 
 def test_plot_writes_valid_png(tmp_path):
     import matplotlib.image

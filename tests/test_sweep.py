@@ -5,8 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = [sys.executable, str(REPO / "records" / "sweep.py")]
+sys.path.insert(0, str(REPO / "records"))
+import sweep  # noqa: E402
 
 # a stand-in for train_gpt.py: parses the flags the sweep passes, writes a log in train_gpt.py's format
 STUB = r'''
@@ -87,3 +91,62 @@ def test_second_sweep_adds_seeds_to_the_folder(tmp_path):
     again = run_sweep("t", "--seeds=1", "--seed0=1", *common, "--", "--arch=ngpt")  # seed 1 is done already
     assert again.returncode == 2 and "--seed0" in again.stderr
     assert len(json.loads((out / "sweep.json").read_text())["runs"]) == 5
+
+def test_unbalanced_quote_fails_before_any_run(tmp_path):
+    """shlex's ValueError used to be a traceback; now one line naming the config and the fix, before any run."""
+    stub = tmp_path / "stub_train.py"
+    stub.write_text(STUB)
+    out = tmp_path / "out"
+    args = [f"--out={out}", f"--script={stub}", "--launcher=python", "--", "--arch=gpt", "--arch=ngpt", "--prompt='x"]
+    res = run_sweep("t", "--seeds=2", *args)
+    assert res.returncode == 2 and res.stdout == "" and not out.exists()  # nothing ran, nothing written
+    assert res.stderr.startswith('sweep: error: config 2 "--prompt=\'x": No closing quotation: quote the flag value '
+                                 'or escape the quote') and res.stderr.count("\n") == 1
+    # a folder with a record: the record stays as it was
+    out.mkdir()
+    rec = '{"name": "t", "configs": ["--arch=gpt"], "seeds": [0], "runs": []}'
+    (out / "sweep.json").write_text(rec)
+    res = run_sweep("t", "--seeds=1", "--seed0=1", *args)
+    assert res.returncode == 2 and "config 2" in res.stderr and (out / "sweep.json").read_text() == rec
+    assert sorted(p.name for p in out.iterdir()) == ["sweep.json"]
+
+def test_corrupt_sweep_json_is_named_never_overwritten(tmp_path):
+    """A sweep.json the next sweep cannot read used to be a JSONDecodeError traceback."""
+    stub = tmp_path / "stub_train.py"
+    stub.write_text(STUB)
+    out = tmp_path / "out"
+    out.mkdir()
+    for bad in ('{"name": "t", "configs": ["--arch=gpt"], "ru', "[1, 2]", b"\xff\xfe{"):
+        (out / "sweep.json").write_bytes(bad if isinstance(bad, bytes) else bad.encode())
+        res = run_sweep("t", "--seeds=1", f"--out={out}", f"--script={stub}", "--launcher=python", "--", "--arch=gpt")
+        assert res.returncode == 2 and "stub training" not in res.stdout, res.stderr
+        assert res.stderr.startswith(f"sweep: error: {out / 'sweep.json'} is unreadable (")
+        assert "move it away" in res.stderr and res.stderr.count("\n") == 1
+        assert (out / "sweep.json").read_bytes() == (bad if isinstance(bad, bytes) else bad.encode())
+        assert sorted(p.name for p in out.iterdir()) == ["sweep.json"]  # no run, no log
+
+def test_sweep_json_survives_a_crash_mid_write(tmp_path, monkeypatch):
+    """sweep.json goes through a temp file + fsync + os.replace: a write that dies half-way leaves the previous
+    record whole (and no temp file), and the next sweep reads it and adds its runs."""
+    stub = tmp_path / "stub_train.py"
+    stub.write_text(STUB)
+    out = tmp_path / "out"
+    out.mkdir()
+    old = dict(name="t", out=str(out), configs=["--arch=gpt"], seeds=[0],
+               runs=[dict(config=0, args="--arch=gpt", seed=0, run_name="t_c0_s0", cmd=[], returncode=0, seconds=1.0)])
+    (out / "sweep.json").write_text(json.dumps(old))
+    real_dump = json.dump
+    def dies_mid_write(obj, f, **kw):
+        f.write(json.dumps(obj)[:30])
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(json, "dump", dies_mid_write)
+    argv = ["t", "--seeds=1", "--seed0=1", f"--out={out}", f"--script={stub}", "--launcher=python", "--", "--arch=gpt"]
+    with pytest.raises(OSError, match="No space left"):
+        sweep.main(argv)
+    assert json.loads((out / "sweep.json").read_text()) == old
+    assert sorted(p.name for p in out.iterdir()) == ["sweep.json", "t_c0_s1.txt"]  # the run's log stays too
+    monkeypatch.setattr(json, "dump", real_dump)
+    assert sweep.main(argv) == 0  # the crash left no record of seed 1: it runs again
+    rec = json.loads((out / "sweep.json").read_text())
+    assert [(r["run_name"], r["returncode"]) for r in rec["runs"]] == [("t_c0_s0", 0), ("t_c0_s1", 0)]
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
