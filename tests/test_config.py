@@ -168,7 +168,7 @@ def test_bad_value_names_the_flag(flag, names):
     (["--ngpt_residual=add"], ["--ngpt_residual"]),                       # the default arch is gpt
     (["--arch=gpt", "--ngpt_proj_every=7", "--ngpt_radius=0.95"], ["--ngpt_proj_every", "--ngpt_radius"]),
     (["--norm=layernorm", "--norm_skip_tol=0.1"], ["--norm_skip_tol", "--norm=layernorm"]),
-    (["--vocab_size=50000"], ["--vocab_size"]),
+    (["--vocab_size=1"], ["--vocab_size"]),
     (["--seq_len=64", "--val_tokens=32"], ["--val_tokens", "--seq_len"]),
     (["--cooldown_frac=1.5"], ["--cooldown_frac"]),
     (["--top_p=0"], ["--top_p"]),
