@@ -940,6 +940,12 @@ class Attention(nn.Module):
         y = self.c_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
         return y * self.out_scale if self.out_scale != 1.0 else y
 
+def mlp_hidden(a):
+    """The MLP's hidden width: mlp_ratio * d, or 2/3 of it (rounded up to 64) for SwiGLU, whose two halves
+    keep the parameter count."""
+    hidden = int(a.mlp_ratio * a.n_embd * (2 / 3 if a.mlp == "swiglu" else 1))
+    return max(64, (hidden + 63) // 64 * 64) if a.mlp == "swiglu" else hidden
+
 ACTIVATIONS = {"relu2": lambda u: F.relu(u).square(), "gelu": F.gelu, "silu": F.silu}
 
 class MLP(nn.Module):
@@ -948,8 +954,7 @@ class MLP(nn.Module):
     def __init__(self, a, ngpt_scalars=False):
         super().__init__()
         d, self.kind = a.n_embd, a.mlp
-        hidden = int(a.mlp_ratio * d * (2 / 3 if a.mlp == "swiglu" else 1))
-        self.hidden = hidden = max(64, (hidden + 63) // 64 * 64) if a.mlp == "swiglu" else hidden
+        self.hidden = hidden = mlp_hidden(a)
         self.c_fc = linear(d, hidden * (2 if a.mlp == "swiglu" else 1))
         self.c_proj = linear(hidden, d)
         self.s_uv = Scalars((self.c_fc.out_features,), 1.0, 1.0) if ngpt_scalars else None  # s_u (and s_v for SwiGLU)
@@ -1074,7 +1079,7 @@ class GPT(nn.Module):
         elif a.arch == "ngpt":
             self.blocks = nn.ModuleList([NGPTBlock(a, l) for l in range(a.n_layer)])
         else:
-            self.nu_up = (a.n_embd / MLP(a).hidden) ** 0.5
+            self.nu_up = (a.n_embd / mlp_hidden(a)) ** 0.5
             self.nu_act = angpt_activation_nu(a.mlp, self.nu_up, a.angpt_nu_samples)
             self.blocks = nn.ModuleList([ANGPTBlock(a, l, self.nu_act) for l in range(a.n_layer)])
         self.lm_head = linear(a.n_embd, a.vocab_size)
