@@ -4,13 +4,16 @@ hypothesis from the experiment reports behind a flag.
 
     ./run.sh                                        # GPU: torchrun speedrun on FineWeb; CPU: cpu preset on Shakespeare
     python train_gpt.py --preset=cpu --arch=ngpt    # one run on the CPU
+    python train_gpt.py --help                      # every flag, its default and what it does
     torchrun --standalone --nproc_per_node=8 train_gpt.py --preset=speedrun --norm=dyt
 
-Sections follow the data flow: config -> distributed setup -> kernels + references -> components ->
-GPT / nGPT / anGPT -> optimizers -> data -> train loop -> main. Importing this file has no side effects.
+Read top to bottom, in the order data flows: config -> model (components, then one block and one Arch per
+architecture, each owning everything that differs for it) -> kernels (the engine room: Triton ops and their
+torch references) -> optimizers -> data -> training -> main. Importing this file has no side effects.
 """
 import os, sys, json, math, time, glob, uuid, signal, difflib, hashlib, platform, contextlib
 from dataclasses import dataclass, field, fields, asdict
+from typing import Optional
 import numpy as np
 import torch
 import torch.nn as nn
@@ -18,93 +21,97 @@ import torch.nn.functional as F
 import torch.distributed as dist
 
 # -----------------------------------------------------------------------------
-# Config: one dataclass, every field a command-line flag
+# Config: one dataclass, every field a command-line flag (--help lists them by group)
+
+def flag(default, help="", group=None, **rules):
+    """A config field. rules: choices=[...], ge=/gt=/le=/lt= bounds for numbers (checked by validate)."""
+    return field(default=default, metadata=dict(help=help, group=group, **rules))
 
 @dataclass
 class Hyperparameters:
-    preset: str = field(default="", metadata=dict(choices=["", "cpu", "speedrun"], help="named defaults; '' = speedrun on CUDA, cpu otherwise"))
     # data
-    train_files: str = "data/shakespeare/shakespeare_train_*.bin"
-    val_files: str = "data/shakespeare/shakespeare_val_*.bin"
-    val_tokens: int = 32768          # fixed count read from the start of the val shards
-    seq_len: int = 256
-    batch_size: int = 8              # global sequences per optimizer step
-    device_batch_size: int = 8       # sequences per forward pass per rank (sets grad_accum when that is 0)
-    grad_accum: int = 0              # micro-steps per step; 0 = batch_size // (world * device_batch_size)
+    train_files: str = flag("data/shakespeare/shakespeare_train_*.bin", "glob of train shards", group="data")
+    val_files: str = flag("data/shakespeare/shakespeare_val_*.bin", "glob of val shards")
+    val_tokens: int = flag(32768, "tokens read from the start of the val shards at each validation", ge=1)
+    seq_len: int = flag(256, "tokens per sequence", ge=1)
+    batch_size: int = flag(8, "sequences per optimizer step, all ranks together", ge=1)
+    device_batch_size: int = flag(8, "sequences per forward pass per rank (sets grad_accum when that is 0)", ge=1)
+    grad_accum: int = flag(0, "micro-steps per step; 0 = batch_size // (world * device_batch_size)", ge=0)
     # model
-    arch: str = field(default="gpt", metadata=dict(choices=["gpt", "ngpt", "angpt"]))
-    vocab_size: int = 50304          # GPT-2's 50257 padded to a multiple of 128
-    n_layer: int = 4
-    n_embd: int = 256
-    n_head: int = 4
-    qkv_head_dim: int = 0            # 0 = n_embd // n_head; smaller = low-rank QKV (seed 000)
-    mlp: str = field(default="relu2", metadata=dict(choices=["relu2", "swiglu", "gelu", "silu"]))
-    mlp_ratio: float = 4.0
-    norm: str = field(default="rmsnorm", metadata=dict(choices=["rmsnorm", "layernorm", "dyt", "none"]))
-    post_norm: bool = False
-    rope: bool = True
-    rope_base: float = 10000.0
-    tie_embeddings: bool = False
-    logit_softcap: float = 30.0      # GPT: 30*tanh(logits/30); 0 = off
-    # seed 000 hypotheses (GPT baseline)
-    norm_skip_tol: float = 0.0       # RMSNorm returns x unchanged where |rms(x)-1| < tol
-    mlp_skip_threshold: float = 0.0  # tokens with residual RMS below this skip the MLP
-    # DyT
-    dyt_alpha_attn: float = 0.8
-    dyt_alpha_mlp: float = 0.2
-    dyt_alpha_final: float = 0.2
-    dyt_qk: bool = True
-    dyt_embed_scale: bool = False    # learnable embedding scale initialised to sqrt(d)
+    arch: str = flag("gpt", "architecture (ARCHS: gpt, ngpt, angpt)", group="model")
+    vocab_size: int = flag(50304, "GPT-2's 50257 padded to a multiple of 128; every shard token id must be below it", ge=2)
+    n_layer: int = flag(4, "blocks", ge=1)
+    n_embd: int = flag(256, "model width d", ge=1)
+    n_head: int = flag(4, "attention heads", ge=1)
+    qkv_head_dim: int = flag(0, "0 = n_embd // n_head; smaller = low-rank QKV (seed 000)", ge=0)
+    mlp: str = flag("relu2", "MLP activation", choices=["relu2", "swiglu", "gelu", "silu"])
+    mlp_ratio: float = flag(4.0, "MLP hidden width / d (SwiGLU: 2/3 of it, rounded up to 64)", gt=0)
+    rope: bool = flag(True, "rotary position embedding")
+    rope_base: float = flag(10000.0, "RoPE base", gt=0)
+    # GPT baseline (CS336-style ablations, seed 000 hypotheses)
+    norm: str = flag("rmsnorm", "norm at every site of the GPT baseline", group="gpt", choices=["rmsnorm", "layernorm", "dyt", "none"], archs=["gpt"])
+    post_norm: bool = flag(False, "norm after the residual add instead of before the sub-layer", archs=["gpt"])
+    tie_embeddings: bool = flag(False, "lm_head shares the embedding matrix", archs=["gpt"])
+    logit_softcap: float = flag(30.0, "30*tanh(logits/30); 0 = off", ge=0, archs=["gpt"])
+    norm_skip_tol: float = flag(0.0, "seed 000: RMSNorm returns x unchanged where |rms(x)-1| < tol", ge=0, archs=["gpt"])
+    mlp_skip_threshold: float = flag(0.0, "seed 000: tokens with residual RMS below this skip the MLP", ge=0, archs=["gpt"])
+    # DyT (--norm=dyt)
+    dyt_alpha_attn: float = flag(0.8, "DyT alpha init before attention (and QK)", group="dyt")
+    dyt_alpha_mlp: float = flag(0.2, "DyT alpha init before the MLP")
+    dyt_alpha_final: float = flag(0.2, "DyT alpha init of the final norm")
+    dyt_qk: bool = flag(True, "DyT also replaces the QK-norm")
+    dyt_embed_scale: bool = flag(False, "learnable embedding scale initialised to sqrt(d)")
     # nGPT
-    ngpt_alpha_init: float = 0.05
-    ngpt_alpha_attn_init: float = 0.0    # 0 = ngpt_alpha_init
-    ngpt_alpha_mlp_init: float = 0.0     # 0 = ngpt_alpha_init
-    ngpt_alpha_schedule: str = field(default="uniform", metadata=dict(choices=["uniform", "linear", "upsidedown_u", "downsideup_u"]))
-    ngpt_scalar_alpha: bool = False
-    ngpt_logit_scale: float = 1.0        # s_z init (paper: 1, applied as s_z*(1/scale)*scale reparam)
-    ngpt_logit_scale_mode: str = field(default="vocab", metadata=dict(choices=["vocab", "scalar", "fixed"]))
-    ngpt_gated_residual: bool = False
-    ngpt_radius: float = 1.0             # progressive radius target
-    ngpt_proj_every: int = 1
-    ngpt_qk_norm: bool = True
-    ngpt_residual: str = field(default="lerp", metadata=dict(choices=["lerp", "add"]))
+    ngpt_alpha_init: float = flag(0.05, "alpha_A, alpha_M init (paper 0.05; seeds 0.15 / 0.28)", group="ngpt", ge=0)
+    ngpt_alpha_attn_init: float = flag(0.0, "0 = ngpt_alpha_init; asymmetric alphas (seed 001)", ge=0)
+    ngpt_alpha_mlp_init: float = flag(0.0, "0 = ngpt_alpha_init", ge=0)
+    ngpt_alpha_schedule: str = flag("uniform", "per-layer alpha multiplier (seed 001)", choices=["uniform", "linear", "upsidedown_u", "downsideup_u"])
+    ngpt_scalar_alpha: bool = flag(False, "one alpha per sub-layer instead of one per dimension")
+    ngpt_logit_scale: float = flag(1.0, "s_z init (paper 1; seeds 10 / 15)", gt=0)
+    ngpt_logit_scale_mode: str = flag("vocab", "s_z per vocab entry, one learned scalar, or a fixed constant", choices=["vocab", "scalar", "fixed"])
+    ngpt_gated_residual: bool = flag(False, "per-dimension gates g (init 0): the update uses sigmoid(g) * alpha (seed 001)")
+    ngpt_radius: float = flag(1.0, "progressive radius: weights projected to norm 1 + (r-1) * step/steps (seed 001)", gt=0)
+    ngpt_proj_every: int = flag(1, "project the weights every k steps (seeds: 7, 10)", ge=1)
+    ngpt_qk_norm: bool = flag(True, "normalise q and k (seed 003 turned it off)")
+    ngpt_residual: str = flag("lerp", "lerp = paper; add = the seeds' norm(h + alpha f(h))", choices=["lerp", "add"])
     # anGPT
-    angpt_alpha_init: float = 0.05       # alpha_A, alpha_M init (nGPT's value)
-    angpt_logit_scale: float = 15.0      # s_z init; at nGPT's 1 the model inflates the hidden state to reach useful logits
-    angpt_nu_samples: int = 1 << 20      # Monte Carlo samples for the activation's nu
+    angpt_alpha_init: float = flag(0.05, "alpha_A, alpha_M init (nGPT's value)", group="angpt", ge=0)
+    angpt_logit_scale: float = flag(15.0, "s_z init; at nGPT's 1 the model inflates the hidden state to reach useful logits", gt=0)
+    angpt_nu_samples: int = flag(1 << 20, "Monte Carlo samples for the activation's nu", ge=1024)
     # optimizer
-    optimizer: str = field(default="", metadata=dict(choices=["", "muon", "adamw", "adam"], help="'' = muon for gpt, adam for ngpt/angpt"))
-    lr: float = 0.0                  # adam/adamw lr for every parameter; 0 = per-arch default
-    embed_lr: float = 0.3            # muon mode: Adam lr of the embedding (speedrun: 0.6)
-    head_lr: float = 0.004           # ... of the lm_head (speedrun: 0.008)
-    scalar_lr: float = 0.02          # ... of 1-D parameters (speedrun: 0.04)
-    muon_lr: float = 0.025           # the CPU batch is 256x smaller than the speedrun's: half its lrs
-    muon_momentum: float = 0.95
-    adam_beta1: float = 0.8
-    adam_beta2: float = 0.95
-    weight_decay: float = 0.1        # --optimizer=adamw only (on matrices); muon/adam use none
-    grad_clip: float = 0.0
-    lr_schedule: str = field(default="trapezoid", metadata=dict(choices=["trapezoid", "cosine"]))
-    warmup_steps: int = 0
-    cooldown_frac: float = 0.4
-    min_lr_frac: float = 0.0
+    optimizer: str = flag("", "'' = the arch's default (gpt: muon; ngpt, angpt: adam)", group="optimizer", choices=["", "muon", "adamw", "adam"])
+    lr: float = flag(0.0, "adam/adamw lr for every parameter; 0 = the arch's default", ge=0)
+    embed_lr: float = flag(0.3, "muon mode: Adam lr of the embedding (speedrun: 0.6)", ge=0)
+    head_lr: float = flag(0.004, "muon mode: Adam lr of the lm_head (speedrun: 0.008)", ge=0)
+    scalar_lr: float = flag(0.02, "muon mode: Adam lr of 1-D parameters (speedrun: 0.04)", ge=0)
+    muon_lr: float = flag(0.025, "Muon lr (the CPU batch is 256x smaller than the speedrun's: half its lrs)", ge=0)
+    muon_momentum: float = flag(0.95, "Muon momentum", ge=0, lt=1)
+    adam_beta1: float = flag(0.8, "Adam beta1", ge=0, lt=1)
+    adam_beta2: float = flag(0.95, "Adam beta2", ge=0, lt=1)
+    weight_decay: float = flag(0.1, "--optimizer=adamw only (on matrices); muon/adam use none", ge=0)
+    grad_clip: float = flag(0.0, "clip the global grad norm; 0 = off", ge=0)
+    lr_schedule: str = flag("trapezoid", "trapezoid: constant then linear cooldown; cosine: warmup then cosine", choices=["trapezoid", "cosine"])
+    warmup_steps: int = flag(0, "linear lr warmup steps", ge=0)
+    cooldown_frac: float = flag(0.4, "trapezoid: fraction of the steps spent cooling down", ge=0, le=1)
+    min_lr_frac: float = flag(0.0, "lr multiplier at the end of the schedule", ge=0, le=1)
     # run
-    steps: int = 200
-    val_every: int = 40
-    seed: int = 0
-    run_name: str = ""
-    log_dir: str = "logs"
-    bf16: bool = True
-    compile: bool = False
-    kernels: str = field(default="auto", metadata=dict(choices=["auto", "triton", "torch"]))
-    save_every: int = 0
-    keep_checkpoints: int = 2
-    checkpoint_dir: str = "checkpoints"
-    resume: str = ""                 # PATH or 'auto'
-    sample_tokens: int = 100
-    temperature: float = 0.8
-    top_p: float = 0.9
-    prompt: str = "\n"
+    preset: str = flag("", "named defaults; '' = speedrun on CUDA, cpu otherwise", group="run", choices=["", "cpu", "speedrun"])
+    steps: int = flag(200, "optimizer steps", ge=1)
+    val_every: int = flag(40, "validate every k steps (and after the last)", ge=1)
+    seed: int = flag(0, "sets the init; the token stream is the same for every seed", ge=0)
+    run_name: str = flag("", "names the log and the checkpoints; '' = <arch>_s<seed>")
+    log_dir: str = flag("logs", "folder of the logs")
+    bf16: bool = flag(True, "bf16 autocast")
+    compile: bool = flag(False, "torch.compile the model (CUDA only)")
+    kernels: str = flag("auto", "auto = Triton on CUDA, torch elsewhere", choices=["auto", "triton", "torch"])
+    save_every: int = flag(0, "checkpoint every k steps; 0 = only on a stop signal", ge=0)
+    keep_checkpoints: int = flag(2, "newest checkpoints of this run kept", ge=1)
+    checkpoint_dir: str = flag("checkpoints", "folder of the checkpoints")
+    resume: str = flag("", "PATH of a checkpoint, or 'auto' = the newest of --run_name")
+    sample_tokens: int = flag(100, "tokens sampled at the end; 0 = no sample", ge=0)
+    temperature: float = flag(0.8, "sampling temperature; 0 = greedy", ge=0)
+    top_p: float = flag(0.9, "nucleus sampling mass", gt=0, le=1)
+    prompt: str = flag("\n", "sampling prompt")
 
 PRESETS = {
     "cpu": dict(),  # the dataclass defaults are the CPU preset
@@ -123,7 +130,7 @@ class ConfigError(ValueError):
     pass
 
 def _coerce(f, raw):
-    name, typ = f.name, f.type if isinstance(f.type, type) else eval(f.type)
+    typ = f.type if isinstance(f.type, type) else eval(f.type)
     try:
         if typ is bool:
             if raw.lower() in ("1", "true", "yes", "on"): return True
@@ -131,11 +138,22 @@ def _coerce(f, raw):
             raise ValueError
         value = typ(raw)
     except ValueError:
-        raise ConfigError(f"--{name}={raw!r}: expected {typ.__name__}") from None
+        raise ConfigError(f"--{f.name}={raw!r}: expected {typ.__name__}") from None
     choices = f.metadata.get("choices")
     if choices is not None and value not in choices:
-        raise ConfigError(f"--{name}={raw!r}: choose one of {', '.join(repr(c) for c in choices)}")
+        raise ConfigError(f"--{f.name}={raw!r}: choose one of {', '.join(repr(c) for c in choices)}")
     return value
+
+def usage() -> str:
+    """--help: every flag with its default and help, grouped as in the dataclass."""
+    lines = ["usage: train_gpt.py [--name=value | --name value | --flag | --no-flag] ...", ""]
+    for f in fields(Hyperparameters):
+        if f.metadata.get("group"):
+            lines.append(f"{f.metadata['group']}:")
+        choices = f.metadata.get("choices")
+        default = f"{f.default!r}" + (f" ({'|'.join(map(str, choices))})" if choices else "")
+        lines.append(f"  --{f.name:<24} {default:<34} {f.metadata.get('help', '')}")
+    return "\n".join(lines + ["", "presets: " + ", ".join(f"--preset={k}" for k in PRESETS if k)])
 
 def parse_args(argv, cuda_available=None) -> Hyperparameters:
     """--name=value, --name value, --name / --no-name for booleans; presets first, explicit flags win."""
@@ -144,14 +162,14 @@ def parse_args(argv, cuda_available=None) -> Hyperparameters:
     while i < len(argv):
         arg = argv[i]; i += 1
         if not arg.startswith("--"):
-            raise ConfigError(f"unexpected argument {arg!r}: flags look like --name=value")
+            raise ConfigError(f"unexpected argument {arg!r}: flags look like --name=value (--help lists them)")
         key, eq, raw = arg[2:].partition("=")
         key = key.replace("-", "_")
         negate = key.startswith("no_") and key not in by_name and key[3:] in by_name
         if negate: key = key[3:]
         if key not in by_name:
             close = difflib.get_close_matches(key, by_name, n=1, cutoff=0.6)
-            raise ConfigError(f"unknown flag --{key}" + (f"; did you mean --{close[0]}?" if close else "; see Hyperparameters in train_gpt.py"))
+            raise ConfigError(f"unknown flag --{key}" + (f"; did you mean --{close[0]}?" if close else "; --help lists the flags"))
         f = by_name[key]
         is_bool = f.type in (bool, "bool")
         if negate:
@@ -168,49 +186,46 @@ def parse_args(argv, cuda_available=None) -> Hyperparameters:
     if preset == "":
         if cuda_available is None: cuda_available = torch.cuda.is_available()
         preset = "speedrun" if cuda_available else "cpu"
-    args = Hyperparameters(**{**PRESETS[preset], **explicit})
-    args.preset = preset
-    validate(args)
-    return args
+    config = Hyperparameters(**{**PRESETS[preset], **explicit})
+    config.preset = preset
+    config.run_name = config.run_name or f"{config.arch}_s{config.seed}"
+    validate(config)
+    return config
 
-def validate(a: Hyperparameters):
-    """Invalid combinations fail here, before any data is read, naming the flags involved."""
+BOUNDS = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"), "le": (lambda v, b: v <= b, "<="), "lt": (lambda v, b: v < b, "<")}
+
+def validate(c: Hyperparameters):
+    """Invalid values and combinations fail here, before any data is read, naming the flags involved."""
     def need(cond, msg):
         if not cond: raise ConfigError(msg)
-    for name in ("n_layer", "n_embd", "n_head", "seq_len", "batch_size", "device_batch_size", "steps", "val_every", "vocab_size"):
-        need(getattr(a, name) >= 1, f"--{name}={getattr(a, name)} must be >= 1")
-    need(a.n_embd % a.n_head == 0, f"--n_embd={a.n_embd} is not divisible by --n_head={a.n_head}")
-    need(a.qkv_head_dim >= 0, f"--qkv_head_dim={a.qkv_head_dim} must be >= 1 (or 0 for n_embd // n_head)")
-    need(a.vocab_size >= 2, f"--vocab_size={a.vocab_size} must be >= 2 (GPT-2 shards need 50257; the shards' token ids are checked when they are opened)")
-    need(a.grad_accum >= 0 and a.val_tokens >= a.seq_len, f"--grad_accum must be >= 0 and --val_tokens >= --seq_len ({a.seq_len})")
-    need(a.ngpt_proj_every >= 1, f"--ngpt_proj_every={a.ngpt_proj_every} must be >= 1")
-    need(a.ngpt_radius > 0, f"--ngpt_radius={a.ngpt_radius} must be > 0")
-    need(0 <= a.cooldown_frac <= 1 and 0 <= a.min_lr_frac <= 1, "--cooldown_frac and --min_lr_frac must lie in [0, 1]")
-    need(a.norm_skip_tol >= 0 and a.mlp_skip_threshold >= 0, "--norm_skip_tol and --mlp_skip_threshold must be >= 0")
-    need(a.top_p > 0 and a.top_p <= 1 and a.temperature >= 0, "--top_p must lie in (0, 1] and --temperature be >= 0")
-    need(a.save_every >= 0, f"--save_every={a.save_every} must be >= 0 (0 = no periodic checkpoints)")
-    need(a.mlp_ratio > 0, f"--mlp_ratio={a.mlp_ratio} must be > 0")
-    need(0 <= a.adam_beta1 < 1 and 0 <= a.adam_beta2 < 1, f"--adam_beta1={a.adam_beta1} and --adam_beta2={a.adam_beta2} must lie in [0, 1)")
-    need(0 <= a.muon_momentum < 1, f"--muon_momentum={a.muon_momentum} must lie in [0, 1)")
+    for f in fields(c):  # ranges and per-arch flags, from each field's metadata
+        value = getattr(c, f.name)
+        for rule, (ok, sign) in BOUNDS.items():
+            if rule in f.metadata:
+                need(value == value and ok(value, f.metadata[rule]), f"--{f.name}={value} must be {sign} {f.metadata[rule]}")
+    need(c.arch in ARCHS, f"--arch={c.arch!r}: choose one of {', '.join(map(repr, ARCHS))}")
+    changed = [f for f in fields(c) if getattr(c, f.name) != f.default]
+    misplaced = {}  # a flag of some architectures (archs=..., or named <arch>_...) keeps its default under the others
+    for f in changed:
+        archs = f.metadata.get("archs") or [a for a in ARCHS if f.name.startswith(a + "_")]
+        if archs and c.arch not in archs:
+            misplaced.setdefault("/".join(archs), []).append("--" + f.name)
+    need(not misplaced, "; ".join(f"{', '.join(names)} only appl{'ies' if len(names) == 1 else 'y'} to --arch={archs}"
+                                  for archs, names in misplaced.items()) + f" (got --arch={c.arch})")
+    dyt = ["--" + f.name for f in changed if f.name.startswith("dyt_")]
+    need(c.norm == "dyt" or not dyt, f"{', '.join(dyt)} only appl{'ies' if len(dyt) == 1 else 'y'} to --norm=dyt")
+    need(c.n_embd % c.n_head == 0, f"--n_embd={c.n_embd} is not divisible by --n_head={c.n_head}")
+    need((c.qkv_head_dim or c.n_embd // c.n_head) % 2 == 0 or not c.rope,
+         f"--n_embd={c.n_embd} / --n_head={c.n_head} gives an odd head dim: RoPE rotates pairs (pick an even head dim, or --no-rope)")
+    need(int(c.mlp_ratio * c.n_embd) >= 1, f"--mlp_ratio={c.mlp_ratio} gives an MLP of width 0 at --n_embd={c.n_embd}")
+    need(c.val_tokens >= c.seq_len, f"--val_tokens={c.val_tokens} must be >= --seq_len ({c.seq_len})")
+    if c.norm_skip_tol > 0:
+        need(c.norm == "rmsnorm", f"--norm_skip_tol is a rule of RMSNorm; it does not apply to --norm={c.norm}")
     # the batch must split for every world size: checked here, before any data is read
-    if a.grad_accum:
-        need(a.batch_size % a.grad_accum == 0, f"--batch_size={a.batch_size} is not divisible by --grad_accum={a.grad_accum}")
+    if c.grad_accum:
+        need(c.batch_size % c.grad_accum == 0, f"--batch_size={c.batch_size} is not divisible by --grad_accum={c.grad_accum}")
     else:
-        need(a.batch_size % a.device_batch_size == 0, f"--batch_size={a.batch_size} is not a multiple of --device_batch_size={a.device_batch_size} (or set --grad_accum)")
-    if a.arch != "gpt":
-        gpt_only = dict(norm=a.norm != "rmsnorm", post_norm=a.post_norm, norm_skip_tol=a.norm_skip_tol > 0,
-                        mlp_skip_threshold=a.mlp_skip_threshold > 0, dyt_embed_scale=a.dyt_embed_scale, tie_embeddings=a.tie_embeddings)
-        bad = [k for k, v in gpt_only.items() if v]
-        need(not bad, f"--arch={a.arch} has no norm layers to change: {', '.join('--' + k for k in bad)} only apply to --arch=gpt")
-    for arch in ("ngpt", "angpt"):
-        if a.arch != arch:
-            changed = [f.name for f in fields(a) if f.name.startswith(arch + "_") and getattr(a, f.name) != f.default]
-            need(not changed, f"{', '.join('--' + k for k in changed)} only apply to --arch={arch} (got --arch={a.arch})")
-    if a.norm != "dyt":
-        changed = [f.name for f in fields(a) if f.name.startswith("dyt_") and getattr(a, f.name) != f.default]
-        need(not changed, f"{', '.join('--' + k for k in changed)} only apply to --norm=dyt")
-    if a.norm_skip_tol > 0:
-        need(a.norm == "rmsnorm", f"--norm_skip_tol is a rule of RMSNorm; it does not apply to --norm={a.norm}")
+        need(c.batch_size % c.device_batch_size == 0, f"--batch_size={c.batch_size} is not a multiple of --device_batch_size={c.device_batch_size} (or set --grad_accum)")
 
 # -----------------------------------------------------------------------------
 # Distributed setup: torchrun sets RANK/WORLD_SIZE; a plain `python train_gpt.py` is a world of one
@@ -248,8 +263,430 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     return t
 
 # -----------------------------------------------------------------------------
-# Kernels + references: each op has a plain-torch reference; Triton kernels with the same signatures
-# are registered as torch.library custom ops. `--kernels` picks the implementation through set_kernels().
+# Model components: probe, norms, reparameterised scalars, rotary, attention, MLP
+
+class Probe:
+    """What modules measure in one forward (what a skip rule skipped, the hidden-state norm). Off unless
+    `with probe.measure() as values:` is active, so the training forward pays nothing; one per model."""
+    def __init__(self):
+        self.values = None
+    @contextlib.contextmanager
+    def measure(self):
+        self.values = {}
+        try: yield self.values
+        finally: self.values = None
+    @property
+    def active(self):
+        return self.values is not None
+    def __call__(self, key, value):
+        if self.values is not None:
+            self.values.setdefault(key, []).append(float(value.detach() if torch.is_tensor(value) else value))
+
+class Norm(nn.Module):
+    """One normalisation site: rmsnorm (optionally with the norm_skip_tol rule), layernorm, dyt or none."""
+    def __init__(self, kind, dim, ops, probe=None, dyt_alpha=0.5, skip_tol=0.0):
+        super().__init__()
+        self.kind, self.ops, self.probe, self.skip_tol = kind, ops, probe, skip_tol
+        if kind == "dyt":
+            self.alpha = nn.Parameter(torch.full((1,), float(dyt_alpha)))
+            self.weight, self.bias = nn.Parameter(torch.ones(dim)), nn.Parameter(torch.zeros(dim))
+    def forward(self, x):
+        if self.kind == "rmsnorm":
+            if self.skip_tol > 0 and self.probe is not None and self.probe.active:
+                rms = torch.sqrt(x.float().pow(2).mean(-1) + 1e-6)
+                self.probe("norm_skip_frac", ((rms - 1).abs() < self.skip_tol).float().mean())
+            return self.ops.rms_norm(x, None, 1e-6, self.skip_tol)
+        if self.kind == "layernorm":
+            return F.layer_norm(x, (x.size(-1),))
+        if self.kind == "dyt":
+            return self.ops.dyt(x, self.alpha, self.weight, self.bias)
+        return x
+
+class Scalars(nn.Module):
+    """nGPT's reparameterised scalars: stored s_hat starts at `scale` and is used as s_hat * init / scale,
+    so Adam's step size on s is independent of its init; `trainable=False` keeps it fixed."""
+    def __init__(self, shape, init, scale, trainable=True):
+        super().__init__()
+        init = torch.as_tensor(init, dtype=torch.float32).expand(shape).clone()
+        self.s_hat = nn.Parameter(torch.full(shape, float(scale)), requires_grad=trainable)
+        self.register_buffer("factor", init / scale, persistent=False)
+    def forward(self):
+        return self.s_hat * self.factor
+
+class Rotary(nn.Module):
+    def __init__(self, head_dim, max_len, base):
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
+        self.register_buffer("cos", freqs.cos()[None, :, None, :], persistent=False)
+        self.register_buffer("sin", freqs.sin()[None, :, None, :], persistent=False)
+    def forward(self, x):  # (B, T, H, D)
+        T = x.size(1)
+        cos, sin = self.cos[:, :T], self.sin[:, :T]
+        x1, x2 = x.float().chunk(2, dim=-1)
+        return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1).type_as(x)
+
+def linear(d_in, d_out):
+    return nn.Linear(d_in, d_out, bias=False)
+
+class Attention(nn.Module):
+    """Causal self-attention. qk: 'rmsnorm' / 'dyt' (a Norm per head), 'l2' (nGPT/anGPT: s_qk * q/||q|| after
+    RoPE, softmax scale sqrt(d_head)) or 'none'. v_scale / out_scale are anGPT's constant nu factors."""
+    def __init__(self, dim, n_head, head_dim, ops, qk="rmsnorm", rope_len=0, rope_base=10000.0, dyt_alpha=0.8,
+                 v_scale=1.0, out_scale=1.0):
+        super().__init__()
+        self.n_head, self.head_dim, self.ops = n_head, head_dim, ops
+        self.c_q, self.c_k, self.c_v = linear(dim, n_head * head_dim), linear(dim, n_head * head_dim), linear(dim, n_head * head_dim)
+        self.c_proj = linear(n_head * head_dim, dim)
+        self.rotary = Rotary(head_dim, rope_len, rope_base) if rope_len else None
+        self.qk, self.v_scale, self.out_scale = qk, v_scale, out_scale
+        if qk in ("rmsnorm", "dyt"):
+            self.q_norm, self.k_norm = Norm(qk, head_dim, ops, dyt_alpha=dyt_alpha), Norm(qk, head_dim, ops, dyt_alpha=dyt_alpha)
+        if qk == "l2":  # s_qk init 1, scale 1/sqrt(d), one per head channel (1-D: optimised as a scalar, not a matrix)
+            self.s_qk = Scalars((n_head * head_dim,), 1.0, dim ** -0.5)
+        # exact unit q, k make q.k a cosine in [-1, 1]: nGPT scales the softmax by sqrt(d_head), not 1/sqrt(d_head)
+        self.softmax_scale = head_dim ** 0.5 if qk == "l2" else head_dim ** -0.5
+    def forward(self, x):
+        B, T, _ = x.shape
+        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
+        k = self.c_k(x).view(B, T, self.n_head, self.head_dim)
+        v = self.c_v(x).view(B, T, self.n_head, self.head_dim)
+        if self.qk in ("rmsnorm", "dyt"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rotary is not None:
+            q, k = self.rotary(q), self.rotary(k)
+        if self.qk == "l2":  # after RoPE, as in the nGPT paper
+            s_qk = self.s_qk().view(self.n_head, self.head_dim).to(q.dtype)
+            q, k = s_qk * self.ops.l2_norm(q), s_qk * self.ops.l2_norm(k)
+        if self.v_scale != 1.0:
+            v = v * self.v_scale
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=self.softmax_scale)
+        y = self.c_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+        return y * self.out_scale if self.out_scale != 1.0 else y
+
+def mlp_hidden(config):
+    """The MLP's hidden width: mlp_ratio * d, or 2/3 of it (rounded up to 64) for SwiGLU, whose two halves
+    keep the parameter count."""
+    hidden = int(config.mlp_ratio * config.n_embd * (2 / 3 if config.mlp == "swiglu" else 1))
+    return max(64, (hidden + 63) // 64 * 64) if config.mlp == "swiglu" else hidden
+
+ACTIVATIONS = {"relu2": lambda u: F.relu(u).square(), "gelu": F.gelu, "silu": F.silu}
+
+class MLP(nn.Module):
+    """relu2 / gelu / silu MLP, or SwiGLU (u * silu(v)). up_scale: nGPT's s_u*sqrt(d) (a Scalars, ngpt_scalars)
+    or anGPT's constant nu_up; act_in_scale, act_scale, down_scale: anGPT's activation input scale and nu factors."""
+    def __init__(self, dim, hidden, kind, probe=None, ngpt_scalars=False):
+        super().__init__()
+        self.kind, self.hidden, self.probe = kind, hidden, probe
+        self.c_fc = linear(dim, hidden * (2 if kind == "swiglu" else 1))
+        self.c_proj = linear(hidden, dim)
+        self.s_uv = Scalars((self.c_fc.out_features,), 1.0, 1.0) if ngpt_scalars else None  # s_u (and s_v for SwiGLU)
+        self.sqrt_d = dim ** 0.5
+        self.up_scale = self.act_in_scale = self.act_scale = self.down_scale = 1.0
+    def act(self, u):
+        if self.kind == "swiglu":  # act_in_scale scales the gate's input only: the value half stays linear
+            u, v = u.chunk(2, dim=-1)
+            return u * F.silu(v * self.act_in_scale if self.act_in_scale != 1.0 else v)
+        return ACTIVATIONS[self.kind](u * self.act_in_scale if self.act_in_scale != 1.0 else u)
+    def forward(self, x):
+        if self.probe is not None:
+            self.probe("mlp_rows", x.numel() // x.size(-1))
+        u = self.c_fc(x)
+        if self.s_uv is not None:
+            u = u * (self.s_uv() * self.sqrt_d).to(u.dtype)
+        elif self.up_scale != 1.0:
+            u = u * self.up_scale
+        y = self.c_proj(self.act(u) * self.act_scale if self.act_scale != 1.0 else self.act(u))
+        return y * self.down_scale if self.down_scale != 1.0 else y
+
+def attention(config, ops, **kw):
+    """The Attention of a block at the config's width, heads and RoPE."""
+    head_dim = config.qkv_head_dim or config.n_embd // config.n_head
+    return Attention(config.n_embd, config.n_head, head_dim, ops, rope_len=config.seq_len if config.rope else 0,
+                     rope_base=config.rope_base, **kw)
+
+# -----------------------------------------------------------------------------
+# Architectures: each is a block and an Arch that owns everything else that differs for it (the embedding and
+# head transforms, init, the weight projection after a step, the stats it logs, its default optimizer and lr).
+# GPT below has one code path and asks its Arch. A new architecture: a block, an Arch subclass, an ARCHS entry.
+
+class Arch(nn.Module):
+    """The defaults of the GPT baseline; subclasses override what differs. Arch-level parameters (final norm,
+    logit scale) live here, so GPT's parameters are wte, arch, blocks, lm_head."""
+    optimizer, adam_lr = "muon", 3e-3           # used when --optimizer / --lr are not given
+    def __init__(self, config, ops, probe):
+        super().__init__()
+        self.config, self.ops, self.probe = config, ops, probe
+    def block(self, layer) -> nn.Module:
+        raise NotImplementedError
+    def embed(self, x):                         # token embeddings -> the residual stream
+        return x
+    def logits(self, x, lm_head):               # the last residual stream -> logits
+        return lm_head(x)
+    @torch.no_grad()
+    def init_weights(self, model):              # after GPT's common init (uniform matrices, normal embedding)
+        pass
+    @torch.no_grad()
+    def after_step(self, model, step):          # after optimizer step `step` (0-based)
+        pass
+    @torch.no_grad()
+    def stats(self, model) -> dict:             # scalars logged at each validation
+        return {}
+    def summary(self) -> str:                   # a line for the log when a run starts
+        return ""
+
+# ---- GPT baseline: pre-norm residual blocks, modded-nanogpt style
+
+class GPTBlock(nn.Module):
+    """Pre-norm (or --post_norm) residual block; --mlp_skip_threshold runs the MLP only on tokens whose
+    residual RMS reaches the threshold (gather / scatter, so skipped tokens cost nothing)."""
+    def __init__(self, config, ops, probe):
+        super().__init__()
+        c = config
+        self.attn_norm = Norm(c.norm, c.n_embd, ops, probe, c.dyt_alpha_attn, c.norm_skip_tol)
+        self.mlp_norm = Norm(c.norm, c.n_embd, ops, probe, c.dyt_alpha_mlp, c.norm_skip_tol)
+        self.attn = attention(c, ops, qk="dyt" if c.norm == "dyt" and c.dyt_qk else "rmsnorm", dyt_alpha=c.dyt_alpha_attn)
+        self.mlp = MLP(c.n_embd, mlp_hidden(c), c.mlp, probe)
+        self.post_norm, self.mlp_skip_threshold, self.probe = c.post_norm, c.mlp_skip_threshold, probe
+    def mlp_residual(self, x):
+        if self.post_norm:
+            return self.mlp_norm(x + self.mlp(x))
+        return x + self.mlp(self.mlp_norm(x))
+    def forward(self, x):
+        x = self.attn_norm(x + self.attn(x)) if self.post_norm else x + self.attn(self.attn_norm(x))
+        if self.mlp_skip_threshold <= 0:
+            return self.mlp_residual(x)
+        flat = x.reshape(-1, x.size(-1))
+        keep = (flat.float().pow(2).mean(-1).sqrt() >= self.mlp_skip_threshold).nonzero().squeeze(1)
+        if self.probe is not None:
+            self.probe("mlp_skip_frac", 1 - keep.numel() / flat.size(0))
+        out = flat.index_copy(0, keep, self.mlp_residual(flat.index_select(0, keep)))
+        return out.view_as(x)
+
+class GPTArch(Arch):
+    """Untied (or tied) head after a final norm, logit soft-cap, zero-initialised output projections, Muon."""
+    def __init__(self, config, ops, probe):
+        super().__init__(config, ops, probe)
+        c = config
+        self.final_norm = Norm("none" if c.post_norm else c.norm, c.n_embd, ops, probe, c.dyt_alpha_final)
+        self.embed_scale = nn.Parameter(torch.full((1,), c.n_embd ** 0.5)) if c.dyt_embed_scale else None
+    def block(self, layer):
+        return GPTBlock(self.config, self.ops, self.probe)
+    def embed(self, x):
+        return x * self.embed_scale if self.embed_scale is not None else x
+    def logits(self, x, lm_head):
+        logits = lm_head(self.final_norm(x))
+        cap = self.config.logit_softcap
+        return cap * torch.tanh(logits / cap) if cap > 0 else logits
+    @torch.no_grad()
+    def init_weights(self, model):  # zero output projections: every block starts as the identity
+        for block in model.blocks:
+            block.attn.c_proj.weight.zero_(); block.mlp.c_proj.weight.zero_()
+        if not self.config.tie_embeddings:
+            model.lm_head.weight.zero_()
+
+# ---- nGPT (Loshchilov et al. 2024): everything on the unit sphere
+
+def ngpt_alpha_multipliers(schedule, n_layer):
+    """Per-layer multiplier of the nGPT alpha init (seed 001, hypothesis 1)."""
+    l = torch.arange(n_layer, dtype=torch.float64)
+    frac = l / max(n_layer - 1, 1)
+    if schedule == "linear": return 0.7 + 0.6 * frac
+    if schedule == "upsidedown_u": return 0.7 + 0.6 * torch.sin(math.pi * frac)
+    if schedule == "downsideup_u": return 1.3 - 0.6 * torch.sin(math.pi * frac)
+    return torch.ones(n_layer, dtype=torch.float64)
+
+class NGPTBlock(nn.Module):
+    """nGPT: h <- norm(h + alpha * (norm(f(h)) - h)) for attention then MLP (or the gated / add forms)."""
+    def __init__(self, config, ops, layer):
+        super().__init__()
+        c, d = config, config.n_embd
+        self.ops = ops
+        self.attn = attention(c, ops, qk="l2" if c.ngpt_qk_norm else "none")
+        self.mlp = MLP(d, mlp_hidden(c), c.mlp, ngpt_scalars=True)
+        mult = float(ngpt_alpha_multipliers(c.ngpt_alpha_schedule, c.n_layer)[layer])
+        shape = (1,) if c.ngpt_scalar_alpha else (d,)
+        self.alpha_attn = Scalars(shape, (c.ngpt_alpha_attn_init or c.ngpt_alpha_init) * mult, d ** -0.5)
+        self.alpha_mlp = Scalars(shape, (c.ngpt_alpha_mlp_init or c.ngpt_alpha_init) * mult, d ** -0.5)
+        self.gate_attn = nn.Parameter(torch.zeros(d)) if c.ngpt_gated_residual else None
+        self.gate_mlp = nn.Parameter(torch.zeros(d)) if c.ngpt_gated_residual else None
+        self.residual, self.d = c.ngpt_residual, d
+    def alphas(self):
+        return self.alpha_attn().abs().expand(self.d), self.alpha_mlp().abs().expand(self.d)
+    def forward(self, h):
+        alpha_attn, alpha_mlp = self.alphas()
+        h = self.ops.ngpt_update(h, self.attn(h), alpha_attn, self.gate_attn, self.residual)
+        return self.ops.ngpt_update(h, self.mlp(h), alpha_mlp, self.gate_mlp, self.residual)
+
+def logit_scale(config, init):
+    """s_z: per vocab entry, one learned scalar, or a fixed constant (nGPT's reparameterisation)."""
+    mode = config.ngpt_logit_scale_mode
+    return Scalars((config.vocab_size,) if mode == "vocab" else (1,), init, config.n_embd ** -0.5, trainable=mode != "fixed")
+
+def scaled_logits(arch, x, lm_head):
+    """nGPT / anGPT head: no final norm (the stream is (near) unit already), logits scaled by s_z."""
+    if arch.probe.active:
+        arch.probe("hidden_norm", x.float().norm(dim=-1).mean())
+    logits = lm_head(x)
+    return logits * arch.s_z().to(logits.dtype)
+
+def alpha_stats(model) -> dict:
+    """Mean effective alpha per sub-layer and the mean logit scale (nGPT and anGPT)."""
+    alphas = [b.alphas() for b in model.blocks]
+    return dict(alpha_attn=torch.stack([a.mean() for a, _ in alphas]).mean().item(),
+                alpha_mlp=torch.stack([m.mean() for _, m in alphas]).mean().item(), s_z=model.arch.s_z().mean().item())
+
+class NGPTArch(Arch):
+    """Unit-norm embeddings and hidden states, s_z-scaled logits with no final norm, every matrix back on the
+    sphere after each step (along the embedding dim), Adam."""
+    optimizer, adam_lr = "adam", 2e-3
+    def __init__(self, config, ops, probe):
+        super().__init__(config, ops, probe)
+        self.s_z = logit_scale(config, config.ngpt_logit_scale)
+    def block(self, layer):
+        return NGPTBlock(self.config, self.ops, layer)
+    def embed(self, x):  # the embedding rows are unit (or radius r) already; the stream starts on the sphere
+        return self.ops.l2_norm(x)
+    def logits(self, x, lm_head):
+        return scaled_logits(self, x, lm_head)
+    def matrices_along_embedding(self, model):
+        """(weight, dim) pairs whose vectors along the embedding dim nGPT keeps on the sphere."""
+        yield model.wte.weight, 1
+        if model.lm_head.weight is not model.wte.weight:
+            yield model.lm_head.weight, 1
+        for b in model.blocks:
+            yield from ((b.attn.c_q.weight, 1), (b.attn.c_k.weight, 1), (b.attn.c_v.weight, 1), (b.mlp.c_fc.weight, 1))
+            yield from ((b.attn.c_proj.weight, 0), (b.mlp.c_proj.weight, 0))
+    @torch.no_grad()
+    def project(self, model, radius=1.0):
+        """Every matrix back to norm `radius` along the embedding dim."""
+        for w, dim in self.matrices_along_embedding(model):
+            w.copy_(w * (radius * torch.rsqrt(w.float().pow(2).sum(dim, keepdim=True) + 1e-12)).to(w.dtype))
+    @torch.no_grad()
+    def init_weights(self, model):
+        self.project(model)
+    @torch.no_grad()
+    def after_step(self, model, step):  # every ngpt_proj_every steps, at the progressive radius r(t)
+        c = self.config
+        if (step + 1) % c.ngpt_proj_every == 0:
+            self.project(model, radius=1 + (c.ngpt_radius - 1) * (step + 1) / c.steps)
+    @torch.no_grad()
+    def stats(self, model):
+        out = alpha_stats(model)
+        if self.config.ngpt_gated_residual:
+            out["gate_attn"] = torch.stack([torch.sigmoid(b.gate_attn).mean() for b in model.blocks]).mean().item()
+            out["gate_mlp"] = torch.stack([torch.sigmoid(b.gate_mlp).mean() for b in model.blocks]).mean().item()
+        return out
+
+# ---- anGPT (arXiv 2505.22014): nGPT's norms replaced by constant factors nu
+
+def angpt_activation_nu(kind: str, coord_std: float, samples: int, seed: int = 0):
+    """nu_act = 1/sqrt(E[g(z)^2]) per coordinate, z ~ N(0, coord_std^2): Monte Carlo with a fixed generator.
+    The paper's SiLU factor 3.74 is this at coord_std 0.5 = nu_up (3.72 here; at a unit-norm vector's tiny
+    coordinates it would be 2.00): the activation sees unit-variance pre-activations times nu_up, the scale
+    nGPT's sqrt(d_model) gives them. For SwiGLU g is the gate silu(z) (the value half stays unit-norm)."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(samples, generator=g, dtype=torch.float64) * coord_std
+    y = F.silu(z) if kind == "swiglu" else ACTIVATIONS[kind](z)
+    return float(y.pow(2).mean().rsqrt())
+
+class ANGPTBlock(nn.Module):
+    """anGPT: exact norms replaced by constant nu factors; h <- nu(alpha) * (h + alpha * (f(h) - h)).
+    MLP: u = nu_up * W_up h has unit norm over d_ff coordinates; the activation sees sqrt(d) * u (per-coordinate
+    std nu_up, where the paper's factors hold) and nu_act brings its output back to unit norm: for SwiGLU the
+    gate silu(sqrt(d) z) gets nu_act and multiplies the unit-norm value half; a plain activation also gets
+    1/sqrt(d_ff). Then nu_down * W_down."""
+    def __init__(self, config, ops, nu_act):
+        super().__init__()
+        c, d = config, config.n_embd
+        hd = c.qkv_head_dim or d // c.n_head
+        self.ops = ops
+        self.attn = attention(c, ops, qk="l2", v_scale=(d / hd) ** 0.5, out_scale=(hd / d) ** 0.5)
+        self.mlp = MLP(d, mlp_hidden(c), c.mlp)
+        self.mlp.up_scale, self.mlp.act_in_scale = (d / self.mlp.hidden) ** 0.5, d ** 0.5
+        self.mlp.act_scale = nu_act if c.mlp == "swiglu" else nu_act / self.mlp.hidden ** 0.5
+        self.mlp.down_scale = (self.mlp.hidden / d) ** 0.5
+        self.alpha_attn = Scalars((d,), c.angpt_alpha_init, d ** -0.5)
+        self.alpha_mlp = Scalars((d,), c.angpt_alpha_init, d ** -0.5)
+    def alphas(self):
+        return self.alpha_attn().abs(), self.alpha_mlp().abs()
+    def forward(self, h):
+        alpha_attn, alpha_mlp = self.alphas()
+        h = self.ops.angpt_update(h, self.attn(h), alpha_attn)
+        return self.ops.angpt_update(h, self.mlp(h), alpha_mlp)
+
+class ANGPTArch(Arch):
+    """s_z-scaled logits, every weight row kept at norm <= 1 (initialised on the sphere), Adam."""
+    optimizer, adam_lr = "adam", 2e-3
+    def __init__(self, config, ops, probe):
+        super().__init__(config, ops, probe)
+        self.nu_up = (config.n_embd / mlp_hidden(config)) ** 0.5
+        self.nu_act = angpt_activation_nu(config.mlp, self.nu_up, config.angpt_nu_samples)
+        self.s_z = logit_scale(config, config.angpt_logit_scale)
+    def block(self, layer):
+        return ANGPTBlock(self.config, self.ops, self.nu_act)
+    def logits(self, x, lm_head):
+        return scaled_logits(self, x, lm_head)
+    @torch.no_grad()
+    def init_weights(self, model):  # every row starts on the unit sphere, then stays inside it
+        for p in model.parameters():
+            if p.ndim == 2: p.div_(p.norm(dim=1, keepdim=True).clamp_min(1e-12))
+    @torch.no_grad()
+    def after_step(self, model, step):
+        for p in model.parameters():
+            if p.ndim == 2: p.div_(p.norm(dim=1, keepdim=True).clamp_min(1.0))
+    def stats(self, model):
+        return alpha_stats(model)
+    def summary(self):
+        return f"nu_act:{self.nu_act:.4f} (Monte Carlo, {self.config.mlp}, per coordinate at pre-activation std nu_up={self.nu_up:.4f})"
+
+ARCHS = {"gpt": GPTArch, "ngpt": NGPTArch, "angpt": ANGPTArch}
+
+# ---- The model: embedding -> blocks -> head, one code path for every architecture
+
+class GPT(nn.Module):
+    def __init__(self, config: Hyperparameters, ops=None):
+        super().__init__()
+        self.ops = ops if ops is not None else Ops("torch")  # the fused ops (Triton or references) travel with the model
+        self.probe = Probe()
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.arch = ARCHS[config.arch](config, self.ops, self.probe)
+        self.blocks = nn.ModuleList([self.arch.block(layer) for layer in range(config.n_layer)])
+        self.lm_head = linear(config.n_embd, config.vocab_size)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+        self.reset_parameters(config)
+
+    @torch.no_grad()
+    def reset_parameters(self, config):
+        for name, p in self.named_parameters():
+            if p.ndim == 2 and name != "wte.weight":  # modded-nanogpt's init; the Arch renormalises what it needs
+                p.uniform_(-(3 ** 0.5) * 0.5 / p.size(1) ** 0.5, (3 ** 0.5) * 0.5 / p.size(1) ** 0.5)
+        nn.init.normal_(self.wte.weight, std=config.n_embd ** -0.5 if config.tie_embeddings else 1.0)
+        self.arch.init_weights(self)
+
+    def forward(self, idx, targets=None, reduction="mean"):
+        x = self.arch.embed(self.wte(idx))
+        for block in self.blocks:
+            x = block(x)
+        logits = self.arch.logits(x, self.lm_head)
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
+
+    def after_step(self, step):
+        self.arch.after_step(self, step)
+
+    def stats(self) -> dict:
+        return self.arch.stats(self)
+
+def build_model(config: Hyperparameters, ops=None) -> GPT:
+    return GPT(config, ops)
+
+# -----------------------------------------------------------------------------
+# Kernels, the engine room: each fused op has a plain-torch reference (the spec the tests compare against) and a
+# Triton kernel pair (forward, backward) registered as a torch.library custom op with the reference's signature.
+# OPS is the table of both; an Ops object picks one per --kernels and is handed to the model.
 
 def rms_norm_ref(x, weight=None, eps: float = 1e-6, skip_tol: float = 0.0):
     """x / rms(x) (* weight); with skip_tol > 0 rows whose |rms(x) - 1| < skip_tol come back unchanged."""
@@ -279,10 +716,6 @@ def angpt_update_ref(h, x, alpha):
     a, hf = alpha.float(), h.float()
     return (torch.rsqrt(a * a + (1 - a) * (1 - a)) * (hf + a * (x.float() - hf))).to(h.dtype)
 
-def gated_residual_ref(h, x, gate):
-    """h + sigmoid(gate) * x."""
-    return (h.float() + torch.sigmoid(gate.float()) * x.float()).to(h.dtype)
-
 def dyt_ref(x, alpha, weight, bias=None):
     """Dynamic Tanh: weight * tanh(alpha * x) + bias, alpha a scalar tensor."""
     y = weight.float() * torch.tanh(alpha.float() * x.float())
@@ -290,13 +723,10 @@ def dyt_ref(x, alpha, weight, bias=None):
         y = y + bias.float()
     return y.to(x.dtype)
 
-# ---- Triton kernels. Imported tolerantly: without triton the references still work and set_kernels("triton")
-# says what is missing. Without CUDA the kernels run in Triton's interpreter, which is chosen when they are decorated.
-from typing import Optional
+# Triton is imported tolerantly: without it the references still work and Ops("triton") says what is missing.
+# Without CUDA the kernels run in Triton's interpreter when TRITON_INTERPRET=1 was set before this import
+# (run.sh and the tests set it; this file never edits the environment).
 try:
-    if not torch.cuda.is_available():
-        os.environ.setdefault("TRITON_INTERPRET", "1")
-    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9 warns while it is unset; 1 is its default
     import triton
     import triton.language as tl
     _jit, _TRITON_ERROR = triton.jit, None
@@ -310,19 +740,41 @@ except ImportError as e:
 # partial row each into a (programs, d) buffer that torch sums: no atomics, deterministic.
 
 @_jit
+def _rows_tile(start, n_rows, n_cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Row indices (int64), column indices and the in-bounds mask of the tile whose first row is `start`."""
+    rows = (start + tl.arange(0, BLOCK_M)).to(tl.int64)
+    cols = tl.arange(0, BLOCK_N)
+    return rows, cols, (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+
+@_jit
+def _load(P, rows, cols, stride, mask):
+    return tl.load(P + rows[:, None] * stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+
+@_jit
+def _store(P, rows, cols, n_cols, value, mask):  # outputs are contiguous: row stride n_cols
+    tl.store(P + rows[:, None] * n_cols + cols[None, :], value, mask=mask)
+
+@_jit
+def _load_vec(P, cols, n_cols):
+    """A per-channel (d,) parameter as a [1, BLOCK_N] row."""
+    return tl.load(P + cols, mask=cols < n_cols, other=0.0).to(tl.float32)[None, :]
+
+@_jit
+def _row_stat(P, rows, n_rows):
+    return tl.load(P + rows, mask=rows < n_rows, other=0.0)[:, None]
+
+@_jit
 def _rms_norm_fwd_kernel(X, W, Y, STATS, n_rows, n_cols, sx, eps, skip_tol,
                          HAS_W: tl.constexpr, SKIP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-    cols = tl.arange(0, BLOCK_N)
-    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
-    x = tl.load(X + rows[:, None] * sx + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    rows, cols, mask = _rows_tile(tl.program_id(0) * BLOCK_M, n_rows, n_cols, BLOCK_M, BLOCK_N)
+    x = _load(X, rows, cols, sx, mask)
     rms = tl.sqrt(tl.sum(x * x, axis=1) / n_cols + eps)
     y = x * (1.0 / rms)[:, None]
     if HAS_W:
-        y = y * tl.load(W + cols, mask=cols < n_cols, other=0.0).to(tl.float32)[None, :]
+        y = y * _load_vec(W, cols, n_cols)
     if SKIP:  # rows already at unit rms pass through untouched
         y = tl.where((tl.abs(rms - 1.0) < skip_tol)[:, None], x, y)
-    tl.store(Y + rows[:, None] * n_cols + cols[None, :], y, mask=mask)
+    _store(Y, rows, cols, n_cols, y, mask)
     tl.store(STATS + rows, rms, mask=rows < n_rows)  # the backward re-derives the skip mask from the same value
 
 @_jit
@@ -330,13 +782,11 @@ def _rms_norm_bwd_kernel(DY, X, W, STATS, DX, DW_PART, n_rows, n_cols, sdy, sx, 
                          HAS_W: tl.constexpr, SKIP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid, cols = tl.program_id(0), tl.arange(0, BLOCK_N)
     if HAS_W:
-        w = tl.load(W + cols, mask=cols < n_cols, other=0.0).to(tl.float32)[None, :]
+        w = _load_vec(W, cols, n_cols)
     dw = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for start in tl.range(pid * BLOCK_M, n_rows, tl.num_programs(0) * BLOCK_M):
-        rows = (start + tl.arange(0, BLOCK_M)).to(tl.int64)
-        mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
-        dy = tl.load(DY + rows[:, None] * sdy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        x = tl.load(X + rows[:, None] * sx + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        rows, cols, mask = _rows_tile(start, n_rows, n_cols, BLOCK_M, BLOCK_N)
+        dy, x = _load(DY, rows, cols, sdy, mask), _load(X, rows, cols, sx, mask)
         rms = tl.load(STATS + rows, mask=rows < n_rows, other=1.0)[:, None]
         rstd = 1.0 / rms
         g = dy
@@ -352,7 +802,7 @@ def _rms_norm_bwd_kernel(DY, X, W, STATS, DX, DW_PART, n_rows, n_cols, sdy, sx, 
                 dw_tile = tl.where(keep, 0.0, dw_tile)
         if HAS_W:
             dw += dw_tile
-        tl.store(DX + rows[:, None] * n_cols + cols[None, :], dx, mask=mask)
+        _store(DX, rows, cols, n_cols, dx, mask)
     if HAS_W:
         tl.store(DW_PART + pid * n_cols + cols, tl.sum(dw, axis=0), mask=cols < n_cols)
 
@@ -363,23 +813,18 @@ def _l2_norm_grad(dy, y, r):
 
 @_jit
 def _l2_norm_fwd_kernel(X, Y, STATS, n_rows, n_cols, sx, eps, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-    cols = tl.arange(0, BLOCK_N)
-    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
-    x = tl.load(X + rows[:, None] * sx + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    rows, cols, mask = _rows_tile(tl.program_id(0) * BLOCK_M, n_rows, n_cols, BLOCK_M, BLOCK_N)
+    x = _load(X, rows, cols, sx, mask)
     r = tl.math.rsqrt(tl.sum(x * x, axis=1) + eps)
-    tl.store(Y + rows[:, None] * n_cols + cols[None, :], x * r[:, None], mask=mask)
+    _store(Y, rows, cols, n_cols, x * r[:, None], mask)
     tl.store(STATS + rows, r, mask=rows < n_rows)
 
 @_jit
 def _l2_norm_bwd_kernel(DY, X, STATS, DX, n_rows, n_cols, sdy, sx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-    cols = tl.arange(0, BLOCK_N)
-    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
-    dy = tl.load(DY + rows[:, None] * sdy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    x = tl.load(X + rows[:, None] * sx + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    r = tl.load(STATS + rows, mask=rows < n_rows, other=0.0)[:, None]
-    tl.store(DX + rows[:, None] * n_cols + cols[None, :], _l2_norm_grad(dy, x * r, r), mask=mask)
+    rows, cols, mask = _rows_tile(tl.program_id(0) * BLOCK_M, n_rows, n_cols, BLOCK_M, BLOCK_N)
+    dy, x = _load(DY, rows, cols, sdy, mask), _load(X, rows, cols, sx, mask)
+    r = _row_stat(STATS, rows, n_rows)
+    _store(DX, rows, cols, n_cols, _l2_norm_grad(dy, x * r, r), mask)
 
 @_jit
 def _channel_scale(A, G, cols, n_cols, HAS_GATE: tl.constexpr):
@@ -392,11 +837,8 @@ def _channel_scale(A, G, cols, n_cols, HAS_GATE: tl.constexpr):
 @_jit
 def _ngpt_update_fwd_kernel(H, X, A, G, Y, STATS, n_rows, n_cols, sh, sx, eps,
                             HAS_GATE: tl.constexpr, LERP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-    cols = tl.arange(0, BLOCK_N)
-    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
-    h = tl.load(H + rows[:, None] * sh + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    x = tl.load(X + rows[:, None] * sx + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    rows, cols, mask = _rows_tile(tl.program_id(0) * BLOCK_M, n_rows, n_cols, BLOCK_M, BLOCK_N)
+    h, x = _load(H, rows, cols, sh, mask), _load(X, rows, cols, sx, mask)
     a = _channel_scale(A, G, cols, n_cols, HAS_GATE)
     if LERP:  # STATS row 0: 1/||x||, row 1: 1/||u||
         rx = tl.math.rsqrt(tl.sum(x * x, axis=1) + eps)
@@ -407,7 +849,7 @@ def _ngpt_update_fwd_kernel(H, X, A, G, Y, STATS, n_rows, n_cols, sh, sx, eps,
         u = h + a * x
     ru = tl.math.rsqrt(tl.sum(u * u, axis=1) + eps)
     tl.store(STATS + n_rows + rows, ru, mask=rows < n_rows)
-    tl.store(Y + rows[:, None] * n_cols + cols[None, :], u * ru[:, None], mask=mask)
+    _store(Y, rows, cols, n_cols, u * ru[:, None], mask)
 
 @_jit
 def _ngpt_update_bwd_kernel(DY, H, X, A, G, STATS, DH, DX, DA_PART, n_rows, n_cols, sdy, sh, sx,
@@ -416,14 +858,11 @@ def _ngpt_update_bwd_kernel(DY, H, X, A, G, STATS, DH, DX, DA_PART, n_rows, n_co
     a = _channel_scale(A, G, cols, n_cols, HAS_GATE)
     da = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for start in tl.range(pid * BLOCK_M, n_rows, tl.num_programs(0) * BLOCK_M):
-        rows = (start + tl.arange(0, BLOCK_M)).to(tl.int64)
-        mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
-        dy = tl.load(DY + rows[:, None] * sdy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        h = tl.load(H + rows[:, None] * sh + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        x = tl.load(X + rows[:, None] * sx + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        ru = tl.load(STATS + n_rows + rows, mask=rows < n_rows, other=0.0)[:, None]
+        rows, cols, mask = _rows_tile(start, n_rows, n_cols, BLOCK_M, BLOCK_N)
+        dy, h, x = _load(DY, rows, cols, sdy, mask), _load(H, rows, cols, sh, mask), _load(X, rows, cols, sx, mask)
+        ru = _row_stat(STATS + n_rows, rows, n_rows)
         if LERP:  # recompute u rather than store it: two row scalars instead of a tensor
-            rx = tl.load(STATS + rows, mask=rows < n_rows, other=0.0)[:, None]
+            rx = _row_stat(STATS, rows, n_rows)
             xn = x * rx
             u = h + a * (xn - h)
         else:
@@ -437,97 +876,63 @@ def _ngpt_update_bwd_kernel(DY, H, X, A, G, STATS, DH, DX, DA_PART, n_rows, n_co
             dh = du
             dx = du * a
             da += du * x
-        tl.store(DH + rows[:, None] * n_cols + cols[None, :], dh, mask=mask)
-        tl.store(DX + rows[:, None] * n_cols + cols[None, :], dx, mask=mask)
+        _store(DH, rows, cols, n_cols, dh, mask)
+        _store(DX, rows, cols, n_cols, dx, mask)
     tl.store(DA_PART + pid * n_cols + cols, tl.sum(da, axis=0), mask=cols < n_cols)
 
 @_jit
 def _angpt_update_fwd_kernel(H, X, A, Y, n_rows, n_cols, sh, sx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-    cols = tl.arange(0, BLOCK_N)
-    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
-    h = tl.load(H + rows[:, None] * sh + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    x = tl.load(X + rows[:, None] * sx + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    a = tl.load(A + cols, mask=cols < n_cols, other=0.0).to(tl.float32)[None, :]
+    rows, cols, mask = _rows_tile(tl.program_id(0) * BLOCK_M, n_rows, n_cols, BLOCK_M, BLOCK_N)
+    h, x = _load(H, rows, cols, sh, mask), _load(X, rows, cols, sx, mask)
+    a = _load_vec(A, cols, n_cols)
     nu = tl.math.rsqrt(a * a + (1.0 - a) * (1.0 - a))
-    tl.store(Y + rows[:, None] * n_cols + cols[None, :], nu * (h + a * (x - h)), mask=mask)
+    _store(Y, rows, cols, n_cols, nu * (h + a * (x - h)), mask)
 
 @_jit
 def _angpt_update_bwd_kernel(DY, H, X, A, DH, DX, DA_PART, n_rows, n_cols, sdy, sh, sx,
                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid, cols = tl.program_id(0), tl.arange(0, BLOCK_N)
-    a = tl.load(A + cols, mask=cols < n_cols, other=0.0).to(tl.float32)[None, :]
+    a = _load_vec(A, cols, n_cols)
     nu = tl.math.rsqrt(a * a + (1.0 - a) * (1.0 - a))
     dnu = -nu * nu * nu * (2.0 * a - 1.0)  # d nu / d a
     da = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for start in tl.range(pid * BLOCK_M, n_rows, tl.num_programs(0) * BLOCK_M):
-        rows = (start + tl.arange(0, BLOCK_M)).to(tl.int64)
-        mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
-        dy = tl.load(DY + rows[:, None] * sdy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        h = tl.load(H + rows[:, None] * sh + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        x = tl.load(X + rows[:, None] * sx + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        rows, cols, mask = _rows_tile(start, n_rows, n_cols, BLOCK_M, BLOCK_N)
+        dy, h, x = _load(DY, rows, cols, sdy, mask), _load(H, rows, cols, sh, mask), _load(X, rows, cols, sx, mask)
         da += dy * (dnu * (h + a * (x - h)) + nu * (x - h))
-        tl.store(DH + rows[:, None] * n_cols + cols[None, :], dy * nu * (1.0 - a), mask=mask)
-        tl.store(DX + rows[:, None] * n_cols + cols[None, :], dy * nu * a, mask=mask)
+        _store(DH, rows, cols, n_cols, dy * nu * (1.0 - a), mask)
+        _store(DX, rows, cols, n_cols, dy * nu * a, mask)
     tl.store(DA_PART + pid * n_cols + cols, tl.sum(da, axis=0), mask=cols < n_cols)
 
 @_jit
-def _gated_residual_fwd_kernel(H, X, G, Y, n_rows, n_cols, sh, sx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-    cols = tl.arange(0, BLOCK_N)
-    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
-    h = tl.load(H + rows[:, None] * sh + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    x = tl.load(X + rows[:, None] * sx + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    s = tl.sigmoid(tl.load(G + cols, mask=cols < n_cols, other=0.0).to(tl.float32))[None, :]
-    tl.store(Y + rows[:, None] * n_cols + cols[None, :], h + s * x, mask=mask)
-
-@_jit
-def _gated_residual_bwd_kernel(DY, X, G, DX, DG_PART, n_rows, n_cols, sdy, sx, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid, cols = tl.program_id(0), tl.arange(0, BLOCK_N)
-    s = tl.sigmoid(tl.load(G + cols, mask=cols < n_cols, other=0.0).to(tl.float32))[None, :]
-    dg = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)  # sum of dy * x; the sigmoid' factor is applied in torch
-    for start in tl.range(pid * BLOCK_M, n_rows, tl.num_programs(0) * BLOCK_M):
-        rows = (start + tl.arange(0, BLOCK_M)).to(tl.int64)
-        mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
-        dy = tl.load(DY + rows[:, None] * sdy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        x = tl.load(X + rows[:, None] * sx + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        dg += dy * x
-        tl.store(DX + rows[:, None] * n_cols + cols[None, :], dy * s, mask=mask)
-    tl.store(DG_PART + pid * n_cols + cols, tl.sum(dg, axis=0), mask=cols < n_cols)
-
-@_jit
 def _dyt_fwd_kernel(X, ALPHA, W, B, Y, n_rows, n_cols, sx, HAS_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-    cols = tl.arange(0, BLOCK_N)
-    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
-    x = tl.load(X + rows[:, None] * sx + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    rows, cols, mask = _rows_tile(tl.program_id(0) * BLOCK_M, n_rows, n_cols, BLOCK_M, BLOCK_N)
+    x = _load(X, rows, cols, sx, mask)
     t = 2.0 * tl.sigmoid(2.0 * tl.load(ALPHA).to(tl.float32) * x) - 1.0  # tanh without libdevice
-    y = tl.load(W + cols, mask=cols < n_cols, other=0.0).to(tl.float32)[None, :] * t
+    y = _load_vec(W, cols, n_cols) * t
     if HAS_B:
-        y += tl.load(B + cols, mask=cols < n_cols, other=0.0).to(tl.float32)[None, :]
-    tl.store(Y + rows[:, None] * n_cols + cols[None, :], y, mask=mask)
+        y += _load_vec(B, cols, n_cols)
+    _store(Y, rows, cols, n_cols, y, mask)
 
 @_jit
 def _dyt_bwd_kernel(DY, X, ALPHA, W, DX, DA_PART, DW_PART, DB_PART, n_rows, n_cols, sdy, sx,
                     HAS_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid, cols = tl.program_id(0), tl.arange(0, BLOCK_N)
     alpha = tl.load(ALPHA).to(tl.float32)
-    w = tl.load(W + cols, mask=cols < n_cols, other=0.0).to(tl.float32)[None, :]
+    w = _load_vec(W, cols, n_cols)
     da = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)  # per-channel parts of d alpha, summed in torch
     dw = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     db = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for start in tl.range(pid * BLOCK_M, n_rows, tl.num_programs(0) * BLOCK_M):
-        rows = (start + tl.arange(0, BLOCK_M)).to(tl.int64)
-        mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
-        dy = tl.load(DY + rows[:, None] * sdy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        x = tl.load(X + rows[:, None] * sx + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        rows, cols, mask = _rows_tile(start, n_rows, n_cols, BLOCK_M, BLOCK_N)
+        dy, x = _load(DY, rows, cols, sdy, mask), _load(X, rows, cols, sx, mask)
         t = 2.0 * tl.sigmoid(2.0 * alpha * x) - 1.0
         dz = dy * w * (1.0 - t * t)  # gradient at z = alpha * x
         da += dz * x
         dw += dy * t
         if HAS_B:
             db += dy
-        tl.store(DX + rows[:, None] * n_cols + cols[None, :], dz * alpha, mask=mask)
+        _store(DX, rows, cols, n_cols, dz * alpha, mask)
     tl.store(DA_PART + pid * n_cols + cols, tl.sum(da, axis=0), mask=cols < n_cols)
     tl.store(DW_PART + pid * n_cols + cols, tl.sum(dw, axis=0), mask=cols < n_cols)
     if HAS_B:
@@ -535,7 +940,12 @@ def _dyt_bwd_kernel(DY, X, ALPHA, W, DX, DA_PART, DW_PART, DB_PART, n_rows, n_co
 
 # ---- Launch plumbing shared by the ops
 
-def _tile(d, bwd=False):
+_INTERPRETED = triton is not None and type(_rms_norm_fwd_kernel).__name__ == "InterpretedFunction"
+# The interpreter's cost is mostly per program, so on a CPU tiles hold ~64K elements (10-20x faster than GPU-sized
+# tiles); tests set this to 0 to run the GPU tiling (several tiles, backward loops) under the interpreter too.
+INTERPRET_TILE = 1 << 16 if _INTERPRETED else 0
+
+def _blocks(d, bwd=False):
     """(BLOCK_M, BLOCK_N, num_warps) for rows of width d: one tile spans a row, narrow rows (head dims) are stacked.
     ~16 elements per thread forward; ~8 backward, whose kernels hold more live tensors (at 16, ptxas reported
     130-250 registers; at 8 at most 128 and no spills for d <= 8192)."""
@@ -546,22 +956,18 @@ def _tile(d, bwd=False):
     bm = max(1, 128 * per_thread // bn)
     return bm, bn, max(4, min(32, bm * bn // (32 * per_thread)))
 
-# The interpreter's cost is mostly per program, so on a CPU tiles hold ~64K elements (10-20x faster than GPU-sized
-# tiles); tests set this to 0 to run the GPU tiling (several tiles, backward loops) under the interpreter too.
-_INTERPRETED = triton is not None and type(_rms_norm_fwd_kernel).__name__ == "InterpretedFunction"
-INTERPRET_TILE = 1 << 16 if _INTERPRETED else 0
-
-_SM_COUNT = {}
-def _programs(n_rows, block_m, device, reduce):
-    """One program per tile; when parameter grads are reduced, at most 2 per SM (each loops over its tiles)."""
-    tiles = triton.cdiv(n_rows, block_m)
-    if not reduce:
+def _grid(n_rows, d, bwd=False, reduce_on=None):
+    """Programs for n_rows rows of width d: one per tile, or, for kernels that write per-program partial parameter
+    gradients (reduce_on = the device), at most 2 per SM (4 on a CPU), each looping over its tiles."""
+    tiles = triton.cdiv(n_rows, _blocks(d, bwd)[0])
+    if reduce_on is None:
         return tiles
-    if device.type != "cuda":
-        return min(tiles, 4)
-    if device not in _SM_COUNT:
-        _SM_COUNT[device] = torch.cuda.get_device_properties(device).multi_processor_count
-    return min(tiles, 2 * _SM_COUNT[device])
+    return min(tiles, 2 * torch.cuda.get_device_properties(reduce_on).multi_processor_count if reduce_on.type == "cuda" else 4)
+
+def _launch(kernel, grid, d, *args, bwd=False, **constexprs):
+    if grid:
+        bm, bn, warps = _blocks(d, bwd)
+        kernel[(grid,)](*args, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, enable_fp_fusion=True, **constexprs)
 
 def _rows(t):
     """(..., d) -> (rows, d) with unit column stride; a view when possible (the kernels take the row stride)."""
@@ -593,35 +999,36 @@ def _stats(x, k):  # k fp32 scalars per row, saved for the backward
 def _none(t):  # what a custom op returns for the gradient of an absent optional parameter
     return t.new_empty(0)
 
+def _partials(grid, d, like, k=None):  # per-program partial parameter gradients, summed in torch
+    return torch.empty(*((k,) if k else ()), grid, d, dtype=torch.float32, device=like.device)
+
 def _custom_op(name, fake):
-    """torch.ops.ngpt.<name>: opaque to torch.compile, with `fake` giving output shapes for tracing."""
+    """torch.ops.train_gpt.<name>: opaque to torch.compile, with `fake` giving output shapes for tracing."""
     def register(fn):
-        op = torch.library.custom_op(f"ngpt::{name}", fn, mutates_args=())
+        op = torch.library.custom_op(f"train_gpt::{name}", fn, mutates_args=())
         op.register_fake(fake)
         return op
     return register
 
-# ---- Custom ops: forward and backward per op, then the autograd wiring and the public function (the references' signature)
+# ---- Custom ops: forward and backward per op, then the autograd wiring and the public function (the reference's signature)
 
 @_custom_op("rms_norm", lambda x, weight, eps, skip_tol: (_like(x), _stats(x, 1)))
 def _rms_norm_op(x: torch.Tensor, weight: Optional[torch.Tensor], eps: float, skip_tol: float) -> tuple[torch.Tensor, torch.Tensor]:
     x2, y, stats = _rows(x), _like(x), _stats(x, 1)
-    (n, d), (bm, bn, nw) = x2.shape, _tile(x.shape[-1])
-    if n:
-        _rms_norm_fwd_kernel[(triton.cdiv(n, bm),)](x2, _vec(weight, d), y, stats, n, d, x2.stride(0), eps, skip_tol,
-                                                     HAS_W=weight is not None, SKIP=skip_tol > 0, BLOCK_M=bm, BLOCK_N=bn, num_warps=nw)
+    n, d = x2.shape
+    _launch(_rms_norm_fwd_kernel, _grid(n, d), d, x2, _vec(weight, d), y, stats, n, d, x2.stride(0), eps, skip_tol,
+            HAS_W=weight is not None, SKIP=skip_tol > 0)
     return y, stats
 
 @_custom_op("rms_norm_bwd", lambda dy, x, weight, stats, skip_tol: (_like(x), _like(weight) if weight is not None else _none(x)))
 def _rms_norm_bwd_op(dy: torch.Tensor, x: torch.Tensor, weight: Optional[torch.Tensor], stats: torch.Tensor, skip_tol: float) -> tuple[torch.Tensor, torch.Tensor]:
     x2, dy2, dx = _rows(x), _rows(dy), _like(x)
-    (n, d), (bm, bn, nw) = x2.shape, _tile(x.shape[-1], bwd=True)
-    grid = _programs(n, bm, x.device, reduce=weight is not None)
-    part = torch.empty(grid, d, dtype=torch.float32, device=x.device) if weight is not None else None
-    if n:
-        _rms_norm_bwd_kernel[(grid,)](dy2, x2, _vec(weight, d), stats, dx, part, n, d, dy2.stride(0), x2.stride(0), skip_tol,
-                                      HAS_W=weight is not None, SKIP=skip_tol > 0, BLOCK_M=bm, BLOCK_N=bn, num_warps=nw)
-    return dx, (_grad_like(part.sum(0), weight) if weight is not None else _none(x))
+    (n, d), has_w = x2.shape, weight is not None
+    grid = _grid(n, d, bwd=True, reduce_on=x.device if has_w else None)
+    part = _partials(grid, d, x) if has_w else None
+    _launch(_rms_norm_bwd_kernel, grid, d, dy2, x2, _vec(weight, d), stats, dx, part, n, d, dy2.stride(0), x2.stride(0), skip_tol,
+            bwd=True, HAS_W=has_w, SKIP=skip_tol > 0)
+    return dx, (_grad_like(part.sum(0), weight) if has_w else _none(x))
 
 def _rms_norm_setup(ctx, inputs, output):
     x, weight, _, ctx.skip_tol = inputs
@@ -641,17 +1048,15 @@ def rms_norm_triton(x, weight=None, eps: float = 1e-6, skip_tol: float = 0.0):
 @_custom_op("l2_norm", lambda x, eps: (_like(x), _stats(x, 1)))
 def _l2_norm_op(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     x2, y, stats = _rows(x), _like(x), _stats(x, 1)
-    (n, d), (bm, bn, nw) = x2.shape, _tile(x.shape[-1])
-    if n:
-        _l2_norm_fwd_kernel[(triton.cdiv(n, bm),)](x2, y, stats, n, d, x2.stride(0), eps, BLOCK_M=bm, BLOCK_N=bn, num_warps=nw)
+    n, d = x2.shape
+    _launch(_l2_norm_fwd_kernel, _grid(n, d), d, x2, y, stats, n, d, x2.stride(0), eps)
     return y, stats
 
 @_custom_op("l2_norm_bwd", lambda dy, x, stats: _like(x))
 def _l2_norm_bwd_op(dy: torch.Tensor, x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
     x2, dy2, dx = _rows(x), _rows(dy), _like(x)
-    (n, d), (bm, bn, nw) = x2.shape, _tile(x.shape[-1], bwd=True)
-    if n:
-        _l2_norm_bwd_kernel[(triton.cdiv(n, bm),)](dy2, x2, stats, dx, n, d, dy2.stride(0), x2.stride(0), BLOCK_M=bm, BLOCK_N=bn, num_warps=nw)
+    n, d = x2.shape
+    _launch(_l2_norm_bwd_kernel, _grid(n, d, bwd=True), d, dy2, x2, stats, dx, n, d, dy2.stride(0), x2.stride(0), bwd=True)
     return dx
 
 def _l2_norm_setup(ctx, inputs, output):
@@ -670,23 +1075,20 @@ def l2_norm_triton(x, eps: float = 1e-12):
 def _ngpt_update_op(h: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, gate: Optional[torch.Tensor], residual: str) -> tuple[torch.Tensor, torch.Tensor]:
     _same_shape(h, x)
     h2, x2, y, stats = _rows(h), _rows(x), _like(h), _stats(h, 2)
-    (n, d), (bm, bn, nw) = h2.shape, _tile(h.shape[-1])
-    if n:
-        _ngpt_update_fwd_kernel[(triton.cdiv(n, bm),)](h2, x2, _vec(alpha, d), _vec(gate, d), y, stats, n, d, h2.stride(0), x2.stride(0), 1e-12,
-                                                        HAS_GATE=gate is not None, LERP=residual == "lerp", BLOCK_M=bm, BLOCK_N=bn, num_warps=nw)
+    n, d = h2.shape
+    _launch(_ngpt_update_fwd_kernel, _grid(n, d), d, h2, x2, _vec(alpha, d), _vec(gate, d), y, stats, n, d, h2.stride(0), x2.stride(0), 1e-12,
+            HAS_GATE=gate is not None, LERP=residual == "lerp")
     return y, stats
 
 @_custom_op("ngpt_update_bwd", lambda dy, h, x, alpha, gate, stats, residual: (_like(h), _like(x), _like(alpha), _like(gate) if gate is not None else _none(h)))
 def _ngpt_update_bwd_op(dy: torch.Tensor, h: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, gate: Optional[torch.Tensor],
                         stats: torch.Tensor, residual: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     h2, x2, dy2, dh, dx = _rows(h), _rows(x), _rows(dy), _like(h), _like(x)
-    (n, d), (bm, bn, nw) = h2.shape, _tile(h.shape[-1], bwd=True)
-    grid = _programs(n, bm, h.device, reduce=True)
-    part = torch.empty(grid, d, dtype=torch.float32, device=h.device)
-    alpha_v, gate_v = _vec(alpha, d), _vec(gate, d)
-    if n:
-        _ngpt_update_bwd_kernel[(grid,)](dy2, h2, x2, alpha_v, gate_v, stats, dh, dx, part, n, d, dy2.stride(0), h2.stride(0), x2.stride(0),
-                                         HAS_GATE=gate is not None, LERP=residual == "lerp", BLOCK_M=bm, BLOCK_N=bn, num_warps=nw)
+    n, d = h2.shape
+    grid = _grid(n, d, bwd=True, reduce_on=h.device)
+    part, alpha_v, gate_v = _partials(grid, d, h), _vec(alpha, d), _vec(gate, d)
+    _launch(_ngpt_update_bwd_kernel, grid, d, dy2, h2, x2, alpha_v, gate_v, stats, dh, dx, part, n, d, dy2.stride(0), h2.stride(0), x2.stride(0),
+            bwd=True, HAS_GATE=gate is not None, LERP=residual == "lerp")
     da = part.sum(0)  # gradient of the effective a = alpha * sigmoid(gate), per channel
     if gate is None:
         return dh, dx, _grad_like(da, alpha), _none(h)
@@ -712,20 +1114,17 @@ def ngpt_update_triton(h, x, alpha, gate=None, residual: str = "lerp"):
 def _angpt_update_op(h: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     _same_shape(h, x)
     h2, x2, y = _rows(h), _rows(x), _like(h)
-    (n, d), (bm, bn, nw) = h2.shape, _tile(h.shape[-1])
-    if n:
-        _angpt_update_fwd_kernel[(triton.cdiv(n, bm),)](h2, x2, _vec(alpha, d), y, n, d, h2.stride(0), x2.stride(0), BLOCK_M=bm, BLOCK_N=bn, num_warps=nw)
+    n, d = h2.shape
+    _launch(_angpt_update_fwd_kernel, _grid(n, d), d, h2, x2, _vec(alpha, d), y, n, d, h2.stride(0), x2.stride(0))
     return y
 
 @_custom_op("angpt_update_bwd", lambda dy, h, x, alpha: (_like(h), _like(x), _like(alpha)))
 def _angpt_update_bwd_op(dy: torch.Tensor, h: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     h2, x2, dy2, dh, dx = _rows(h), _rows(x), _rows(dy), _like(h), _like(x)
-    (n, d), (bm, bn, nw) = h2.shape, _tile(h.shape[-1], bwd=True)
-    grid = _programs(n, bm, h.device, reduce=True)
-    part = torch.empty(grid, d, dtype=torch.float32, device=h.device)
-    if n:
-        _angpt_update_bwd_kernel[(grid,)](dy2, h2, x2, _vec(alpha, d), dh, dx, part, n, d, dy2.stride(0), h2.stride(0), x2.stride(0),
-                                          BLOCK_M=bm, BLOCK_N=bn, num_warps=nw)
+    n, d = h2.shape
+    grid = _grid(n, d, bwd=True, reduce_on=h.device)
+    part = _partials(grid, d, h)
+    _launch(_angpt_update_bwd_kernel, grid, d, dy2, h2, x2, _vec(alpha, d), dh, dx, part, n, d, dy2.stride(0), h2.stride(0), x2.stride(0), bwd=True)
     return dh, dx, _grad_like(part.sum(0), alpha)
 
 def _angpt_update_setup(ctx, inputs, output):
@@ -740,58 +1139,23 @@ def angpt_update_triton(h, x, alpha):
     return _angpt_update_op(h, x, alpha)
 
 
-@_custom_op("gated_residual", lambda h, x, gate: _like(h))
-def _gated_residual_op(h: torch.Tensor, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    _same_shape(h, x)
-    h2, x2, y = _rows(h), _rows(x), _like(h)
-    (n, d), (bm, bn, nw) = h2.shape, _tile(h.shape[-1])
-    if n:
-        _gated_residual_fwd_kernel[(triton.cdiv(n, bm),)](h2, x2, _vec(gate, d), y, n, d, h2.stride(0), x2.stride(0), BLOCK_M=bm, BLOCK_N=bn, num_warps=nw)
-    return y
-
-@_custom_op("gated_residual_bwd", lambda dy, x, gate: (_like(x), _like(gate)))
-def _gated_residual_bwd_op(dy: torch.Tensor, x: torch.Tensor, gate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    x2, dy2, dx = _rows(x), _rows(dy), _like(x)
-    (n, d), (bm, bn, nw) = x2.shape, _tile(x.shape[-1], bwd=True)
-    grid = _programs(n, bm, x.device, reduce=True)
-    part, gate_v = torch.empty(grid, d, dtype=torch.float32, device=x.device), _vec(gate, d)
-    if n:
-        _gated_residual_bwd_kernel[(grid,)](dy2, x2, gate_v, dx, part, n, d, dy2.stride(0), x2.stride(0), BLOCK_M=bm, BLOCK_N=bn, num_warps=nw)
-    s = torch.sigmoid(gate_v.float())
-    return dx, _grad_like(part.sum(0) * s * (1 - s), gate)
-
-def _gated_residual_setup(ctx, inputs, output):
-    ctx.save_for_backward(inputs[1], inputs[2])
-
-def _gated_residual_backward(ctx, dy):
-    return (dy, *_gated_residual_bwd_op(dy, *ctx.saved_tensors))  # d h = dy: nothing to compute
-
-_gated_residual_op.register_autograd(_gated_residual_backward, setup_context=_gated_residual_setup)
-
-def gated_residual_triton(h, x, gate):
-    return _gated_residual_op(h, x, gate)
-
-
 @_custom_op("dyt", lambda x, alpha, weight, bias: _like(x))
 def _dyt_op(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     if alpha.numel() != 1:
         raise ValueError(f"dyt: alpha must have one element, got shape {tuple(alpha.shape)}")
     x2, y = _rows(x), _like(x)
-    (n, d), (bm, bn, nw) = x2.shape, _tile(x.shape[-1])
-    if n:
-        _dyt_fwd_kernel[(triton.cdiv(n, bm),)](x2, alpha, _vec(weight, d), _vec(bias, d), y, n, d, x2.stride(0),
-                                                HAS_B=bias is not None, BLOCK_M=bm, BLOCK_N=bn, num_warps=nw)
+    n, d = x2.shape
+    _launch(_dyt_fwd_kernel, _grid(n, d), d, x2, alpha, _vec(weight, d), _vec(bias, d), y, n, d, x2.stride(0), HAS_B=bias is not None)
     return y
 
 @_custom_op("dyt_bwd", lambda dy, x, alpha, weight, bias: (_like(x), _like(alpha), _like(weight), _like(bias) if bias is not None else _none(x)))
 def _dyt_bwd_op(dy: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     x2, dy2, dx = _rows(x), _rows(dy), _like(x)
-    (n, d), (bm, bn, nw) = x2.shape, _tile(x.shape[-1], bwd=True)
-    grid = _programs(n, bm, x.device, reduce=True)
-    part = torch.empty(3, grid, d, dtype=torch.float32, device=x.device)  # d alpha (per channel), d weight, d bias
-    if n:
-        _dyt_bwd_kernel[(grid,)](dy2, x2, alpha, _vec(weight, d), dx, part[0], part[1], part[2], n, d, dy2.stride(0), x2.stride(0),
-                                 HAS_B=bias is not None, BLOCK_M=bm, BLOCK_N=bn, num_warps=nw)
+    n, d = x2.shape
+    grid = _grid(n, d, bwd=True, reduce_on=x.device)
+    part = _partials(grid, d, x, k=3)  # d alpha (per channel), d weight, d bias
+    _launch(_dyt_bwd_kernel, grid, d, dy2, x2, alpha, _vec(weight, d), dx, part[0], part[1], part[2], n, d, dy2.stride(0), x2.stride(0),
+            bwd=True, HAS_B=bias is not None)
     da, dw, db = (p.sum(0) for p in part)  # separate sums: a custom op's outputs may not alias each other
     return dx, _grad_like(da.sum(), alpha), _grad_like(dw, weight), (_grad_like(db, bias) if bias is not None else _none(x))
 
@@ -808,372 +1172,33 @@ _dyt_op.register_autograd(_dyt_backward, setup_context=_dyt_setup)
 def dyt_triton(x, alpha, weight, bias=None):
     return _dyt_op(x, alpha, weight, bias)
 
-# ---- Selection
+# ---- The table and the choice
 
-KERNEL_OPS = ("rms_norm", "l2_norm", "ngpt_update", "angpt_update", "gated_residual", "dyt")
+OPS = {  # name -> (torch reference, Triton op): the same signature, the model calls ops.<name>
+    "rms_norm": (rms_norm_ref, rms_norm_triton),
+    "l2_norm": (l2_norm_ref, l2_norm_triton),
+    "ngpt_update": (ngpt_update_ref, ngpt_update_triton),
+    "angpt_update": (angpt_update_ref, angpt_update_triton),
+    "dyt": (dyt_ref, dyt_triton),
+}
 
-class KernelSet:
-    """The ops the model calls; set_kernels() swaps in the Triton versions."""
-    rms_norm = staticmethod(rms_norm_ref)
-    l2_norm = staticmethod(l2_norm_ref)
-    ngpt_update = staticmethod(ngpt_update_ref)
-    angpt_update = staticmethod(angpt_update_ref)
-    gated_residual = staticmethod(gated_residual_ref)
-    dyt = staticmethod(dyt_ref)
-
-K = KernelSet()
-
-def set_kernels(mode: str, device) -> str:
-    """auto = Triton on CUDA (when it is installed), torch elsewhere; triton forces it (on a CPU through the
-    interpreter); torch = the references. Returns the name of the implementation in use."""
-    if mode not in ("auto", "triton", "torch"):
-        raise ValueError(f"--kernels={mode!r}: choose one of 'auto', 'triton', 'torch'")
-    on_cuda = torch.device(device).type == "cuda"
-    use = "triton" if mode == "triton" or (mode == "auto" and on_cuda and triton is not None) else "torch"
-    if use == "triton" and triton is None:
-        raise RuntimeError(f"--kernels=triton needs the triton package ({_TRITON_ERROR}); install it (pip install triton) or use --kernels=torch")
-    if use == "triton" and not on_cuda and not _INTERPRETED:
-        raise RuntimeError("--kernels=triton on a CPU runs in Triton's interpreter, which was off when train_gpt was imported: "
-                           "set TRITON_INTERPRET=1 before starting, or use --kernels=torch")
-    for name in KERNEL_OPS:
-        setattr(K, name, globals()[name + ("_triton" if use == "triton" else "_ref")])
-    return use
-
-# ----------------------------------------------------------------------------- END KERNELS
-
-# -----------------------------------------------------------------------------
-# Components: norms, rotary, attention, MLP, reparameterised scalars
-
-_STATS = None  # dict while measure_stats() runs: modules add what they skipped / measured
-
-@contextlib.contextmanager
-def measure_stats():
-    global _STATS
-    _STATS = {}
-    try: yield _STATS
-    finally: _STATS = None
-
-def record_stat(key, value):
-    if _STATS is not None:
-        _STATS.setdefault(key, []).append(float(value.detach() if torch.is_tensor(value) else value))
-
-class Norm(nn.Module):
-    """One normalisation site: rmsnorm (optionally with the norm_skip_tol rule), layernorm, dyt or none."""
-    def __init__(self, kind, dim, dyt_alpha=0.5, skip_tol=0.0):
-        super().__init__()
-        self.kind, self.skip_tol = kind, skip_tol
-        if kind == "dyt":
-            self.alpha = nn.Parameter(torch.full((1,), float(dyt_alpha)))
-            self.weight, self.bias = nn.Parameter(torch.ones(dim)), nn.Parameter(torch.zeros(dim))
-    def forward(self, x):
-        if self.kind == "rmsnorm":
-            if self.skip_tol > 0 and _STATS is not None:
-                rms = torch.sqrt(x.float().pow(2).mean(-1) + 1e-6)
-                record_stat("norm_skip_frac", ((rms - 1).abs() < self.skip_tol).float().mean())
-            return K.rms_norm(x, None, 1e-6, self.skip_tol)
-        if self.kind == "layernorm":
-            return F.layer_norm(x, (x.size(-1),))
-        if self.kind == "dyt":
-            return K.dyt(x, self.alpha, self.weight, self.bias)
-        return x
-
-class Scalars(nn.Module):
-    """nGPT's reparameterised scalars: stored s_hat starts at `scale` and is used as s_hat * init / scale,
-    so Adam's step size on s is independent of its init; `trainable=False` keeps it fixed."""
-    def __init__(self, shape, init, scale, trainable=True):
-        super().__init__()
-        init = torch.as_tensor(init, dtype=torch.float32).expand(shape).clone()
-        self.s_hat = nn.Parameter(torch.full(shape, float(scale)), requires_grad=trainable)
-        self.register_buffer("factor", init / scale, persistent=False)
-    def forward(self):
-        return self.s_hat * self.factor
-
-class Rotary(nn.Module):
-    def __init__(self, head_dim, max_len, base):
-        super().__init__()
-        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
-        self.register_buffer("cos", freqs.cos()[None, :, None, :], persistent=False)
-        self.register_buffer("sin", freqs.sin()[None, :, None, :], persistent=False)
-    def forward(self, x):  # (B, T, H, D)
-        T = x.size(1)
-        cos, sin = self.cos[:, :T], self.sin[:, :T]
-        x1, x2 = x.float().chunk(2, dim=-1)
-        return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1).type_as(x)
-
-def linear(d_in, d_out):
-    return nn.Linear(d_in, d_out, bias=False)
-
-class Attention(nn.Module):
-    """Causal self-attention. qk: 'norm' (a Norm per head: rms/dyt), 'l2' (nGPT/anGPT: s_qk * q/||q||), 'none'.
-    v_scale / out_scale are anGPT's constant nu factors (1 elsewhere)."""
-    def __init__(self, a, qk, qk_norm_kind="rmsnorm", v_scale=1.0, out_scale=1.0):
-        super().__init__()
-        d, self.n_head = a.n_embd, a.n_head
-        self.head_dim = hd = a.qkv_head_dim or d // a.n_head
-        self.c_q, self.c_k, self.c_v = linear(d, a.n_head * hd), linear(d, a.n_head * hd), linear(d, a.n_head * hd)
-        self.c_proj = linear(a.n_head * hd, d)
-        self.rotary = Rotary(hd, a.seq_len, a.rope_base) if a.rope else None
-        self.qk, self.v_scale, self.out_scale = qk, v_scale, out_scale
-        if qk == "norm":
-            self.q_norm = Norm(qk_norm_kind, hd, a.dyt_alpha_attn)
-            self.k_norm = Norm(qk_norm_kind, hd, a.dyt_alpha_attn)
-        if qk == "l2":  # nGPT: s_qk init 1, scale 1/sqrt(d), one per head channel (1-D: optimised as a scalar, not a matrix)
-            self.s_qk = Scalars((a.n_head * hd,), 1.0, d ** -0.5)
-        # exact unit q, k make q.k a cosine in [-1, 1]: nGPT scales the softmax by sqrt(d_head), not 1/sqrt(d_head)
-        self.softmax_scale = hd ** 0.5 if qk == "l2" else hd ** -0.5
-    def forward(self, x):
-        B, T, _ = x.shape
-        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
-        k = self.c_k(x).view(B, T, self.n_head, self.head_dim)
-        v = self.c_v(x).view(B, T, self.n_head, self.head_dim)
-        if self.qk == "norm":
-            q, k = self.q_norm(q), self.k_norm(k)
-        if self.rotary is not None:
-            q, k = self.rotary(q), self.rotary(k)
-        if self.qk == "l2":  # after RoPE, as in the nGPT paper
-            s_qk = self.s_qk().view(self.n_head, self.head_dim).to(q.dtype)
-            q, k = s_qk * K.l2_norm(q), s_qk * K.l2_norm(k)
-        if self.v_scale != 1.0:
-            v = v * self.v_scale
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=self.softmax_scale)
-        y = self.c_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
-        return y * self.out_scale if self.out_scale != 1.0 else y
-
-def mlp_hidden(a):
-    """The MLP's hidden width: mlp_ratio * d, or 2/3 of it (rounded up to 64) for SwiGLU, whose two halves
-    keep the parameter count."""
-    hidden = int(a.mlp_ratio * a.n_embd * (2 / 3 if a.mlp == "swiglu" else 1))
-    return max(64, (hidden + 63) // 64 * 64) if a.mlp == "swiglu" else hidden
-
-ACTIVATIONS = {"relu2": lambda u: F.relu(u).square(), "gelu": F.gelu, "silu": F.silu}
-
-class MLP(nn.Module):
-    """relu2 / gelu / silu MLP, or SwiGLU (hidden 2/3 as wide, so the parameter count matches).
-    up_scale: nGPT's s_u*sqrt(d) (a Scalars) or anGPT's constant nu_up; act_scale / down_scale: anGPT's nu."""
-    def __init__(self, a, ngpt_scalars=False):
-        super().__init__()
-        d, self.kind = a.n_embd, a.mlp
-        self.hidden = hidden = mlp_hidden(a)
-        self.c_fc = linear(d, hidden * (2 if a.mlp == "swiglu" else 1))
-        self.c_proj = linear(hidden, d)
-        self.s_uv = Scalars((self.c_fc.out_features,), 1.0, 1.0) if ngpt_scalars else None  # s_u (and s_v for SwiGLU)
-        self.sqrt_d = d ** 0.5
-        self.up_scale = self.act_in_scale = self.act_scale = self.down_scale = 1.0
-    def act(self, u):
-        if self.kind == "swiglu":  # act_in_scale scales the gate's input only: the value half stays linear
-            u, v = u.chunk(2, dim=-1)
-            return u * F.silu(v * self.act_in_scale if self.act_in_scale != 1.0 else v)
-        return ACTIVATIONS[self.kind](u * self.act_in_scale if self.act_in_scale != 1.0 else u)
-    def forward(self, x):
-        record_stat("mlp_rows", x.numel() // x.size(-1))
-        u = self.c_fc(x)
-        if self.s_uv is not None:
-            u = u * (self.s_uv() * self.sqrt_d).to(u.dtype)
-        elif self.up_scale != 1.0:
-            u = u * self.up_scale
-        y = self.c_proj(self.act(u) * self.act_scale if self.act_scale != 1.0 else self.act(u))
-        return y * self.down_scale if self.down_scale != 1.0 else y
-
-# -----------------------------------------------------------------------------
-# GPT / nGPT / anGPT
-
-class GPTBlock(nn.Module):
-    """Pre-norm (or --post_norm) residual block; --mlp_skip_threshold runs the MLP only on tokens whose
-    residual RMS reaches the threshold (gather / scatter, so skipped tokens cost nothing)."""
-    def __init__(self, a):
-        super().__init__()
-        self.attn_norm = Norm(a.norm, a.n_embd, a.dyt_alpha_attn, a.norm_skip_tol)
-        self.mlp_norm = Norm(a.norm, a.n_embd, a.dyt_alpha_mlp, a.norm_skip_tol)
-        qk_kind = "dyt" if a.norm == "dyt" and a.dyt_qk else "rmsnorm"
-        self.attn, self.mlp = Attention(a, "norm", qk_kind), MLP(a)
-        self.post_norm, self.mlp_skip_threshold = a.post_norm, a.mlp_skip_threshold
-    def mlp_residual(self, x):
-        if self.post_norm:
-            return self.mlp_norm(x + self.mlp(x))
-        return x + self.mlp(self.mlp_norm(x))
-    def forward(self, x):
-        x = self.attn_norm(x + self.attn(x)) if self.post_norm else x + self.attn(self.attn_norm(x))
-        if self.mlp_skip_threshold <= 0:
-            return self.mlp_residual(x)
-        flat = x.reshape(-1, x.size(-1))
-        keep = (flat.float().pow(2).mean(-1).sqrt() >= self.mlp_skip_threshold).nonzero().squeeze(1)
-        record_stat("mlp_skip_frac", 1 - keep.numel() / flat.size(0))
-        out = flat.index_copy(0, keep, self.mlp_residual(flat.index_select(0, keep)))
-        return out.view_as(x)
-
-def ngpt_alpha_multipliers(schedule, n_layer):
-    """Per-layer multiplier of the nGPT alpha init (seed 001, hypothesis 1)."""
-    l = torch.arange(n_layer, dtype=torch.float64)
-    frac = l / max(n_layer - 1, 1)
-    if schedule == "linear": return 0.7 + 0.6 * frac
-    if schedule == "upsidedown_u": return 0.7 + 0.6 * torch.sin(math.pi * frac)
-    if schedule == "downsideup_u": return 1.3 - 0.6 * torch.sin(math.pi * frac)
-    return torch.ones(n_layer, dtype=torch.float64)
-
-class NGPTBlock(nn.Module):
-    """nGPT: h <- norm(h + alpha * (norm(f(h)) - h)) for attention then MLP (or the gated / add forms)."""
-    def __init__(self, a, layer):
-        super().__init__()
-        d = a.n_embd
-        self.attn = Attention(a, "l2" if a.ngpt_qk_norm else "none")
-        self.mlp = MLP(a, ngpt_scalars=True)
-        mult = float(ngpt_alpha_multipliers(a.ngpt_alpha_schedule, a.n_layer)[layer])
-        shape = (1,) if a.ngpt_scalar_alpha else (d,)
-        self.alpha_attn = Scalars(shape, (a.ngpt_alpha_attn_init or a.ngpt_alpha_init) * mult, d ** -0.5)
-        self.alpha_mlp = Scalars(shape, (a.ngpt_alpha_mlp_init or a.ngpt_alpha_init) * mult, d ** -0.5)
-        self.gate_attn = nn.Parameter(torch.zeros(d)) if a.ngpt_gated_residual else None
-        self.gate_mlp = nn.Parameter(torch.zeros(d)) if a.ngpt_gated_residual else None
-        self.residual, self.d = a.ngpt_residual, d
-    def alphas(self):
-        return self.alpha_attn().abs().expand(self.d), self.alpha_mlp().abs().expand(self.d)
-    def forward(self, h):
-        alpha_attn, alpha_mlp = self.alphas()
-        h = K.ngpt_update(h, self.attn(h), alpha_attn, self.gate_attn, self.residual)
-        return K.ngpt_update(h, self.mlp(h), alpha_mlp, self.gate_mlp, self.residual)
-
-def angpt_activation_nu(kind: str, coord_std: float, samples: int, seed: int = 0):
-    """nu_act = 1/sqrt(E[g(z)^2]) per coordinate, z ~ N(0, coord_std^2): Monte Carlo with a fixed generator.
-    The paper's SiLU factor 3.74 is this at coord_std 0.5 = nu_up (3.72 here; at a unit-norm vector's tiny
-    coordinates it would be 2.00): the activation sees unit-variance pre-activations times nu_up, the scale
-    nGPT's sqrt(d_model) gives them. For SwiGLU g is the gate silu(z) (the value half stays unit-norm)."""
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(samples, generator=g, dtype=torch.float64) * coord_std
-    y = F.silu(z) if kind == "swiglu" else ACTIVATIONS[kind](z)
-    return float(y.pow(2).mean().rsqrt())
-
-class ANGPTBlock(nn.Module):
-    """anGPT: exact norms replaced by constant nu factors; h <- nu(alpha) * (h + alpha * (f(h) - h)).
-    MLP: u = nu_up * W_up h has unit norm over d_ff coordinates; the activation sees sqrt(d) * u (per-coordinate
-    std nu_up, where the paper's factors hold) and nu_act brings its output back to unit norm: for SwiGLU the
-    gate silu(sqrt(d) z) gets nu_act and multiplies the unit-norm value half; a plain activation also gets
-    1/sqrt(d_ff). Then nu_down * W_down."""
-    def __init__(self, a, layer, nu_act):
-        super().__init__()
-        d = a.n_embd
-        hd = a.qkv_head_dim or d // a.n_head
-        self.attn = Attention(a, "l2", v_scale=(d / hd) ** 0.5, out_scale=(hd / d) ** 0.5)
-        self.mlp = MLP(a)
-        self.mlp.up_scale, self.mlp.act_in_scale = (d / self.mlp.hidden) ** 0.5, d ** 0.5
-        self.mlp.act_scale = nu_act if a.mlp == "swiglu" else nu_act / self.mlp.hidden ** 0.5
-        self.mlp.down_scale = (self.mlp.hidden / d) ** 0.5
-        self.alpha_attn = Scalars((d,), a.angpt_alpha_init, d ** -0.5)
-        self.alpha_mlp = Scalars((d,), a.angpt_alpha_init, d ** -0.5)
-    def alphas(self):
-        return self.alpha_attn().abs(), self.alpha_mlp().abs()
-    def forward(self, h):
-        alpha_attn, alpha_mlp = self.alphas()
-        h = K.angpt_update(h, self.attn(h), alpha_attn)
-        return K.angpt_update(h, self.mlp(h), alpha_mlp)
-
-class GPT(nn.Module):
-    """Embedding -> blocks -> head, shared by the three architectures (args.arch picks the block)."""
-    def __init__(self, a: Hyperparameters):
-        super().__init__()
-        self.arch, self.n_embd, self.vocab_size = a.arch, a.n_embd, a.vocab_size
-        self.wte = nn.Embedding(a.vocab_size, a.n_embd)
-        if a.arch == "gpt":
-            self.blocks = nn.ModuleList([GPTBlock(a) for _ in range(a.n_layer)])
-            self.final_norm = Norm("none" if a.post_norm else a.norm, a.n_embd, a.dyt_alpha_final)
-            self.embed_scale = nn.Parameter(torch.full((1,), a.n_embd ** 0.5)) if a.dyt_embed_scale else None
-        elif a.arch == "ngpt":
-            self.blocks = nn.ModuleList([NGPTBlock(a, l) for l in range(a.n_layer)])
-        else:
-            self.nu_up = (a.n_embd / mlp_hidden(a)) ** 0.5
-            self.nu_act = angpt_activation_nu(a.mlp, self.nu_up, a.angpt_nu_samples)
-            self.blocks = nn.ModuleList([ANGPTBlock(a, l, self.nu_act) for l in range(a.n_layer)])
-        self.lm_head = linear(a.n_embd, a.vocab_size)
-        if a.tie_embeddings:
-            self.lm_head.weight = self.wte.weight
-        self.logit_softcap = a.logit_softcap if a.arch == "gpt" else 0.0
-        if a.arch != "gpt":  # s_z: per vocab entry, one scalar, or a fixed constant
-            mode = a.ngpt_logit_scale_mode
-            init = a.ngpt_logit_scale if a.arch == "ngpt" else a.angpt_logit_scale
-            self.s_z = Scalars((a.vocab_size,) if mode == "vocab" else (1,), init, a.n_embd ** -0.5, trainable=mode != "fixed")
-        self.reset_parameters(a)
-
-    @torch.no_grad()
-    def reset_parameters(self, a):
-        for name, p in self.named_parameters():
-            if p.ndim == 2 and name != "wte.weight":  # modded-nanogpt's init; nGPT/anGPT renormalise below
-                p.uniform_(-(3 ** 0.5) * 0.5 / p.size(1) ** 0.5, (3 ** 0.5) * 0.5 / p.size(1) ** 0.5)
-        nn.init.normal_(self.wte.weight, std=a.n_embd ** -0.5 if a.tie_embeddings else 1.0)
-        if a.arch == "gpt":  # zero output projections: every block starts as the identity
-            for block in self.blocks:
-                block.attn.c_proj.weight.zero_(); block.mlp.c_proj.weight.zero_()
-            if not a.tie_embeddings:
-                self.lm_head.weight.zero_()
-        elif a.arch == "angpt":  # every row starts on the unit sphere, then stays inside it
-            for p in self.parameters():
-                if p.ndim == 2: p.div_(p.norm(dim=1, keepdim=True).clamp_min(1e-12))
-        else:
-            self.project_weights(radius=1.0)
-
-    def matrices_along_embedding(self):
-        """(weight, dim) pairs whose vectors along the embedding dim nGPT keeps on the sphere."""
-        yield self.wte.weight, 1
-        if self.lm_head.weight is not self.wte.weight:
-            yield self.lm_head.weight, 1
-        for b in self.blocks:
-            yield from ((b.attn.c_q.weight, 1), (b.attn.c_k.weight, 1), (b.attn.c_v.weight, 1), (b.mlp.c_fc.weight, 1))
-            yield from ((b.attn.c_proj.weight, 0), (b.mlp.c_proj.weight, 0))
-
-    @torch.no_grad()
-    def project_weights(self, radius=1.0):
-        """nGPT: every matrix back to norm `radius` along the embedding dim. anGPT: every row to norm <= 1."""
-        if self.arch == "ngpt":
-            for w, dim in self.matrices_along_embedding():
-                w.copy_(w * (radius * torch.rsqrt(w.float().pow(2).sum(dim, keepdim=True) + 1e-12)).to(w.dtype))
-        elif self.arch == "angpt":
-            for p in self.parameters():
-                if p.ndim == 2:
-                    p.div_(p.norm(dim=1, keepdim=True).clamp_min(1.0))
-
-    def forward(self, idx, targets=None, reduction="mean"):
-        x = self.wte(idx)
-        if self.arch == "gpt" and self.embed_scale is not None:
-            x = x * self.embed_scale
-        if self.arch == "ngpt":
-            x = K.l2_norm(x)  # the embedding rows are unit (or radius r) already; the stream starts on the sphere
-        for block in self.blocks:
-            x = block(x)
-        if _STATS is not None and self.arch != "gpt":
-            record_stat("hidden_norm", x.float().norm(dim=-1).mean())
-        if self.arch == "gpt":
-            x = self.final_norm(x)
-        logits = self.lm_head(x)
-        if self.arch != "gpt":
-            logits = logits * self.s_z().to(logits.dtype)
-        elif self.logit_softcap > 0:
-            logits = self.logit_softcap * torch.tanh(logits / self.logit_softcap)
-        if targets is None:
-            return logits
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
-
-    @torch.no_grad()
-    def param_stats(self):
-        """Scalars worth seeing at each validation (mean effective alpha per sub-layer, learned scales)."""
-        out = {}
-        if self.arch != "gpt":
-            alphas = [b.alphas() for b in self.blocks]
-            out["alpha_attn"] = torch.stack([a.mean() for a, _ in alphas]).mean().item()
-            out["alpha_mlp"] = torch.stack([m.mean() for _, m in alphas]).mean().item()
-            out["s_z"] = self.s_z().mean().item()
-            if getattr(self.blocks[0], "gate_attn", None) is not None:
-                out["gate_attn"] = torch.stack([torch.sigmoid(b.gate_attn).mean() for b in self.blocks]).mean().item()
-                out["gate_mlp"] = torch.stack([torch.sigmoid(b.gate_mlp).mean() for b in self.blocks]).mean().item()
-        return out
-
-def build_model(a: Hyperparameters) -> GPT:
-    return GPT(a)
-
-def project_after_step(model: GPT, a: Hyperparameters, step: int):
-    """After optimizer step `step` (0-based): nGPT back to the sphere (progressive radius r(t)) every
-    ngpt_proj_every steps; anGPT rows back to norm <= 1 every step; GPT nothing."""
-    if a.arch == "ngpt" and (step + 1) % a.ngpt_proj_every == 0:
-        model.project_weights(radius=1 + (a.ngpt_radius - 1) * (step + 1) / a.steps)
-    elif a.arch == "angpt":
-        model.project_weights()
+class Ops:
+    """The fused ops one model calls: the Triton ops or the torch references. auto = Triton on CUDA (when it is
+    installed), torch elsewhere; triton forces it (on a CPU through the interpreter); torch = the references."""
+    def __init__(self, mode="torch", device="cpu"):
+        if mode not in ("auto", "triton", "torch"):
+            raise ValueError(f"--kernels={mode!r}: choose one of 'auto', 'triton', 'torch'")
+        on_cuda = torch.device(device).type == "cuda"
+        self.name = "triton" if mode == "triton" or (mode == "auto" and on_cuda and triton is not None) else "torch"
+        if self.name == "triton" and triton is None:
+            raise RuntimeError(f"--kernels=triton needs the triton package ({_TRITON_ERROR}); install it (pip install triton) or use --kernels=torch")
+        if self.name == "triton" and not on_cuda and not _INTERPRETED:
+            raise RuntimeError("--kernels=triton on a CPU runs in Triton's interpreter, which was off when train_gpt was imported: "
+                               "set TRITON_INTERPRET=1 before starting, or use --kernels=torch")
+        for op, (reference, fused) in OPS.items():
+            setattr(self, op, fused if self.name == "triton" else reference)
+    def __repr__(self):
+        return f"Ops({self.name!r})"
 
 # -----------------------------------------------------------------------------
 # Optimizers: Muon for hidden matrices, Adam for the rest (or Adam/AdamW for everything); LR schedules
@@ -1207,42 +1232,41 @@ class Muon(torch.optim.Optimizer):
                 g = zeropower_via_newtonschulz5(g, group["ns_steps"], self.ns_dtype).to(p.dtype)
                 p.add_(g, alpha=-group["lr"] * max(1, p.size(-2) / p.size(-1)) ** 0.5)
 
-DEFAULT_OPTIMIZER = {"gpt": "muon", "ngpt": "adam", "angpt": "adam"}
-DEFAULT_ADAM_LR = {"gpt": 3e-3, "ngpt": 2e-3, "angpt": 2e-3}
-
-def build_optimizers(model: GPT, a: Hyperparameters):
-    kind = a.optimizer or DEFAULT_OPTIMIZER[a.arch]
+def build_optimizers(model: GPT, config: Hyperparameters):
+    """Muon for the hidden matrices and Adam for embedding, head and 1-D parameters; or Adam/AdamW for all.
+    Without --optimizer / --lr the model's Arch says which, and Adam's lr."""
+    kind = config.optimizer or model.arch.optimizer
     params = dict(model.named_parameters())  # de-duplicates a tied embedding/head
     trainable = {n: p for n, p in params.items() if p.requires_grad}
-    betas = (a.adam_beta1, a.adam_beta2)
+    betas = (config.adam_beta1, config.adam_beta2)
     if kind in ("adam", "adamw"):
-        lr = a.lr or DEFAULT_ADAM_LR[a.arch]
-        wd = a.weight_decay if kind == "adamw" else 0.0
+        lr = config.lr or model.arch.adam_lr
+        wd = config.weight_decay if kind == "adamw" else 0.0
         decay = [p for n, p in trainable.items() if p.ndim == 2]
         no_decay = [p for n, p in trainable.items() if p.ndim < 2]
         return [torch.optim.AdamW([dict(params=decay, weight_decay=wd), dict(params=no_decay, weight_decay=0.0)], lr=lr, betas=betas, eps=1e-10)]
-    head = [p for n, p in trainable.items() if n == "lm_head.weight" or (n == "wte.weight" and a.tie_embeddings)]
-    embed = [p for n, p in trainable.items() if n == "wte.weight" and not a.tie_embeddings]
+    head = [p for n, p in trainable.items() if n == "lm_head.weight" or (n == "wte.weight" and config.tie_embeddings)]
+    embed = [p for n, p in trainable.items() if n == "wte.weight" and not config.tie_embeddings]
     scalars = [p for n, p in trainable.items() if p.ndim < 2]
     hidden = [p for n, p in trainable.items() if p.ndim == 2 and n not in ("wte.weight", "lm_head.weight")]
-    adam = torch.optim.Adam([dict(params=embed, lr=a.embed_lr), dict(params=head, lr=a.head_lr), dict(params=scalars, lr=a.scalar_lr)],
+    adam = torch.optim.Adam([dict(params=embed, lr=config.embed_lr), dict(params=head, lr=config.head_lr), dict(params=scalars, lr=config.scalar_lr)],
                             betas=betas, eps=1e-10)
-    muon = Muon(hidden, lr=a.muon_lr, momentum=a.muon_momentum, ns_dtype=torch.bfloat16 if a.bf16 else torch.float32)
+    muon = Muon(hidden, lr=config.muon_lr, momentum=config.muon_momentum, ns_dtype=torch.bfloat16 if config.bf16 else torch.float32)
     return [adam, muon]
 
-def lr_multiplier(step, a: Hyperparameters):
+def lr_multiplier(step, config: Hyperparameters):
     """trapezoid: (optional warmup), constant, then linear cooldown over the last cooldown_frac of the steps;
     cosine: linear warmup then cosine down to min_lr_frac."""
-    if step < a.warmup_steps:
-        return (step + 1) / a.warmup_steps
-    if a.lr_schedule == "cosine":
-        progress = (step - a.warmup_steps) / max(1, a.steps - a.warmup_steps)
-        return a.min_lr_frac + (1 - a.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    cooldown_start = a.steps * (1 - a.cooldown_frac)
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.lr_schedule == "cosine":
+        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        return config.min_lr_frac + (1 - config.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    cooldown_start = config.steps * (1 - config.cooldown_frac)
     if step < cooldown_start:
         return 1.0
-    w = (a.steps - step) / max(a.steps * a.cooldown_frac, 1e-9)
-    return a.min_lr_frac + (1 - a.min_lr_frac) * w
+    w = (config.steps - step) / max(config.steps * config.cooldown_frac, 1e-9)
+    return config.min_lr_frac + (1 - config.min_lr_frac) * w
 
 # -----------------------------------------------------------------------------
 # Data: modded-nanogpt shards (256 int32 header, then uint16 tokens) and the GPT-2 tokenizer from data/gpt2
@@ -1361,7 +1385,7 @@ def load_val_tokens(files, n):
     return torch.from_numpy(np.concatenate(parts).astype(np.int64))
 
 # -----------------------------------------------------------------------------
-# Train loop: logging, validation, checkpoints, signals, sampling
+# Training: logging, validation, checkpoints, signals, sampling, then the loop in small steps
 
 class Logger:
     """Rank 0 appends to logs/<run_id>.txt and prints; other ranks stay quiet."""
@@ -1373,17 +1397,17 @@ class Logger:
         with open(self.path, "a") as f:
             f.write(msg + "\n")
 
-def model_autocast(a, device):
-    if a.bf16:
+def model_autocast(config, device):
+    if config.bf16:
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 @torch.no_grad()
-def evaluate(model, raw_model, val, a, d: Dist):
-    """Mean loss over the fixed val tokens (sequences dealt round-robin to ranks), plus stats measured on
-    one eager forward of the first val batch (what the skip rules skipped, the hidden-state norm)."""
+def evaluate(model, raw_model, val, config, d: Dist):
+    """Mean loss over the fixed val tokens (sequences dealt round-robin to ranks), plus what the model's probe
+    measures on one eager forward of the first val batch (skip fractions, the hidden-state norm) and its stats."""
     model.eval()
-    T, mb = a.seq_len, a.device_batch_size
+    T, mb = config.seq_len, config.device_batch_size
     seqs = (len(val) - 1) // T
     mine = list(range(d.rank, seqs, d.world))
     total, count = torch.zeros((), dtype=torch.float64, device=d.device), torch.zeros((), dtype=torch.float64, device=d.device)
@@ -1391,17 +1415,17 @@ def evaluate(model, raw_model, val, a, d: Dist):
         rows = torch.tensor(mine[i:i + mb])
         idx = (rows[:, None] * T + torch.arange(T)[None, :])
         x, y = val[idx].to(d.device), val[idx + 1].to(d.device)
-        with model_autocast(a, d.device):
+        with model_autocast(config, d.device):
             total += model(x, y, reduction="sum").double()
         count += y.numel()
     if d.world > 1:
         dist.all_reduce(total); dist.all_reduce(count)
-    with measure_stats() as stats, model_autocast(a, d.device):
+    with raw_model.probe.measure() as probed, model_autocast(config, d.device):
         first = torch.arange(min(mb, seqs))[:, None] * T + torch.arange(T)[None, :]
         raw_model(val[first].to(d.device))
     model.train()
-    extra = {k: sum(v) / len(v) for k, v in stats.items() if k != "mlp_rows"}
-    extra.update(raw_model.param_stats())
+    extra = {k: sum(v) / len(v) for k, v in probed.items() if k != "mlp_rows"}
+    extra.update(raw_model.stats())
     return (total / count).item(), extra
 
 def rng_state():
@@ -1429,16 +1453,16 @@ def list_checkpoints(directory, run_name):
     """This run's checkpoints, oldest first (the step is in the name)."""
     return sorted(glob.glob(os.path.join(directory, f"{glob.escape(run_name)}_step*.pt")), key=lambda p: int(p.rsplit("_step", 1)[1][:-3]))
 
-def load_checkpoint(a: Hyperparameters):
+def load_checkpoint(config: Hyperparameters):
     """--resume=PATH, or 'auto': the newest readable checkpoint of --run_name (a cut-short one is skipped)."""
-    if a.resume == "auto":
-        candidates = list_checkpoints(a.checkpoint_dir, a.run_name)[::-1]
+    if config.resume == "auto":
+        candidates = list_checkpoints(config.checkpoint_dir, config.run_name)[::-1]
         if not candidates:
             return None, None  # nothing to resume: start fresh
     else:
-        if not os.path.exists(a.resume):
-            raise FileNotFoundError(f"--resume={a.resume}: no such checkpoint; use --resume=auto to take the newest of --run_name={a.run_name or '?'} in {a.checkpoint_dir}/")
-        candidates = [a.resume]
+        if not os.path.exists(config.resume):
+            raise FileNotFoundError(f"--resume={config.resume}: no such checkpoint; use --resume=auto to take the newest of --run_name={config.run_name or '?'} in {config.checkpoint_dir}/")
+        candidates = [config.resume]
     errors = []
     for i, path in enumerate(candidates):
         try:
@@ -1447,15 +1471,15 @@ def load_checkpoint(a: Hyperparameters):
             errors.append(f"{path}: {type(e).__name__}: {e}")
             if i + 1 < len(candidates):
                 print(f"warning: checkpoint {path} is unreadable ({type(e).__name__}); trying an older one", file=sys.stderr)
-    fix = ("pass another checkpoint, or --resume=auto to take the newest readable one of --run_name" if a.resume != "auto"
-           else f"delete them or start a new --run_name (no checkpoint of {a.run_name} in {a.checkpoint_dir}/ loads)")
+    fix = ("pass another checkpoint, or --resume=auto to take the newest readable one of --run_name" if config.resume != "auto"
+           else f"delete them or start a new --run_name (no checkpoint of {config.run_name} in {config.checkpoint_dir}/ loads)")
     raise ValueError(f"no readable checkpoint ({fix}): " + "; ".join(errors))
 
-def check_resume_config(saved: dict, a: Hyperparameters, path):
-    diff = [k for k, v in asdict(a).items() if k not in RUN_ONLY_FIELDS and saved.get(k, v) != v]
+def check_resume_config(saved: dict, config: Hyperparameters, path):
+    diff = [k for k, v in asdict(config).items() if k not in RUN_ONLY_FIELDS and saved.get(k, v) != v]
     if diff:
         raise ConfigError(f"checkpoint {path} was trained with different flags: " +
-                          ", ".join(f"--{k}={saved[k]!r} (now {getattr(a, k)!r})" for k in diff) + "; pass the same flags or start a new --run_name")
+                          ", ".join(f"--{k}={saved[k]!r} (now {getattr(config, k)!r})" for k in diff) + "; pass the same flags or start a new --run_name")
 
 class StopSignal:
     """First SIGTERM/SIGINT: finish the step, checkpoint, exit 128+signum. A second one exits at once."""
@@ -1470,19 +1494,19 @@ class StopSignal:
         self.signum = signum
 
 @torch.no_grad()
-def sample(model, enc, a, device, generator):
+def sample(model, enc, config, device, generator):
     """Top-p sampling from the prompt; the context is cropped to seq_len."""
     model.eval()
-    idx = torch.tensor([enc.encode(a.prompt, allowed_special="all") or [EOT_TOKEN]], device=device)
-    for _ in range(a.sample_tokens):
-        with model_autocast(a, device):
-            logits = model(idx[:, -a.seq_len:])[0, -1, :50257].float()
-        if a.temperature == 0:
+    idx = torch.tensor([enc.encode(config.prompt, allowed_special="all") or [EOT_TOKEN]], device=device)
+    for _ in range(config.sample_tokens):
+        with model_autocast(config, device):
+            logits = model(idx[:, -config.seq_len:])[0, -1, :50257].float()
+        if config.temperature == 0:
             nxt = logits.argmax()
         else:
-            probs = torch.softmax(logits / a.temperature, dim=-1)
+            probs = torch.softmax(logits / config.temperature, dim=-1)
             p_sorted, order = probs.sort(descending=True)
-            cut = (p_sorted.cumsum(0) - p_sorted) > a.top_p  # keep the smallest set whose mass reaches top_p
+            cut = (p_sorted.cumsum(0) - p_sorted) > config.top_p  # keep the smallest set whose mass reaches top_p
             p_sorted[cut] = 0
             nxt = order[torch.multinomial(p_sorted / p_sorted.sum(), 1, generator=generator)][0]
         idx = torch.cat([idx, nxt.view(1, 1)], dim=1)
@@ -1495,22 +1519,18 @@ def peak_memory_line(device):
     import resource
     return f"peak memory rss: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MiB"
 
-def train(a: Hyperparameters, d: Dist) -> int:
-    """Runs one training job; returns the process exit code."""
-    # everything that can fail on bad input fails before the model is built
-    micro = a.batch_size // (d.world * a.grad_accum) if a.grad_accum else a.device_batch_size
-    if micro < 1 or a.batch_size != micro * d.world * (a.grad_accum or a.batch_size // (micro * d.world)):
-        raise ConfigError(f"--batch_size={a.batch_size} does not split into {d.world} rank(s) x --grad_accum x micro-batches of "
+def split_batch(config, d: Dist) -> int:
+    """The micro-batch (sequences per forward per rank) that splits --batch_size over this world size."""
+    micro = config.batch_size // (d.world * config.grad_accum) if config.grad_accum else config.device_batch_size
+    if micro < 1 or config.batch_size != micro * d.world * (config.grad_accum or config.batch_size // (micro * d.world)):
+        raise ConfigError(f"--batch_size={config.batch_size} does not split into {d.world} rank(s) x --grad_accum x micro-batches of "
                           f"{micro} sequences: make batch_size a multiple of world_size*device_batch_size, or set --grad_accum")
-    train_files, val_files = find_shards(a.train_files, "train_files", a.vocab_size), find_shards(a.val_files, "val_files", a.vocab_size)
-    a.run_name = a.run_name or f"{a.arch}_s{a.seed}"
-    resumed_path, ckpt = load_checkpoint(a) if a.resume else (None, None)
-    if ckpt is not None:
-        check_resume_config(ckpt["args"], a, resumed_path)
-    run_id = ckpt["run_id"] if ckpt else f"{a.run_name}_{uuid.uuid4().hex[:8]}"
-    # a stop signal writes a checkpoint even with --save_every=0, so --checkpoint_dir is always checked (and only
-    # created when a checkpoint is written: save_checkpoint makes it)
-    for directory, flag in ((a.log_dir, "log_dir"), (a.checkpoint_dir, "checkpoint_dir")):
+    return micro
+
+def check_writable(config):
+    """--log_dir and --checkpoint_dir are checked before any work (a stop signal writes a checkpoint even with
+    --save_every=0); the log folder is made now, the checkpoint folder when a checkpoint is written."""
+    for directory, flag in ((config.log_dir, "log_dir"), (config.checkpoint_dir, "checkpoint_dir")):
         try:
             if flag == "log_dir": os.makedirs(directory, exist_ok=True)
             probe = os.path.abspath(directory)
@@ -1519,115 +1539,182 @@ def train(a: Hyperparameters, d: Dist) -> int:
             if not os.access(probe, os.W_OK): raise PermissionError(probe)
         except OSError as e:
             raise ConfigError(f"cannot write to {directory!r} ({e.__class__.__name__}: {e}): point --{flag} at a writable folder") from None
-    log = Logger(os.path.join(a.log_dir, f"{run_id}.txt"), d.master)
-    if ckpt is None:
-        with open(os.path.abspath(__file__)) as f:
-            log(f.read(), console=False)
-        log("=" * 100, console=False)
-        dev = torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else platform.processor() or platform.machine()
-        log(f"torch {torch.__version__} python {platform.python_version()} device {d.device.type} {dev} world_size {d.world}")
-        log("config: " + json.dumps({**asdict(a), "run_id": run_id, "world_size": d.world}))
-    else:
-        log(f"resumed from {resumed_path} at step {ckpt['step']}")
-    kernels = set_kernels(a.kernels, d.device)
 
-    torch.manual_seed(a.seed)
-    raw_model = build_model(a).to(d.device)
-    optimizers = build_optimizers(raw_model, a)
-    for opt in optimizers:
-        for g in opt.param_groups: g["initial_lr"] = g["lr"]
-    loader = DataLoader(train_files, a.seq_len, a.batch_size, micro, d.rank, d.world)
-    val = load_val_tokens(val_files, a.val_tokens // a.seq_len * a.seq_len)
-    start_step, train_time_ms = 0, 0.0
-    if ckpt is not None:
-        raw_model.load_state_dict(ckpt["model"])
-        for opt, s in zip(optimizers, ckpt["optimizers"]): opt.load_state_dict(s)
-        loader.load_state_dict(ckpt["loader"]); set_rng_state(ckpt["rng"])
-        start_step, train_time_ms = ckpt["step"], ckpt["train_time_ms"]
-    if a.arch == "angpt" and ckpt is None:
-        log(f"nu_act:{raw_model.nu_act:.4f} (Monte Carlo, {a.mlp}, per coordinate at pre-activation std nu_up={raw_model.nu_up:.4f})")
-    model = raw_model
-    if d.world > 1:
-        # with the MLP skip rule a whole micro-batch may skip an MLP, leaving its weights without a gradient
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
-                                                    find_unused_parameters=a.mlp_skip_threshold > 0)
-    if a.compile and d.device.type == "cuda":
-        model = torch.compile(model)
-    log(f"parameters: {sum(p.numel() for p in raw_model.parameters()):,} kernels: {kernels} grad_accum: {loader.grad_accum} micro_batch: {micro}")
+def log_header(log, config, d: Dist, run_id):
+    """A new log starts with this file's source, a '=' line, versions and hardware, and the resolved config."""
+    with open(os.path.abspath(__file__)) as f:
+        log(f.read(), console=False)
+    log("=" * 100, console=False)
+    dev = torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else platform.processor() or platform.machine()
+    log(f"torch {torch.__version__} python {platform.python_version()} device {d.device.type} {dev} world_size {d.world}")
+    log("config: " + json.dumps({**asdict(config), "run_id": run_id, "world_size": d.world}))
 
-    stop = StopSignal(); stop.install()
-    tokens_per_step = a.batch_size * a.seq_len
-    last_ckpt = resumed_path
+@dataclass
+class Trainer:
+    """One training job's state: what a checkpoint saves and the loop advances."""
+    config: Hyperparameters
+    d: Dist
+    log: Logger
+    run_id: str
+    raw_model: GPT
+    model: nn.Module            # raw_model, maybe wrapped in DDP and compiled
+    optimizers: list
+    loader: "DataLoader"
+    val: torch.Tensor
+    step: int = 0
+    train_time_ms: float = 0.0
+    last_checkpoint: Optional[str] = None
 
-    def checkpoint(step):
-        nonlocal last_ckpt
-        state = dict(step=step, train_time_ms=train_time_ms, run_id=run_id, args=asdict(a), model=raw_model.state_dict(),
-                     optimizers=[o.state_dict() for o in optimizers], loader=loader.state_dict(), rng=rng_state())
-        if d.master:
-            save_checkpoint(os.path.join(a.checkpoint_dir, f"{a.run_name}_step{step}.pt"), state, a.keep_checkpoints, log)
-        last_ckpt = os.path.join(a.checkpoint_dir, f"{a.run_name}_step{step}.pt")
-        if d.world > 1: dist.barrier()
+    def state(self):
+        return dict(step=self.step, train_time_ms=self.train_time_ms, run_id=self.run_id, args=asdict(self.config),
+                    model=self.raw_model.state_dict(), optimizers=[o.state_dict() for o in self.optimizers],
+                    loader=self.loader.state_dict(), rng=rng_state())
 
-    sync = (lambda: torch.cuda.synchronize()) if d.device.type == "cuda" else (lambda: None)
-    for step in range(start_step, a.steps + 1):
-        last = step == a.steps
-        if last or step % a.val_every == 0:
-            val_loss, extra = evaluate(model, raw_model, val, a, d)
-            fields_ = "".join(f" {k}:{v:.4f}" for k, v in extra.items())
-            log(f"step:{step}/{a.steps} val_loss:{val_loss:.4f} train_time:{train_time_ms:.0f}ms step_avg:{train_time_ms / max(step, 1):.2f}ms{fields_}")
-        if last:
-            break
-        sync(); t0 = time.perf_counter()
-        batches = loader.next_batch()
+    def restore(self, ckpt):
+        self.raw_model.load_state_dict(ckpt["model"])
+        for opt, s in zip(self.optimizers, ckpt["optimizers"]): opt.load_state_dict(s)
+        self.loader.load_state_dict(ckpt["loader"]); set_rng_state(ckpt["rng"])
+        self.step, self.train_time_ms = ckpt["step"], ckpt["train_time_ms"]
+
+    def checkpoint(self):
+        path = os.path.join(self.config.checkpoint_dir, f"{self.config.run_name}_step{self.step}.pt")
+        state = self.state()
+        if self.d.master:
+            save_checkpoint(path, state, self.config.keep_checkpoints, self.log)
+        self.last_checkpoint = path
+        if self.d.world > 1: dist.barrier()
+
+    def log_validation(self):
+        val_loss, extra = evaluate(self.model, self.raw_model, self.val, self.config, self.d)
+        fields_ = "".join(f" {k}:{v:.4f}" for k, v in extra.items())
+        self.log(f"step:{self.step}/{self.config.steps} val_loss:{val_loss:.4f} train_time:{self.train_time_ms:.0f}ms "
+                 f"step_avg:{self.train_time_ms / max(self.step, 1):.2f}ms{fields_}")
+
+    def train_step(self):
+        """One optimizer step over grad_accum micro-batches; returns the mean train loss over all ranks."""
+        c, d = self.config, self.d
+        batches = self.loader.next_batch()
         loss_sum = torch.zeros((), device=d.device)
         for i, (x, y) in enumerate(batches):
-            no_sync = model.no_sync() if d.world > 1 and i < len(batches) - 1 else contextlib.nullcontext()
-            with no_sync, model_autocast(a, d.device):
-                loss = model(x.to(d.device), y.to(d.device)) / len(batches)
+            no_sync = self.model.no_sync() if d.world > 1 and i < len(batches) - 1 else contextlib.nullcontext()
+            with no_sync, model_autocast(c, d.device):
+                loss = self.model(x.to(d.device), y.to(d.device)) / len(batches)
             loss.backward()
             loss_sum += loss.detach()
         train_loss = all_reduce_mean(loss_sum).item()
         if not math.isfinite(train_loss):
-            log(f"step:{step + 1}/{a.steps} train_loss:{train_loss} -- stopping: the loss is not finite. Last checkpoint: {last_ckpt or 'none (set --save_every)'}")
-            return 2
-        if a.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), a.grad_clip)
-        mult = lr_multiplier(step, a)
-        for opt in optimizers:
+            return train_loss  # the caller stops before the optimizer touches the weights
+        if c.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), c.grad_clip)
+        mult = lr_multiplier(self.step, c)
+        for opt in self.optimizers:
             for g in opt.param_groups: g["lr"] = g["initial_lr"] * mult
             opt.step()
-        raw_model.zero_grad(set_to_none=True)
-        project_after_step(raw_model, a, step)
-        sync(); dt = (time.perf_counter() - t0) * 1000; train_time_ms += dt
-        log(f"step:{step + 1}/{a.steps} train_loss:{train_loss:.4f} train_time:{train_time_ms:.0f}ms step_avg:{train_time_ms / (step + 1):.2f}ms tok/s:{tokens_per_step / dt * 1000:.0f}")
+        self.raw_model.zero_grad(set_to_none=True)
+        self.raw_model.after_step(self.step)
+        return train_loss
+
+def start(config: Hyperparameters, d: Dist) -> Trainer:
+    """Everything that can fail on bad input fails here, before the model is built; then model, optimizers,
+    data, and the state of a checkpoint when resuming."""
+    micro = split_batch(config, d)
+    train_files = find_shards(config.train_files, "train_files", config.vocab_size)
+    val_files = find_shards(config.val_files, "val_files", config.vocab_size)
+    resumed_path, ckpt = load_checkpoint(config) if config.resume else (None, None)
+    if ckpt is not None:
+        check_resume_config(ckpt["args"], config, resumed_path)
+    run_id = ckpt["run_id"] if ckpt else f"{config.run_name}_{uuid.uuid4().hex[:8]}"
+    check_writable(config)
+    log = Logger(os.path.join(config.log_dir, f"{run_id}.txt"), d.master)
+    if ckpt is None:
+        log_header(log, config, d, run_id)
+    else:
+        log(f"resumed from {resumed_path} at step {ckpt['step']}")
+    ops = Ops(config.kernels, d.device)
+
+    torch.manual_seed(config.seed)
+    raw_model = build_model(config, ops).to(d.device)
+    optimizers = build_optimizers(raw_model, config)
+    for opt in optimizers:
+        for g in opt.param_groups: g["initial_lr"] = g["lr"]
+    loader = DataLoader(train_files, config.seq_len, config.batch_size, micro, d.rank, d.world)
+    val = load_val_tokens(val_files, config.val_tokens // config.seq_len * config.seq_len)
+    model = raw_model
+    if d.world > 1:
+        # with the MLP skip rule a whole micro-batch may skip an MLP, leaving its weights without a gradient
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
+                                                    find_unused_parameters=config.mlp_skip_threshold > 0)
+    if config.compile and d.device.type == "cuda":
+        model = torch.compile(model)
+    trainer = Trainer(config, d, log, run_id, raw_model, model, optimizers, loader, val, last_checkpoint=resumed_path)
+    if ckpt is not None:
+        trainer.restore(ckpt)
+    else:
+        summary = raw_model.arch.summary()
+        if summary: log(summary)
+    log(f"parameters: {sum(p.numel() for p in raw_model.parameters()):,} kernels: {ops.name} grad_accum: {loader.grad_accum} micro_batch: {micro}")
+    return trainer
+
+def finish(t: Trainer):
+    """After the last step: the final checkpoint (if periodic ones were asked for), a sample, peak memory."""
+    c, d = t.config, t.d
+    if c.save_every and c.steps % c.save_every:  # the loop saved it already otherwise
+        t.checkpoint()
+    if d.master and c.sample_tokens > 0 and c.vocab_size < 50257:
+        t.log(f"sample: skipped (it decodes GPT-2 tokens; --vocab_size={c.vocab_size} is smaller)")
+    elif d.master and c.sample_tokens > 0:
+        g = torch.Generator(device=d.device).manual_seed(c.seed)
+        text = sample(t.raw_model, gpt2_encoding(), c, d.device, g)
+        t.log("sample: " + json.dumps(text), console=False)
+        print("-" * 40 + "\n" + text + "\n" + "-" * 40, flush=True)
+    t.log(peak_memory_line(d.device))
+
+def train(config: Hyperparameters, d: Dist) -> int:
+    """Runs one training job; returns the process exit code."""
+    t = start(config, d)
+    stop = StopSignal(); stop.install()
+    tokens_per_step = config.batch_size * config.seq_len
+    sync = (lambda: torch.cuda.synchronize()) if d.device.type == "cuda" else (lambda: None)
+    while True:
+        last = t.step == config.steps
+        if last or t.step % config.val_every == 0:
+            t.log_validation()
+        if last:
+            break
+        sync(); t0 = time.perf_counter()
+        train_loss = t.train_step()
+        if not math.isfinite(train_loss):
+            t.log(f"step:{t.step + 1}/{config.steps} train_loss:{train_loss} -- stopping: the loss is not finite. "
+                  f"Last checkpoint: {t.last_checkpoint or 'none (set --save_every)'}")
+            return 2
+        sync(); dt = (time.perf_counter() - t0) * 1000
+        t.step += 1; t.train_time_ms += dt
+        t.log(f"step:{t.step}/{config.steps} train_loss:{train_loss:.4f} train_time:{t.train_time_ms:.0f}ms "
+              f"step_avg:{t.train_time_ms / t.step:.2f}ms tok/s:{tokens_per_step / dt * 1000:.0f}")
         signum = torch.tensor(stop.signum, device=d.device)
         if d.world > 1: dist.all_reduce(signum, op=dist.ReduceOp.MAX)  # every rank stops at the same step
-        if a.save_every and (step + 1) % a.save_every == 0 or signum.item():
-            checkpoint(step + 1)
+        if config.save_every and t.step % config.save_every == 0 or signum.item():
+            t.checkpoint()
         if signum.item():
-            log(f"stopped by signal {signum.item()} after step {step + 1}; resume with --resume=auto --run_name={a.run_name}")
+            t.log(f"stopped by signal {signum.item()} after step {t.step}; resume with --resume=auto --run_name={config.run_name}")
             return 128 + int(signum.item())
-    if a.save_every and a.steps % a.save_every:  # the loop saved it already otherwise
-        checkpoint(a.steps)
-    if d.master and a.sample_tokens > 0:
-        g = torch.Generator(device=d.device).manual_seed(a.seed)
-        text = sample(raw_model, gpt2_encoding(), a, d.device, g)
-        log("sample: " + json.dumps(text), console=False)
-        if d.master: print("-" * 40 + "\n" + text + "\n" + "-" * 40, flush=True)
-    log(peak_memory_line(d.device))
+    finish(t)
     return 0
 
 # -----------------------------------------------------------------------------
 # main
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["-h"] or "--help" in argv:
+        print(usage()); return 0
     try:
-        a = parse_args(sys.argv[1:] if argv is None else argv)
+        config = parse_args(argv)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr); return 2
     d = setup_distributed()
     try:
-        return train(a, d)
+        return train(config, d)
     except (ConfigError, FileNotFoundError, ValueError, PermissionError) as e:
         print(f"error: {e}", file=sys.stderr); return 2
     finally:

@@ -12,8 +12,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-# activation tensors of shape (rows, d) moved by (forward, backward); gated_residual's d h is d y itself
-TENSORS = dict(rms_norm=(2, 3), l2_norm=(2, 3), ngpt_update=(3, 5), angpt_update=(3, 5), gated_residual=(3, 3), dyt=(2, 3))
+# activation tensors of shape (rows, d) moved by (forward, backward), per op of train_gpt.OPS
+TENSORS = dict(rms_norm=(2, 3), l2_norm=(2, 3), ngpt_update=(3, 5), angpt_update=(3, 5), dyt=(2, 3))
 
 def peak_bandwidth(name):
     """HBM peak in bytes/s for the GPUs we run on, else None (then only GB/s is printed)."""
@@ -41,8 +41,6 @@ def make_args(op, n, d, device, dtype=torch.bfloat16):
         return (h, act(), par(0.05, 0.1))
     if op == "angpt_update":
         return (act(), act(), par(0.05, 0.2))
-    if op == "gated_residual":
-        return (act(), act(), par())
     if op == "dyt":
         return (act(), torch.tensor([0.5], device=device), par(0.1, 1.0), par(0.1))
     raise ValueError(op)
@@ -52,7 +50,7 @@ def leaves(args):
 
 def max_error(op, args, T):
     """max |triton - reference| over the output and every gradient, relative to the largest reference value."""
-    ref, tri = getattr(T, op + "_ref"), getattr(T, op + "_triton")
+    ref, tri = T.OPS[op]
     a1, a2 = leaves(args), leaves(args)
     y1, y2 = ref(*a1), tri(*a2)
     dy = torch.randn_like(y1)
@@ -92,8 +90,9 @@ def main(argv=None):
     print("\n".join(lines), flush=True)
     errors = []
     for op in a.ops.split(","):
-        compiled = torch.compile(getattr(T, op + "_ref"), fullgraph=True, dynamic=False)
-        impls = dict(triton=getattr(T, op + "_triton"), eager=getattr(T, op + "_ref"), compiled_ref=compiled)
+        ref, tri = T.OPS[op]
+        compiled = torch.compile(ref, fullgraph=True, dynamic=False)
+        impls = dict(triton=tri, eager=ref, compiled_ref=compiled)
         for n, d in shapes:
             args = make_args(op, n, d, device)
             errors.append(f"{op} {n}x{d}: max relative error of triton vs reference (output and grads) {max_error(op, args, T):.2e}")

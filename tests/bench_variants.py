@@ -29,7 +29,7 @@ class Arm:
     def __init__(self, label, argv, device, tokens):
         self.label, self.a = label, T.parse_args(argv)
         torch.manual_seed(0)
-        self.model = T.build_model(self.a).to(device)
+        self.model = T.build_model(self.a, T.Ops(self.a.kernels, device)).to(device)  # --kernels (default auto) per config
         self.opts = T.build_optimizers(self.model, self.a)
         for opt in self.opts:
             for g in opt.param_groups:
@@ -48,7 +48,7 @@ class Arm:
         for opt in self.opts:
             opt.step()
         self.model.zero_grad(set_to_none=True)
-        T.project_after_step(self.model, self.a, self.n_steps % self.a.steps)  # the train loop's rule
+        self.model.after_step(self.n_steps % self.a.steps)  # the train loop's projection / clamp rule
         self.n_steps += 1
         sync()
         return (time.perf_counter() - t0) * 1000
@@ -63,7 +63,6 @@ def main(argv=None):
     args = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokens = T.read_shard(sorted(__import__("glob").glob(os.path.join(ROOT, "data/shakespeare/shakespeare_train_*.bin")))[0])
-    T.set_kernels("auto", device.type)
     arms = []
     for spec in args.configs:
         label, _, flags = spec.partition("=")

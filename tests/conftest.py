@@ -1,12 +1,122 @@
-"""Shared test set-up: Triton runs under its interpreter on machines without CUDA (must be set before triton is imported)."""
-import os, sys
+"""Shared test set-up: the tiny config, model builder, shards, kernel choice and CLI runner every test file uses.
+
+Triton runs under its interpreter on machines without CUDA: TRITON_INTERPRET must be set before triton is
+imported (train_gpt itself never edits the environment), so it is set here, before train_gpt is imported."""
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+import train_gpt as T  # noqa: E402
+
+# The tiny model most tests build: 2 layers x 64, fp32, torch references (a test that needs Triton asks for it).
+TINY = ["--preset=cpu", "--n_layer=2", "--n_embd=64", "--n_head=2", "--seq_len=32", "--batch_size=4",
+        "--device_batch_size=4", "--bf16=false", "--kernels=torch"]
+DIST_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK",
+             "ROLE_RANK", "ROLE_WORLD_SIZE", "GROUP_WORLD_SIZE")
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: real training runs through the CLI (deselect with -m 'not slow')")
+
+
+def tiny_config(*flags) -> T.Hyperparameters:
+    """TINY plus flags, parsed and validated as the CLI would."""
+    return T.parse_args(TINY + list(flags))
+
+
+def tiny_model(*flags, seed=0, ops=None) -> T.GPT:
+    """A model of tiny_config(*flags), initialised from `seed`, with `ops` (default: the torch references)."""
+    torch.manual_seed(seed)
+    return T.build_model(tiny_config(*flags), ops)
+
+
+def tokens(b=2, t=32, vocab=50257, seed=0):
+    """Random (inputs, targets) token batches."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (b, t), generator=g), torch.randint(0, vocab, (b, t), generator=g)
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory):
+    """Three train shards of 600 tokens (a 4 x 32 batch crosses a shard boundary within 5 steps) and one val shard
+    of 1,000 tokens, cut from the shipped Shakespeare shards. Returns the --train_files / --val_files flags."""
+    d = tmp_path_factory.mktemp("tiny_shards")
+    train = np.asarray(T.read_shard(str(ROOT / "data/shakespeare/shakespeare_train_000000.bin"))[:1800])
+    val = np.asarray(T.read_shard(str(ROOT / "data/shakespeare/shakespeare_val_000000.bin"))[:1000])
+    for i in range(3):
+        T.write_shard(str(d / f"tiny_train_{i:06d}.bin"), train[600 * i:600 * (i + 1)])
+    T.write_shard(str(d / "tiny_val_000000.bin"), val)
+    return [f"--train_files={d}/tiny_train_*.bin", f"--val_files={d}/tiny_val_*.bin"]
+
+
+@pytest.fixture
+def triton_ops():
+    """The Triton ops, run by Triton's interpreter on a CPU."""
+    pytest.importorskip("triton")
+    return T.Ops("triton", "cpu")
+
+
+@contextlib.contextmanager
+def kept_signal_handlers():
+    """train() installs SIGTERM/SIGINT handlers: an in-process run gives pytest's back afterwards."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+
+
+def train_in_process(config) -> int:
+    """The real train loop in this process (a world of one); returns its exit code."""
+    with kept_signal_handlers():
+        return T.train(config, T.Dist())
+
+
+def cli_env(**extra):
+    """The environment of a CLI run: no torchrun variables from outside, one thread (the CPU is shared)."""
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS and not k.startswith("TORCHELASTIC")}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def cli_command(args, world=1):
+    if world == 1:
+        return [sys.executable, str(ROOT / "train_gpt.py"), *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
+            str(ROOT / "train_gpt.py"), *args]
+
+
+def run_cli(*args, world=1, cwd=ROOT, timeout=300, **env):
+    """`python train_gpt.py ARGS` (or torchrun with `world` processes, gloo) as a subprocess."""
+    return subprocess.run(cli_command(args, world), cwd=cwd, env=cli_env(**env), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+STEP_RE = re.compile(r"^step:(\d+)/(\d+) (val_loss|train_loss):(\S+) (.*)$", re.M)
+
+
+def step_lines(text):
+    """{'train': {step: loss}, 'val': {step: (loss, {field: value})}} from a log or stdout (a later line wins)."""
+    out = {"train": {}, "val": {}}
+    for step, _, kind, loss, rest in STEP_RE.findall(text):
+        fields = dict(kv.split(":", 1) for kv in rest.split() if ":" in kv)
+        if kind == "train_loss":
+            out["train"][int(step)] = float(loss)
+        else:
+            out["val"][int(step)] = (float(loss), fields)
+    return out

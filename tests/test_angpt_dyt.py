@@ -4,41 +4,24 @@
 anGPT's factors are tested as the SPEC says, empirically: at init, with unit-norm random inputs, every
 nu-scaled output has mean norm within 10% of 1 (d = 256, so that norms concentrate)."""
 import math
-import signal
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import train_gpt as T
+from conftest import tiny_config, tiny_model, tokens, train_in_process
 
-TINY = ["--preset=cpu", "--n_layer=2", "--n_embd=64", "--n_head=2", "--seq_len=32", "--bf16=false", "--kernels=torch"]
-
-
-def cfg(*extra):
-    return T.parse_args(TINY + list(extra))
-
-
-def build(*extra, seed=0):
-    torch.manual_seed(seed)
-    return T.build_model(cfg(*extra))
-
-
-@pytest.fixture(autouse=True)
-def torch_kernels():
-    T.set_kernels("torch", torch.device("cpu"))
-    yield
+TORCH_OPS = T.Ops("torch")
+_C = tiny_config()
+D, H, L = _C.n_embd, _C.n_head, _C.n_layer
+HD = D // H
 
 
 def unit(*shape, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(*shape, generator=g, dtype=dtype)
     return x / x.norm(dim=-1, keepdim=True)
-
-
-def tokens(b=2, t=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 50257, (b, t), generator=g), torch.randint(0, 50257, (b, t), generator=g)
 
 
 def weight_matrices(model):
@@ -55,10 +38,7 @@ D_BIG, H_BIG, N = 256, 4, 384
 
 @pytest.fixture(scope="module", params=["relu2", "swiglu", "silu"])
 def angpt_big(request):
-    torch.manual_seed(0)
-    a = T.parse_args(["--preset=cpu", "--arch=angpt", "--n_layer=1", f"--n_embd={D_BIG}", f"--n_head={H_BIG}",
-                      "--seq_len=32", "--bf16=false", "--kernels=torch", f"--mlp={request.param}"])
-    return T.build_model(a)
+    return tiny_model("--arch=angpt", "--n_layer=1", f"--n_embd={D_BIG}", f"--n_head={H_BIG}", f"--mlp={request.param}")
 
 
 def mean_norm(t):
@@ -79,7 +59,7 @@ def test_angpt_nu_factors_give_unit_norms_at_init(angpt_big):
     # the constants are the SPEC's
     assert at.v_scale == pytest.approx(math.sqrt(d / hd)) and at.out_scale == pytest.approx(math.sqrt(hd / d))
     assert mlp.up_scale == pytest.approx(math.sqrt(d / hidden)) and mlp.down_scale == pytest.approx(math.sqrt(hidden / d))
-    assert mlp.act_scale == pytest.approx(m.nu_act if mlp.kind == "swiglu" else m.nu_act / math.sqrt(hidden))
+    assert mlp.act_scale == pytest.approx(m.arch.nu_act if mlp.kind == "swiglu" else m.arch.nu_act / math.sqrt(hidden))
     x = unit(N, d, seed=1)
     nu_qkv = at.v_scale
     for name, lin in (("q", at.c_q), ("k", at.c_k), ("v", at.c_v)):
@@ -116,7 +96,7 @@ def test_angpt_nu_alpha_is_exact():
     alpha = torch.rand(64, generator=g) * 1.5 - 0.2
     nu = 1 / torch.sqrt(alpha ** 2 + (1 - alpha) ** 2)
     torch.testing.assert_close(T.angpt_update_ref(h, x, alpha), nu * (h + alpha * (x - h)), atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(T.K.angpt_update(h, x, alpha), nu * (h + alpha * (x - h)), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(TORCH_OPS.angpt_update(h, x, alpha), nu * (h + alpha * (x - h)), atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["silu", "relu2", "swiglu", "gelu"])
@@ -138,16 +118,14 @@ def test_angpt_activation_nu_is_a_stable_estimate(kind):
 def test_angpt_activation_sees_the_papers_input_scale(kind):
     """At width 768 (d_ff 3072) the activation's input has per-coordinate std nu_up, the logged nu_act is O(1)
     (the first version's unit-norm definition gave 45 for ReLU^2 and 90 for SwiGLU here) and the MLP output norm is 1."""
-    torch.manual_seed(0)
-    a = T.parse_args(["--preset=cpu", "--arch=angpt", "--n_layer=1", "--n_embd=768", "--n_head=6", "--seq_len=32",
-                      "--bf16=false", "--kernels=torch", f"--mlp={kind}"])
-    m = T.build_model(a)
+    m = tiny_model("--arch=angpt", "--n_layer=1", "--n_embd=768", "--n_head=6", f"--mlp={kind}")
     mlp = m.blocks[0].mlp
-    assert 1 < m.nu_act < 6, m.nu_act
+    assert 1 < m.arch.nu_act < 6, m.arch.nu_act
+    assert f"nu_act:{m.arch.nu_act:.4f}" in m.arch.summary()
     x = unit(512, 768, seed=1)
     u = mlp.c_fc(x) * mlp.up_scale
     pre = (u.chunk(2, dim=-1)[1] if kind == "swiglu" else u) * mlp.act_in_scale
-    assert pre.std().item() == pytest.approx(m.nu_up, rel=0.05)
+    assert pre.std().item() == pytest.approx(m.arch.nu_up, rel=0.05)
     assert_unit_mean(mlp(x), f"{kind} MLP at width 768")
 
 
@@ -184,29 +162,25 @@ def block_nu_act(block):
 
 @torch.no_grad()
 def test_angpt_block_matches_paper_equations():
-    m = build("--arch=angpt")
+    m = tiny_model("--arch=angpt")
     block = m.blocks[0]
     g = torch.Generator().manual_seed(0)
     for p in (block.alpha_attn.s_hat, block.alpha_mlp.s_hat, block.attn.s_qk.s_hat):
         p.copy_(p.abs().mean() * (0.5 + torch.rand(p.shape, generator=g)))
-    h = unit(2, 16, 64, seed=2)
+    h = unit(2, 16, D, seed=2)
     torch.testing.assert_close(block(h), ref_angpt_block(block, h, 0.05), atol=1e-5, rtol=1e-5)
 
 
-def test_angpt_rows_bounded_after_train_steps(tmp_path, monkeypatch):
+def test_angpt_rows_bounded_after_train_steps(tmp_path, monkeypatch, tiny_shards):
     """The real train loop: after each step every row of every weight matrix has norm <= 1."""
     saved = {}
 
     def capture(path, state, keep, log):
         saved[state["step"]] = {k: v.detach().clone() for k, v in state["model"].items() if k.endswith(".weight") and v.ndim == 2}
     monkeypatch.setattr(T, "save_checkpoint", capture)
-    a = cfg("--arch=angpt", "--batch_size=2", "--device_batch_size=2", "--steps=2", "--val_every=2", "--val_tokens=32",
-            "--sample_tokens=0", "--save_every=1", f"--log_dir={tmp_path}/logs", f"--checkpoint_dir={tmp_path}/ck")
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        assert T.train(a, T.Dist()) == 0
-    finally:
-        for s, h in handlers.items(): signal.signal(s, h)
+    a = tiny_config("--arch=angpt", *tiny_shards, "--steps=2", "--val_every=2", "--val_tokens=32", "--sample_tokens=0",
+                    "--save_every=1", f"--log_dir={tmp_path}/logs", f"--checkpoint_dir={tmp_path}/ck")
+    assert train_in_process(a) == 0
     assert sorted(saved) == [1, 2]
     for step, state in saved.items():
         for k, w in state.items():
@@ -215,14 +189,14 @@ def test_angpt_rows_bounded_after_train_steps(tmp_path, monkeypatch):
 
 @torch.no_grad()
 def test_angpt_projection_clamps_rows_to_unit_ball():
-    m = build("--arch=angpt")
+    m = tiny_model("--arch=angpt")
     w = m.blocks[0].attn.c_q.weight
     head = m.lm_head.weight
     w[0] = w[0] / w[0].norm() * 3.0       # pushed out of the ball
     w[1] = w[1] / w[1].norm() * 0.5       # inside: must stay as it is
     head[7] *= 4.0
     row1 = w[1].clone()
-    m.project_weights()
+    m.after_step(0)
     assert w[0].norm().item() == pytest.approx(1.0, abs=1e-6)
     assert head[7].norm().item() == pytest.approx(1.0, abs=1e-6)
     torch.testing.assert_close(w[1], row1)  # ||w|| <= 1 is a constraint, not a normalisation
@@ -231,7 +205,7 @@ def test_angpt_projection_clamps_rows_to_unit_ball():
 
 
 def test_angpt_scalars_start_at_init():
-    m = build("--arch=angpt")
+    m = tiny_model("--arch=angpt")
     for name, mod in m.named_modules():
         if isinstance(mod, T.Scalars):
             init = {"alpha_attn": 0.05, "alpha_mlp": 0.05, "s_qk": 1.0, "s_z": 15.0}[name.rsplit(".", 1)[-1]]
@@ -239,7 +213,7 @@ def test_angpt_scalars_start_at_init():
 
 
 def test_angpt_loss_finite_and_gradients():
-    m = build("--arch=angpt")
+    m = tiny_model("--arch=angpt")
     x, y = tokens()
     loss = m(x, y)
     assert torch.isfinite(loss)
@@ -252,7 +226,7 @@ def test_angpt_loss_finite_and_gradients():
 
 def test_dyt_forward_is_w_tanh_alpha_x_plus_b():
     g = torch.Generator().manual_seed(0)
-    n = T.Norm("dyt", 16, dyt_alpha=0.7)
+    n = T.Norm("dyt", 16, TORCH_OPS, dyt_alpha=0.7)
     assert n.alpha.shape == (1,)
     torch.testing.assert_close(n.weight.detach(), torch.ones(16)); torch.testing.assert_close(n.bias.detach(), torch.zeros(16))
     with torch.no_grad():
@@ -265,7 +239,7 @@ def test_dyt_forward_is_w_tanh_alpha_x_plus_b():
 
 def test_dyt_gradients_match_autograd_of_the_expression():
     g = torch.Generator().manual_seed(1)
-    n = T.Norm("dyt", 16, dyt_alpha=0.6)
+    n = T.Norm("dyt", 16, TORCH_OPS, dyt_alpha=0.6)
     with torch.no_grad():
         n.weight.copy_(torch.randn(16, generator=g)); n.bias.copy_(torch.randn(16, generator=g))
     x = (torch.randn(4, 8, 16, generator=g) * 2).requires_grad_()
@@ -283,13 +257,13 @@ def test_dyt_gradients_match_autograd_of_the_expression():
 
 
 def test_dyt_model_has_no_other_norm(monkeypatch):
-    m = build("--norm=dyt")
+    m = tiny_model("--norm=dyt")
     norms = [(n, mod) for n, mod in m.named_modules() if isinstance(mod, T.Norm)]
-    assert len(norms) == 4 * 2 + 1  # per block: attn, mlp, q, k; plus the final norm
+    assert len(norms) == 4 * L + 1  # per block: attn, mlp, q, k; plus the final norm
     assert all(mod.kind == "dyt" for _, mod in norms), [(n, mod.kind) for n, mod in norms if mod.kind != "dyt"]
     assert not any(isinstance(mod, (torch.nn.LayerNorm, torch.nn.RMSNorm)) for mod in m.modules())
     for fn in ("rms_norm", "l2_norm"):
-        monkeypatch.setattr(T.K, fn, lambda *a, **k: (_ for _ in ()).throw(AssertionError("a norm ran in a DyT model")))
+        monkeypatch.setattr(m.ops, fn, lambda *a, **k: (_ for _ in ()).throw(AssertionError("a norm ran in a DyT model")))
     monkeypatch.setattr(F, "layer_norm", lambda *a, **k: (_ for _ in ()).throw(AssertionError("layer_norm ran")))
     monkeypatch.setattr(F, "rms_norm", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rms_norm ran")))
     x, y = tokens()
@@ -297,7 +271,7 @@ def test_dyt_model_has_no_other_norm(monkeypatch):
 
 
 def test_dyt_no_qk_keeps_rmsnorm_on_q_k():
-    m = build("--norm=dyt", "--no-dyt_qk")
+    m = tiny_model("--norm=dyt", "--no-dyt_qk")
     for n, mod in m.named_modules():
         if isinstance(mod, T.Norm):
             assert mod.kind == ("rmsnorm" if n.endswith(("q_norm", "k_norm")) else "dyt"), (n, mod.kind)
@@ -307,20 +281,21 @@ def test_dyt_no_qk_keeps_rmsnorm_on_q_k():
     ([], (0.8, 0.2, 0.2)),
     (["--dyt_alpha_attn=0.5", "--dyt_alpha_mlp=0.3", "--dyt_alpha_final=0.1"], (0.5, 0.3, 0.1))])
 def test_dyt_alpha_inits_per_site(flags, expect):
-    m = build("--norm=dyt", *flags)
+    m = tiny_model("--norm=dyt", *flags)
     attn, mlp, final = expect
     for b in m.blocks:
         assert b.attn_norm.alpha.item() == pytest.approx(attn)
         assert b.mlp_norm.alpha.item() == pytest.approx(mlp)
         assert b.attn_norm.alpha.requires_grad
-    assert m.final_norm.alpha.item() == pytest.approx(final)
+    assert m.arch.final_norm.alpha.item() == pytest.approx(final)
 
 
 def test_dyt_embed_scale():
-    assert build("--norm=dyt").embed_scale is None
-    m = build("--norm=dyt", "--dyt_embed_scale")
-    assert isinstance(m.embed_scale, torch.nn.Parameter) and m.embed_scale.requires_grad
-    torch.testing.assert_close(m.embed_scale.detach(), torch.tensor([math.sqrt(64)]))
+    assert tiny_model("--norm=dyt").arch.embed_scale is None
+    m = tiny_model("--norm=dyt", "--dyt_embed_scale")
+    scale = m.arch.embed_scale
+    assert isinstance(scale, torch.nn.Parameter) and scale.requires_grad
+    torch.testing.assert_close(scale.detach(), torch.tensor([math.sqrt(D)]))
     with torch.no_grad():  # the GPT head starts at zero, which would zero every gradient upstream
         m.lm_head.weight.normal_(0, 0.1)
     seen = []
@@ -328,11 +303,11 @@ def test_dyt_embed_scale():
     x, y = tokens()
     loss = m(x, y)
     hook.remove()
-    torch.testing.assert_close(seen[0], m.wte(x) * 8.0)
+    torch.testing.assert_close(seen[0], m.wte(x) * math.sqrt(D))
     loss.backward()
-    assert m.embed_scale.grad is not None and m.embed_scale.grad.abs() > 0
-    opts = T.build_optimizers(m, cfg("--norm=dyt", "--dyt_embed_scale"))
-    assert any(p is m.embed_scale for o in opts for g in o.param_groups for p in g["params"])
+    assert scale.grad is not None and scale.grad.abs() > 0
+    opts = T.build_optimizers(m, tiny_config("--norm=dyt", "--dyt_embed_scale"))
+    assert any(p is scale for o in opts for g in o.param_groups for p in g["params"])
 
 
 # ============================================================================= norm_skip_tol
@@ -346,7 +321,8 @@ def _rows_with_rms(rms_values, d=64, seed=0):
 def test_norm_skip_tol_rows(tol):
     rms = [1.0, 1.05, 0.93, 1.2, 0.5, 2.0, 1.25, 0.72]
     x = _rows_with_rms(rms)
-    n = T.Norm("rmsnorm", 64, skip_tol=tol)
+    probe = T.Probe()
+    n = T.Norm("rmsnorm", 64, TORCH_OPS, probe, skip_tol=tol)
     y = n(x)
     full = F.rms_norm(x, (64,), eps=1e-6)
     for i, r in enumerate(rms):
@@ -355,46 +331,46 @@ def test_norm_skip_tol_rows(tol):
         else:
             torch.testing.assert_close(y[i], full[i], atol=1e-6, rtol=1e-6, msg=f"row rms {r} must be normalised")
     assert sum(abs(r - 1) < tol for r in rms) not in (0, len(rms))
-    with T.measure_stats() as s:
+    with probe.measure() as s:
         n(x)
     assert s["norm_skip_frac"] == [pytest.approx(sum(abs(r - 1) < tol for r in rms) / len(rms))]
 
 
 def test_norm_skip_tol_zero_is_rmsnorm():
     x = _rows_with_rms([1.0, 1.01, 0.99, 3.0, 0.2]) + 0.01
-    torch.testing.assert_close(T.Norm("rmsnorm", 64, skip_tol=0.0)(x), F.rms_norm(x, (64,), eps=1e-6), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(T.Norm("rmsnorm", 64, TORCH_OPS, skip_tol=0.0)(x), F.rms_norm(x, (64,), eps=1e-6), atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(T.rms_norm_ref(x), F.rms_norm(x, (64,), eps=1e-6), atol=1e-6, rtol=1e-6)
 
 
 def test_norm_skip_tol_reaches_the_block_norms():
-    m = build("--norm_skip_tol=0.1")
+    m = tiny_model("--norm_skip_tol=0.1")
     for b in m.blocks:
         assert b.attn_norm.skip_tol == 0.1 and b.mlp_norm.skip_tol == 0.1
     x, _ = tokens()
-    with T.measure_stats() as s:
+    with m.probe.measure() as s:
         m(x)
-    assert len(s["norm_skip_frac"]) == 2 * 2 and all(0 <= v <= 1 for v in s["norm_skip_frac"])
+    assert len(s["norm_skip_frac"]) == 2 * L and all(0 <= v <= 1 for v in s["norm_skip_frac"])
 
 
 # ============================================================================= qkv_head_dim
 
 def test_qkv_head_dim_shapes_and_counts():
-    base, low = build(), build("--qkv_head_dim=16")
+    base, low = tiny_model(), tiny_model("--qkv_head_dim=16")
     for b in low.blocks:
         for lin in (b.attn.c_q, b.attn.c_k, b.attn.c_v):
-            assert tuple(lin.weight.shape) == (2 * 16, 64)
-        assert tuple(b.attn.c_proj.weight.shape) == (64, 2 * 16)
+            assert tuple(lin.weight.shape) == (H * 16, D)
+        assert tuple(b.attn.c_proj.weight.shape) == (D, H * 16)
         assert b.attn.head_dim == 16
     count = lambda m: sum(p.numel() for p in m.parameters())
-    # per layer: 4 matrices of 64 x 64 become 4 of 64 x 32
-    assert count(base) - count(low) == 2 * 4 * (64 * 64 - 64 * 32)
+    # per layer: 4 matrices of D x D become 4 of D x (H * 16)
+    assert count(base) - count(low) == L * 4 * (D * D - D * H * 16)
     x, y = tokens()
     assert torch.isfinite(low(x, y))
 
 
 def test_qkv_head_dim_equal_to_head_dim_is_the_baseline():
     x, y = tokens()
-    base, same = build(seed=3), build("--qkv_head_dim=32", seed=3)
+    base, same = tiny_model(seed=3), tiny_model(f"--qkv_head_dim={HD}", seed=3)
     with torch.no_grad():  # output projections are zero at init: give them weights so attention matters
         for m in (base, same):
             torch.manual_seed(5)
@@ -408,13 +384,13 @@ def test_qkv_head_dim_equal_to_head_dim_is_the_baseline():
 
 @torch.no_grad()
 def test_mlp_skip_threshold_skips_low_rms_tokens():
-    m = build()
+    m = tiny_model()
     torch.manual_seed(1)
     for b in m.blocks:  # non-zero output projections so both the attention and the MLP do something
         b.attn.c_proj.weight.normal_(0, 0.05); b.mlp.c_proj.weight.normal_(0, 0.05)
     block = m.blocks[0]
     g = torch.Generator().manual_seed(2)
-    x = torch.randn(2, 32, 64, generator=g) * torch.rand(2, 32, 1, generator=g) * 0.6
+    x = torch.randn(2, 32, D, generator=g) * torch.rand(2, 32, 1, generator=g) * 0.6
     x_attn = x + block.attn(block.attn_norm(x))                        # the residual after attention
     dense = x_attn + block.mlp(block.mlp_norm(x_attn))
     rms = x_attn.pow(2).mean(-1).sqrt()
@@ -423,8 +399,8 @@ def test_mlp_skip_threshold_skips_low_rms_tokens():
     assert 0 < skip.sum() < skip.numel()
     block.mlp_skip_threshold = threshold
     rows = []
-    hook = block.mlp.register_forward_hook(lambda mod, inp, out: rows.append(inp[0].reshape(-1, 64).shape[0]))
-    with T.measure_stats() as s:
+    hook = block.mlp.register_forward_hook(lambda mod, inp, out: rows.append(inp[0].reshape(-1, D).shape[0]))
+    with m.probe.measure() as s:
         out = block(x)
     hook.remove()
     torch.testing.assert_close(out[skip], x_attn[skip], atol=1e-6, rtol=0)
@@ -436,12 +412,12 @@ def test_mlp_skip_threshold_skips_low_rms_tokens():
 
 
 def test_mlp_skip_threshold_flag_and_stats():
-    m = build("--mlp_skip_threshold=0.15")
+    m = tiny_model("--mlp_skip_threshold=0.15")
     assert all(b.mlp_skip_threshold == 0.15 for b in m.blocks)
     x, y = tokens()
-    with T.measure_stats() as s:
+    with m.probe.measure() as s:
         loss = m(x, y)
     assert torch.isfinite(loss)
-    assert len(s["mlp_skip_frac"]) == 2 and all(0 <= v <= 1 for v in s["mlp_skip_frac"])
+    assert len(s["mlp_skip_frac"]) == L and all(0 <= v <= 1 for v in s["mlp_skip_frac"])
     loss.backward()
-    assert build().blocks[0].mlp_skip_threshold == 0
+    assert tiny_model().blocks[0].mlp_skip_threshold == 0

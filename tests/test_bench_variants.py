@@ -1,23 +1,41 @@
-"""tests/bench_variants.py runs and prints its table (a smoke test: no timing is asserted, the numbers are noise here)."""
+"""The benchmark scripts run on a CPU: tests/bench_variants.py prints its table (a smoke test: no timing is asserted,
+the numbers are noise here); tests/bench_kernels.py (GPU only) covers every op of train_gpt.OPS with inputs its ops accept."""
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import pytest
+import torch
+
+import train_gpt as T
+from conftest import ROOT, cli_env
+
 
 def test_bench_variants_prints_side_by_side_ratios(tmp_path):
     out = tmp_path / "bench.txt"
-    r = subprocess.run([sys.executable, str(REPO / "tests" / "bench_variants.py"), "--reps=3", "--warmup=1",
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "bench_variants.py"), "--reps=3", "--warmup=1",
                         "--scale=--preset=cpu --n_layer=1 --n_embd=64 --n_head=2 --seq_len=16 --batch_size=2 "
                         "--device_batch_size=2 --kernels=torch", "--out", str(out),
-                        "--configs", "gpt=", "ngpt=--arch=ngpt", "skip=--mlp_skip_threshold=100"],
-                       capture_output=True, text=True, timeout=300, cwd=REPO)
+                        "--configs", "gpt=", "ngpt=--arch=ngpt", "angpt=--arch=angpt", "skip=--mlp_skip_threshold=100"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT, env=cli_env())
     assert r.returncode == 0, r.stderr[-3000:]
     rows = {l.split()[0]: l.split() for l in r.stdout.splitlines() if l and not l.startswith(("#", "config"))}
-    assert list(rows) == ["gpt", "ngpt", "skip"] and out.read_text() == r.stdout
+    assert list(rows) == ["gpt", "ngpt", "angpt", "skip"] and out.read_text() == r.stdout
     assert rows["gpt"][-4:-1] == ["1.000", "[1.000,", "1.000]"] and rows["gpt"][-1] == "-"
-    for label in ("ngpt", "skip"):
+    for label in ("ngpt", "angpt", "skip"):
         ms, ratio, p = float(rows[label][-5]), float(rows[label][-4]), float(rows[label][-1])
         assert ms > 0 and ratio > 0 and 0 <= p <= 1
     assert re.search(r"3 rounds \(\+1 warm-up\), device cpu", r.stdout)
+
+
+def test_bench_kernels_covers_every_op():
+    """bench_kernels.py's op list is train_gpt.OPS, and its inputs run through each Triton op (the interpreter here)
+    close to the reference; without a GPU the script says so and exits 0."""
+    pytest.importorskip("triton")
+    import bench_kernels
+    assert list(bench_kernels.TENSORS) == list(T.OPS)
+    for op in T.OPS:
+        args = bench_kernels.make_args(op, 3, 64, "cpu")
+        assert bench_kernels.max_error(op, args, T) < 0.02, op
+    if not torch.cuda.is_available():
+        assert bench_kernels.main([]) == 0

@@ -1,27 +1,20 @@
-"""train_gpt.py's command line: flag syntax, presets, typos, bad values and bad combinations.
+"""train_gpt.py's command line: flag syntax, presets, --help, typos, bad values and bad combinations.
 
-Everything here goes through the real `parse_args` (and, for the start-up order, the real CLI in a
+Everything here goes through the real `parse_args` (and, for --help and the start-up order, the real CLI in a
 subprocess). Expected values are written out, never read back from the code under test, except where a
-test is about "the preset equals the dataclass defaults"."""
+test is about "the preset equals the dataclass defaults" or "--help lists every field"."""
 import dataclasses
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 import train_gpt
+from conftest import ROOT, cli_env, run_cli
 from train_gpt import PRESETS, ConfigError, Hyperparameters, parse_args
 
-ROOT = Path(__file__).resolve().parent.parent
 # a run that must not be able to read any data: if validation did not come first we would see a data error
 NO_DATA = ["--train_files=/nonexistent/*_train_*.bin", "--val_files=/nonexistent/*_val_*.bin"]
-
-
-def cli(*args, timeout=120):
-    return subprocess.run([sys.executable, str(ROOT / "train_gpt.py"), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 # ----------------------------------------------------------------------------- flag syntax
@@ -76,8 +69,9 @@ def test_malformed_flags(argv, needle):
 # ----------------------------------------------------------------------------- presets
 
 def cpu_defaults():
-    """What --preset=cpu must give: the dataclass defaults overlaid with the cpu preset's own values."""
-    return dataclasses.replace(Hyperparameters(), **PRESETS["cpu"], preset="cpu")
+    """What --preset=cpu must give: the dataclass defaults overlaid with the cpu preset's own values (and the
+    run name resolved from --arch and --seed)."""
+    return dataclasses.replace(Hyperparameters(), **PRESETS["cpu"], preset="cpu", run_name="gpt_s0")
 
 
 def test_cpu_preset():
@@ -107,6 +101,14 @@ def test_explicit_flags_override_the_preset():
     default_layers = Hyperparameters().n_layer
     assert default_layers != PRESETS["speedrun"]["n_layer"]
     assert parse_args(["--preset=speedrun", f"--n_layer={default_layers}"]).n_layer == default_layers
+
+
+def test_run_name_defaults_to_arch_and_seed():
+    assert Hyperparameters().run_name == ""  # '' in the dataclass: resolved by parse_args
+    assert parse_args(["--preset=cpu"]).run_name == "gpt_s0"
+    assert parse_args(["--preset=cpu", "--arch=ngpt", "--seed=3"]).run_name == "ngpt_s3"
+    assert parse_args(["--preset=cpu", "--arch=ngpt", "--run_name=mine"]).run_name == "mine"
+    assert parse_args(["--preset=cpu", "--seed=3", "--run_name="]).run_name == "gpt_s3"
 
 
 def test_no_preset_picks_by_cuda():
@@ -140,7 +142,7 @@ def test_unknown_flag_suggests_a_close_match(flag, suggestion):
     ("--n_layer=abc", ["--n_layer", "abc", "int"]),
     ("--n_layer=2.5", ["--n_layer", "2.5"]),
     ("--lr=fast", ["--lr", "fast", "float"]),
-    ("--arch=foo", ["--arch", "foo", "gpt", "ngpt", "angpt"]),
+    ("--arch=foo", ["--arch='foo'", "choose one of 'gpt', 'ngpt', 'angpt'"]),
     ("--norm=batchnorm", ["--norm", "batchnorm", "rmsnorm"]),
     ("--mlp=relu", ["--mlp", "relu2"]),
     ("--optimizer=sgd", ["--optimizer", "muon"]),
@@ -166,7 +168,11 @@ def test_bad_value_names_the_flag(flag, names):
     (["--dyt_alpha_mlp=0.5"], ["--dyt_alpha_mlp", "--norm=dyt"]),          # a DyT flag without --norm=dyt
     (["--arch=gpt", "--ngpt_alpha_init=0.15"], ["--ngpt_alpha_init", "--arch"]),
     (["--ngpt_residual=add"], ["--ngpt_residual"]),                       # the default arch is gpt
-    (["--arch=gpt", "--ngpt_proj_every=7", "--ngpt_radius=0.95"], ["--ngpt_proj_every", "--ngpt_radius"]),
+    (["--arch=gpt", "--ngpt_proj_every=7"], ["--ngpt_proj_every", "--arch=ngpt", "got --arch=gpt"]),
+    (["--arch=angpt", "--ngpt_radius=0.95"], ["--ngpt_radius", "--arch=ngpt", "got --arch=angpt"]),
+    (["--arch=ngpt", "--angpt_logit_scale=10"], ["--angpt_logit_scale", "--arch=angpt", "got --arch=ngpt"]),
+    (["--arch=ngpt", "--logit_softcap=15"], ["--logit_softcap", "--arch=gpt", "got --arch=ngpt"]),
+    (["--arch=angpt", "--mlp_skip_threshold=0.1"], ["--mlp_skip_threshold", "--arch=gpt", "got --arch=angpt"]),
     (["--norm=layernorm", "--norm_skip_tol=0.1"], ["--norm_skip_tol", "--norm=layernorm"]),
     (["--vocab_size=1"], ["--vocab_size"]),
     (["--seq_len=64", "--val_tokens=32"], ["--val_tokens", "--seq_len"]),
@@ -193,15 +199,44 @@ def test_good_combinations_pass():
         parse_args(["--preset=cpu", *flags])
 
 
-@pytest.mark.parametrize("flag", [
-    "--save_every=-1",     # validate() only checks save_every when --resume is set: -1 then checkpoints every step
-    "--mlp_ratio=0",       # passes parse_args, then ZeroDivisionError (a traceback) while initialising the model
-    "--adam_beta1=1.0",    # passes parse_args, then torch's "Invalid beta parameter" after the data is read
+@pytest.mark.parametrize("flags, message", [
+    (["--lr=-1"], "--lr=-1.0 must be >= 0"),
+    (["--muon_lr=-0.1"], "--muon_lr=-0.1 must be >= 0"),
+    (["--lr=nan"], "--lr=nan must be >= 0"),
+    (["--keep_checkpoints=0"], "--keep_checkpoints=0 must be >= 1"),
+    (["--keep_checkpoints=-1"], "--keep_checkpoints=-1 must be >= 1"),
+    (["--save_every=-1"], "--save_every=-1 must be >= 0"),
+    (["--mlp_ratio=0"], "--mlp_ratio=0.0 must be > 0"),
+    (["--adam_beta1=1.0"], "--adam_beta1=1.0 must be < 1"),
+    (["--muon_momentum=1"], "--muon_momentum=1.0 must be < 1"),
+    (["--temperature=-0.5"], "--temperature=-0.5 must be >= 0"),
+    (["--top_p=1.5"], "--top_p=1.5 must be <= 1"),
+    (["--steps=0"], "--steps=0 must be >= 1"),
+    (["--arch=ngpt", "--ngpt_proj_every=0"], "--ngpt_proj_every=0 must be >= 1"),
+    (["--arch=ngpt", "--ngpt_radius=0"], "--ngpt_radius=0.0 must be > 0"),
+    (["--arch=angpt", "--angpt_nu_samples=100"], "--angpt_nu_samples=100 must be >= 1024"),
+    (["--n_embd=64", "--mlp_ratio=0.001"], "--mlp_ratio=0.001 gives an MLP of width 0 at --n_embd=64"),
+    (["--n_embd=66", "--n_head=2"], "--n_embd=66 / --n_head=2 gives an odd head dim: RoPE rotates pairs"),
+    (["--qkv_head_dim=15"], "odd head dim: RoPE"),
 ])
-def test_nonsense_values_fail_in_parse_args(flag):
+def test_out_of_range_values_fail_naming_the_flag(flags, message):
     with pytest.raises(ConfigError) as e:
-        parse_args(["--preset=cpu", "--optimizer=adam", flag])
-    assert flag.split("=")[0] in str(e.value)
+        parse_args(["--preset=cpu", *flags])
+    assert message in str(e.value)
+
+
+def test_odd_head_dim_is_fine_without_rope():
+    """The counterpart of the odd-head-dim error: RoPE is what needs pairs."""
+    a = parse_args(["--preset=cpu", "--n_embd=66", "--n_head=2", "--no-rope"])
+    assert (a.n_embd // a.n_head, a.rope) == (33, False)
+    parse_args(["--preset=cpu", "--n_embd=64", "--mlp_ratio=0.02"])  # width 1: the smallest MLP there is
+
+
+@pytest.mark.parametrize("flag", ["--lr=-1", "--keep_checkpoints=0", "--arch=foo"])
+def test_main_reports_bad_values_without_a_traceback(flag, capsys):
+    assert train_gpt.main(["--preset=cpu", flag, *NO_DATA]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("error: " + flag.split("=")[0]) and "Traceback" not in err and out == "", err
 
 
 def test_batch_that_cannot_split_fails_in_parse_args():
@@ -216,10 +251,68 @@ def test_batch_that_cannot_split_fails_in_parse_args():
             assert n in str(e.value)
 
 
-# ----------------------------------------------------------------------------- the real CLI: validation precedes data
+# ----------------------------------------------------------------------------- the real CLI: --help, validation precedes data
+
+EXPECTED_GROUPS = {  # a few flags of each group, written out; the test checks every field against its metadata too
+    "data": ["--train_files", "--val_files", "--seq_len", "--grad_accum"],
+    "model": ["--arch", "--vocab_size", "--n_layer", "--mlp_ratio", "--rope_base"],
+    "gpt": ["--norm", "--post_norm", "--logit_softcap", "--mlp_skip_threshold"],
+    "dyt": ["--dyt_alpha_attn", "--dyt_embed_scale"],
+    "ngpt": ["--ngpt_alpha_init", "--ngpt_radius", "--ngpt_residual"],
+    "angpt": ["--angpt_alpha_init", "--angpt_nu_samples"],
+    "optimizer": ["--optimizer", "--lr", "--muon_lr", "--min_lr_frac"],
+    "run": ["--preset", "--steps", "--kernels", "--keep_checkpoints", "--prompt"],
+}
+
+
+def help_sections(text):
+    """--help's text -> [(group header, {flag: the rest of its line})] in order."""
+    sections = []
+    for line in text.splitlines():
+        if line and not line.startswith(" ") and line.endswith(":"):
+            sections.append((line[:-1], {}))
+        elif line.startswith("  --"):
+            flag, _, rest = line.strip().partition(" ")
+            sections[-1][1][flag] = rest.strip()
+    return sections
+
+
+def test_cli_help_lists_every_flag_with_its_default_by_group():
+    r = run_cli("--help")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert r.stdout.startswith("usage: train_gpt.py")
+    sections = help_sections(r.stdout)
+    listed = {flag: (group, rest) for group, flags in sections for flag, rest in flags.items()}
+    for group, flags in EXPECTED_GROUPS.items():
+        for flag in flags:
+            assert listed[flag][0] == group, (flag, listed[flag])
+    assert listed["--n_layer"][1].split()[0] == "4" and listed["--lr"][1].split()[0] == "0.0"
+    assert listed["--rope"][1].split()[0] == "True" and listed["--prompt"][1].split()[0] == repr("\n")
+    assert listed["--mlp"][1].startswith("'relu2' (relu2|swiglu|gelu|silu)") and "MLP activation" in listed["--mlp"][1]
+    assert listed["--kernels"][1].startswith("'auto' (auto|triton|torch)")
+    # every field, under the group its metadata (or the nearest field above it) names, with its default
+    fields = dataclasses.fields(Hyperparameters)
+    assert len(listed) == len(fields) == sum(len(f) for _, f in sections)
+    group = None
+    for f in fields:
+        group = f.metadata.get("group") or group
+        assert listed[f"--{f.name}"][0] == group, f.name
+        assert listed[f"--{f.name}"][1].split()[0] == repr(f.default), f.name
+    assert [g for g, _ in sections] == [f.metadata["group"] for f in fields if f.metadata.get("group")]
+    assert "presets: --preset=cpu, --preset=speedrun" in r.stdout
+
+
+def test_help_wins_over_other_flags(capsys):
+    """--help anywhere (or -h first) prints the same usage and exits 0, even next to a typo; a later -h can be a
+    flag's value (--prompt -h)."""
+    assert train_gpt.main(["--n_layers=bogus", "--help"]) == 0
+    out, err = capsys.readouterr()
+    assert out == train_gpt.usage() + "\n" and err == ""
+    assert "--keep_checkpoints" in out and "run:" in out
+
 
 def test_cli_bad_combination_fails_before_reading_data():
-    r = cli("--n_embd=100", "--n_head=3", *NO_DATA)
+    r = run_cli("--n_embd=100", "--n_head=3", *NO_DATA)
     assert r.returncode != 0
     assert "--n_embd" in r.stderr and "--n_head" in r.stderr, r.stderr
     assert "nonexistent" not in r.stderr and "matches no file" not in r.stderr, r.stderr
@@ -227,7 +320,7 @@ def test_cli_bad_combination_fails_before_reading_data():
 
 
 def test_cli_typo_and_bad_value():
-    r = cli("--n_layers=3", "--arch=foo", *NO_DATA)
+    r = run_cli("--n_layers=3", "--arch=foo", *NO_DATA)
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
     assert "--n_layers" in r.stderr and "--n_layer?" in r.stderr, r.stderr
     assert "matches no file" not in r.stderr
@@ -235,7 +328,7 @@ def test_cli_typo_and_bad_value():
 
 def test_cli_missing_data_is_reported_after_valid_flags(tmp_path):
     """The counterpart of the tests above: with valid flags the same run does reach the data and names it."""
-    r = cli("--preset=cpu", *NO_DATA, f"--log_dir={tmp_path}")
+    r = run_cli("--preset=cpu", *NO_DATA, f"--log_dir={tmp_path}")
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
     assert "--train_files=/nonexistent/*_train_*.bin" in r.stderr and "matches no file" in r.stderr
     assert list(tmp_path.iterdir()) == []  # nothing was logged before the data check
@@ -246,6 +339,6 @@ def test_import_has_no_side_effects(tmp_path):
     code = ("import sys; sys.argv = ['x', '--n_layers=bogus']; import torch.distributed as d, train_gpt; "
             "assert not d.is_initialized(); print('ok')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+                       env=cli_env(PYTHONPATH=str(ROOT)))
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
     assert list(tmp_path.iterdir()) == []

@@ -1,4 +1,5 @@
-"""data/: GPT-2 BPE files, shard I/O, the embedded Shakespeare shards and the data scripts."""
+"""data/: GPT-2 BPE files, the embedded Shakespeare shards and the data scripts. The shard format itself and its
+errors are tested in test_loader.py."""
 import hashlib
 import os
 import shutil
@@ -10,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT
+
 DATA = ROOT / "data"
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(DATA))
 
 from train_gpt import EOT_TOKEN, gpt2_encoding, read_shard, write_shard  # noqa: E402
@@ -72,27 +73,7 @@ def test_corrupted_bpe_files_fail_clearly(tmp_path):
         gpt2_encoding(str(tmp_path))
 
 
-# ----------------------------------------------------------------------------- shards
-
-def test_shard_round_trip(tmp_path):
-    tokens = np.array([EOT_TOKEN, 0, 1, 15496, 995, 65535, 50256], dtype=np.uint16)
-    path = tmp_path / "x_train_000000.bin"
-    write_shard(path, tokens)
-    assert path.stat().st_size == 256 * 4 + 2 * len(tokens)
-    header = np.fromfile(path, dtype=np.int32, count=256)
-    assert header[:3].tolist() == [20240520, 1, len(tokens)] and not header[3:].any()
-    np.testing.assert_array_equal(read_shard(path), tokens)
-    write_shard(tmp_path / "empty.bin", np.zeros(0, dtype=np.uint16))
-    assert len(read_shard(tmp_path / "empty.bin")) == 0
-
-
-def test_bad_shard_is_named(tmp_path):
-    path = tmp_path / "bad.bin"
-    write_shard(path, np.arange(10, dtype=np.uint16))
-    path.write_bytes(path.read_bytes()[:-2])  # truncated
-    with pytest.raises(ValueError, match="bad.bin"):
-        read_shard(path)
-
+# ----------------------------------------------------------------------------- tokenize_text.write_split
 
 def test_write_split_shards_and_stale_removal(tmp_path):
     docs = [np.arange(i * 10, i * 10 + n, dtype=np.uint16) for i, n in enumerate([7, 3, 12, 1])]

@@ -7,16 +7,11 @@ The vocabulary is the 1,023 most frequent GPT-2 tokens of the Shakespeare train 
 into one id), so the 50k head does not dominate the cost and the data is still language. Checks per run: no
 NaN, no step's train loss above the first step's, a clear fall; for anGPT the hidden-state norm (logged at each
 validation, here every step) stays within [0.5, 2], the paper's premise that the nu factors keep it near 1."""
-import re
-import signal
-
 import numpy as np
 import pytest
 
 import train_gpt as T
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT, step_lines, train_in_process
 
 VOCAB = 1024
 RUNS = {  # name -> flags; every --arch with both MLP kinds, and DyT
@@ -51,15 +46,11 @@ def train_full_width(d, name, flags):
                       "--val_tokens=512", "--sample_tokens=0", "--kernels=torch", "--bf16=true",
                       f"--train_files={d}/syn_train_*.bin", f"--val_files={d}/syn_val_*.bin",
                       f"--log_dir={d}/logs", f"--run_name={name}", f"--checkpoint_dir={d}/ck"] + flags)
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        assert T.train(a, T.Dist()) == 0
-    finally:
-        for s, h in handlers.items(): signal.signal(s, h)
+    assert train_in_process(a) == 0
     (log,) = (d / "logs").glob(f"{name}_*.txt")
-    text = log.read_text()
-    train = [float(x) for x in re.findall(r"^step:\d+/20 train_loss:(\S+)", text, re.M)]
-    hidden = [float(x) for x in re.findall(r"^step:\d+/20 val_loss:.* hidden_norm:(\S+)", text, re.M)]
+    lines = step_lines(log.read_text())
+    train = [loss for _, loss in sorted(lines["train"].items())]
+    hidden = [float(f["hidden_norm"]) for _, (_, f) in sorted(lines["val"].items()) if "hidden_norm" in f]
     return a, train, hidden
 
 

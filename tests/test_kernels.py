@@ -1,13 +1,14 @@
-"""Triton kernels against their torch references (Triton's interpreter on CPU), custom-op registration, kernel
-selection, and ahead-of-time compilation of every kernel for Hopper (sm_90) without a GPU."""
-import os, sys, zlib, inspect, contextlib, subprocess, textwrap
+"""Triton kernels against their torch references (Triton's interpreter on CPU), custom-op registration, the
+kernel choice (T.Ops, held by each model), and ahead-of-time compilation of every kernel for Hopper (sm_90)
+without a GPU."""
+import os, sys, zlib, inspect, subprocess, textwrap
 import pytest
 import torch
 
 pytest.importorskip("triton")
 import train_gpt as T
+from conftest import ROOT, tiny_model, tokens
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU_TILE = T.INTERPRET_TILE  # elements per tile the interpreter uses by default (big: its cost is per program)
 
 @pytest.fixture(autouse=True)
@@ -36,8 +37,6 @@ def make_inputs(op, shape, dtype, variant):
         return (h, x, alpha, rnd(d) if variant.get("gate") else None), dict(residual=variant["residual"])
     if op == "angpt_update":
         return (h.to(dtype), x, torch.rand(d, generator=g)), {}
-    if op == "gated_residual":
-        return (h.to(dtype), x, rnd(d)), {}
     if op == "dyt":
         return (x, torch.tensor([0.7]), 1 + rnd(d, scale=0.3), rnd(d, scale=0.3) if variant.get("bias") else None), {}
     raise ValueError(op)
@@ -79,7 +78,6 @@ VARIANTS = [
     ("ngpt_update", dict(residual="lerp")), ("ngpt_update", dict(residual="lerp", gate=True)),
     ("ngpt_update", dict(residual="add")), ("ngpt_update", dict(residual="add", gate=True)),
     ("angpt_update", {}),
-    ("gated_residual", {}),
     ("dyt", {}), ("dyt", dict(bias=True)),
 ]
 
@@ -118,7 +116,6 @@ def test_strided_and_broadcast_inputs():
     compare("ngpt_update", (h, x, torch.rand(200) * 0.3, torch.randn(200)))
     compare("ngpt_update", (h, x, torch.tensor([0.2]), torch.randn(1)), dict(residual="add"))
     compare("angpt_update", (h, x, torch.tensor([0.3])))
-    compare("gated_residual", (h, x, torch.randn(1)))
     compare("rms_norm", (x, torch.randn(200)))
 
 def test_empty_rows():
@@ -141,23 +138,22 @@ def test_custom_ops_pass_opcheck():
         (T._ngpt_update_op, (*grad(h, x, alpha, g), "lerp")), (T._ngpt_update_op, (*grad(h, x, alpha), None, "add")),
         (T._ngpt_update_bwd_op, (h, h, x, alpha, g, ng_stats, "lerp")),
         (T._angpt_update_op, grad(h, x, alpha)), (T._angpt_update_bwd_op, (x, h, x, alpha)),
-        (T._gated_residual_op, grad(h, x, g)), (T._gated_residual_bwd_op, (h, x, g)),
         (T._dyt_op, grad(x, torch.tensor([0.5]), w, g)), (T._dyt_op, (*grad(x, torch.tensor([0.5]), w), None)),
         (T._dyt_bwd_op, (h, x, torch.tensor([0.5]), w, g)),
     ]
+    assert {op._qualname for op, _ in cases} == {f"train_gpt::{n}{s}" for n in T.OPS for s in ("", "_bwd")}  # every op, both passes
     for op, args in cases:
         torch.library.opcheck(op, args)
 
 def test_torch_compile_fullgraph():
-    """All six ops in one graph under torch.compile(fullgraph=True) (aot_eager: inductor's CPU codegen adds nothing here)."""
+    """All five ops in one graph under torch.compile(fullgraph=True) (aot_eager: inductor's CPU codegen adds nothing here)."""
     def chain(ops, x, h, w, g, a):
         y = ops["rms_norm"](x, w, skip_tol=0.0)
         y = ops["ngpt_update"](ops["l2_norm"](h), y, a, g)
         y = ops["angpt_update"](y, x, a)
-        y = ops["gated_residual"](y, x, g)
         return ops["dyt"](y, a[:1], w, g)
-    tri = {n: getattr(T, n + "_triton") for n in T.KERNEL_OPS}
-    ref = {n: getattr(T, n + "_ref") for n in T.KERNEL_OPS}
+    ref = {n: r for n, (r, _) in T.OPS.items()}
+    tri = {n: t for n, (_, t) in T.OPS.items()}
     args = (torch.randn(4, 96), torch.randn(4, 96), torch.randn(96), torch.randn(96), torch.rand(96) * 0.3)
     torch._dynamo.reset()
     compiled = torch.compile(lambda *a: chain(tri, *a), fullgraph=True, backend="aot_eager")
@@ -168,48 +164,108 @@ def test_torch_compile_fullgraph():
     for a, b in zip(g1, g2):
         close(a, b, "grad")
 
-def test_set_kernels():
-    for n in T.KERNEL_OPS:  # the model calls K.<op> the same way whichever implementation is in use
-        assert inspect.signature(getattr(T, n + "_triton")) == inspect.signature(getattr(T, n + "_ref")), n
-    try:
-        assert T.set_kernels("torch", torch.device("cpu")) == "torch" and T.K.rms_norm is T.rms_norm_ref
-        assert T.set_kernels("auto", "cpu") == "torch" and T.K.dyt is T.dyt_ref
-        assert T.set_kernels("triton", "cpu") == "triton"
-        assert all(getattr(T.K, n) is getattr(T, n + "_triton") for n in T.KERNEL_OPS)
-        with pytest.raises(ValueError, match="choose one of"):
-            T.set_kernels("cuda", "cpu")
-    finally:
-        T.set_kernels("torch", "cpu")
+OP_NAMES = ["rms_norm", "l2_norm", "ngpt_update", "angpt_update", "dyt"]
+
+def test_ops_table_and_choice():
+    """OPS pairs each op's reference with its Triton op (same signature: the model calls ops.<name> the same way
+    whichever is in use); Ops picks one set per --kernels."""
+    assert list(T.OPS) == OP_NAMES
+    for n, (ref, tri) in T.OPS.items():
+        assert ref is getattr(T, n + "_ref") and tri is getattr(T, n + "_triton"), n
+        assert inspect.signature(tri) == inspect.signature(ref), n
+    for mode, device in (("torch", "cpu"), ("torch", torch.device("cuda")), ("auto", "cpu"), ("auto", torch.device("cpu"))):
+        ops = T.Ops(mode, device)
+        assert ops.name == "torch" and repr(ops) == "Ops('torch')", (mode, device)
+        assert all(getattr(ops, n) is T.OPS[n][0] for n in OP_NAMES), (mode, device)
+    assert T.Ops().name == "torch"  # the default
+    for ops in (T.Ops("triton", "cpu"), T.Ops("auto", "cuda")):  # triton forces it; auto takes it on CUDA
+        assert ops.name == "triton" and all(getattr(ops, n) is T.OPS[n][1] for n in OP_NAMES)
+    for bad in ("cuda", "Triton", ""):
+        with pytest.raises(ValueError, match="choose one of 'auto', 'triton', 'torch'"):
+            T.Ops(bad, "cpu")
+
+def spy(ops, calls):
+    """ops with every op recording (name, implementation) in `calls` when called."""
+    for n in OP_NAMES:
+        fn = getattr(ops, n)
+        setattr(ops, n, lambda *a, _n=n, _fn=fn, **k: (calls.append((_n, _fn)), _fn(*a, **k))[1])
+    return ops
+
+@pytest.mark.parametrize("arch, used", [("gpt", {"rms_norm"}), ("ngpt", {"l2_norm", "ngpt_update"}),
+                                        ("angpt", {"l2_norm", "angpt_update"})])
+def test_models_hold_their_own_ops(arch, used, triton_ops):
+    """The kernel choice travels with the model, not through a global: a Triton model and a torch model live side by
+    side, each forward calls only its own model's ops, and both compute the same thing."""
+    torch_calls, triton_calls = [], []
+    m_torch = tiny_model(f"--arch={arch}", "--n_layer=1", ops=spy(T.Ops("torch"), torch_calls))
+    m_triton = tiny_model(f"--arch={arch}", "--n_layer=1", ops=spy(triton_ops, triton_calls))
+    assert tiny_model("--n_layer=1").ops.name == "torch"  # building the Triton model changed no default
+    for m in (m_torch, m_triton):
+        holders = [mod for mod in m.modules() if hasattr(mod, "ops")]
+        assert len(holders) > 3 and all(mod.ops is m.ops for mod in holders)  # one Ops object per model, shared by its modules
+    with torch.no_grad():  # the same non-trivial weights in both (the baseline's zero head would make any output 0)
+        for p in m_torch.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    m_triton.load_state_dict(m_torch.state_dict())
+    x, _ = tokens(2, 16, seed=1)
+    y_triton = m_triton(x)
+    assert triton_calls and not torch_calls
+    n_triton = len(triton_calls)
+    y_torch = m_torch(x)
+    assert torch_calls and len(triton_calls) == n_triton
+    n_torch = len(torch_calls)
+    m_triton(x)  # the torch model's forward in between changed nothing for the Triton model
+    assert len(triton_calls) == 2 * n_triton and len(torch_calls) == n_torch
+    assert {n for n, _ in torch_calls} == {n for n, _ in triton_calls} == used
+    assert all(fn is T.OPS[n][0] for n, fn in torch_calls) and all(fn is T.OPS[n][1] for n, fn in triton_calls)
+    torch.testing.assert_close(y_triton, y_torch, rtol=1e-4, atol=1e-4)
 
 def _python(code, **env):
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, **env}, timeout=600)
 
 def test_without_triton():
-    """train_gpt imports and runs the references without triton; asking for Triton says what is missing."""
+    """train_gpt imports and runs the references without triton (a model included); asking for Triton says what is missing."""
     r = _python("""
         import sys; sys.modules["triton"] = None  # import triton -> ImportError
         import torch, train_gpt as T
-        assert T.set_kernels("auto", "cuda") == "torch"
-        print(T.K.rms_norm(torch.randn(2, 8)).shape)
-        try: T.set_kernels("triton", "cpu")
+        assert T.Ops("auto", "cuda").name == "torch"
+        print(T.Ops("torch").rms_norm(torch.randn(2, 8)).shape)
+        c = T.parse_args(["--preset=cpu", "--arch=ngpt", "--n_layer=1", "--n_embd=32", "--n_head=2", "--vocab_size=64"])
+        print("loss", T.build_model(c, T.Ops(c.kernels, "cpu"))(torch.zeros(1, 8, dtype=torch.long), torch.zeros(1, 8, dtype=torch.long)).item())
+        try: T.Ops("triton", "cpu")
         except RuntimeError as e: print("ERR", e)
     """)
     assert r.returncode == 0, r.stderr
-    assert "torch.Size([2, 8])" in r.stdout and "ERR --kernels=triton needs the triton package" in r.stdout, r.stdout
+    assert "torch.Size([2, 8])" in r.stdout and "loss " in r.stdout, r.stdout
+    assert "ERR --kernels=triton needs the triton package" in r.stdout, r.stdout
+
+def test_triton_on_cpu_needs_the_interpreter():
+    """Without TRITON_INTERPRET=1 at import, Triton on a CPU cannot run: Ops says how to fix it."""
+    r = _python("""
+        import train_gpt as T
+        try: T.Ops("triton", "cpu")
+        except RuntimeError as e: print("ERR", e)
+        print(T.Ops("auto", "cpu").name)
+    """, TRITON_INTERPRET="0")
+    assert r.returncode == 0, r.stderr
+    assert "ERR --kernels=triton on a CPU runs in Triton's interpreter" in r.stdout and "TRITON_INTERPRET=1" in r.stdout, r.stdout
+    assert r.stdout.splitlines()[-1] == "torch"
 
 AOT_WIDTHS = [16, 32, 64, 96, 128, 200, 256, 512, 768, 1024, 2048, 3072, 4096, 8192]  # head dims, test shapes, model widths (MLP 4x included)
 
 def test_kernels_compile_for_hopper(tmp_path):
     """Every kernel, for every tile it is launched with at these widths and for bf16 and fp32 activations
-    (constexpr flags all on; every flag combination at one width), compiles to PTX and a cubin for sm_90. Runs in a subprocess: under
-    TRITON_INTERPRET=1 @triton.jit makes interpreted functions, which cannot be compiled."""
+    (constexpr flags all on; every flag combination at one width), compiles to PTX and a cubin for sm_90, with the
+    options it is launched with (num_warps, enable_fp_fusion). Runs in a subprocess: under TRITON_INTERPRET=1
+    @triton.jit makes interpreted functions, which cannot be compiled."""
     r = _python(f"""
         import itertools, triton, train_gpt as T
         from triton.compiler import ASTSource
         from triton.backends.compiler import GPUTarget
         kernels = {{k: v for k, v in vars(T).items() if k.endswith("_kernel")}}
-        assert len(kernels) == 2 * len(T.KERNEL_OPS) and all(isinstance(k, triton.runtime.JITFunction) for k in kernels.values()), kernels
+        assert sorted(kernels) == sorted(f"_{{op}}_{{p}}_kernel" for op in T.OPS for p in ("fwd", "bwd")), sorted(kernels)
+        assert len(kernels) == 10 and all(isinstance(k, triton.runtime.JITFunction) for k in kernels.values()), kernels
         FP32 = {{"STATS", "W", "A", "G", "B", "ALPHA"}}  # parameters and saved statistics are fp32 always
         def arg_type(p, act):
             if p.is_constexpr: return "constexpr"
@@ -220,13 +276,14 @@ def test_kernels_compile_for_hopper(tmp_path):
         for (name, fn), act in itertools.product(sorted(kernels.items()), ("*bf16", "*fp32")):
             sig = {{p.name: arg_type(p, act) for p in fn.params}}
             flags = [p.name for p in fn.params if p.is_constexpr and not p.name.startswith("BLOCK_")]
-            tiles = sorted({{T._tile(d, bwd=name.endswith("_bwd_kernel")) for d in {AOT_WIDTHS}}})
+            tiles = sorted({{T._blocks(d, bwd=name.endswith("_bwd_kernel")) for d in {AOT_WIDTHS}}})
             for bm, bn, warps in tiles:
                 every = bn == 1024 and act == "*bf16"
                 combos = itertools.product([True, False], repeat=len(flags)) if every else [(True,) * len(flags)]
                 for combo in combos:
                     consts = dict(BLOCK_M=bm, BLOCK_N=bn, **dict(zip(flags, combo)))
-                    k = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
+                    k = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32),
+                                       options=dict(num_warps=warps, enable_fp_fusion=True))
                     assert ".target sm_90" in k.asm["ptx"] and len(k.asm["cubin"]) > 1000, (name, consts)
                     n += 1
         print("compiled", n)
@@ -242,31 +299,29 @@ MODEL_CONFIGS = {  # every architecture path that calls a kernel
 
 @pytest.mark.parametrize("name", MODEL_CONFIGS)
 def test_model_triton_matches_torch(name, monkeypatch):
-    """A one-layer model gives the same loss and parameter gradients with --kernels=triton as with --kernels=torch (fp32)."""
+    """A one-layer model gives the same loss and parameter gradients with --kernels=triton as the same model (same
+    weights) with --kernels=torch (fp32)."""
     monkeypatch.setattr(T, "INTERPRET_TILE", CPU_TILE)  # as `python train_gpt.py --kernels=triton` runs on a CPU
-    a = T.parse_args(["--preset=cpu", "--n_layer=1", "--n_embd=64", "--n_head=2", "--bf16=false", "--kernels=triton", *MODEL_CONFIGS[name]])
-    torch.manual_seed(0)
-    model = T.build_model(a)
+    flags = ["--n_layer=1", "--vocab_size=1024", "--kernels=triton", *MODEL_CONFIGS[name]]
+    triton_ops = T.Ops(T.parse_args(["--preset=cpu", *flags]).kernels, "cpu")  # what the CLI's flag selects
+    assert triton_ops.name == "triton"
+    m_triton, m_torch = tiny_model(*flags, ops=triton_ops), tiny_model(*flags, ops=T.Ops("torch"))
+    assert m_triton.ops is triton_ops and m_torch.ops.name == "torch"
     with torch.no_grad():  # zero-initialised projections and gates would leave most gradients at exactly 0
-        for p in model.parameters():
+        for p in m_triton.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    g = torch.Generator().manual_seed(1)
-    idx, targets = torch.randint(0, 50257, (2, 16), generator=g), torch.randint(0, 50257, (2, 16), generator=g)
-    def loss_and_grads(mode):
-        assert T.set_kernels(mode, "cpu") == mode
-        model.zero_grad(set_to_none=True)
-        with T.measure_stats() if a.norm_skip_tol > 0 else contextlib.nullcontext({}) as stats:
+    m_torch.load_state_dict(m_triton.state_dict())
+    idx, targets = tokens(2, 16, vocab=1024, seed=1)
+    def loss_and_grads(model):
+        with model.probe.measure() as values:
             loss = model(idx, targets)
         loss.backward()
-        return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}, stats
-    try:
-        loss_t, grads_t, stats = loss_and_grads(a.kernels)
-        loss_r, grads_r, _ = loss_and_grads("torch")
-    finally:
-        T.set_kernels("torch", "cpu")
-    if a.norm_skip_tol > 0:  # the rule must have both skipped and normalised tokens here
-        assert any(0 < f < 1 for f in stats["norm_skip_frac"]), stats["norm_skip_frac"]
+        return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}, values
+    loss_t, grads_t, probed = loss_and_grads(m_triton)
+    loss_r, grads_r, _ = loss_and_grads(m_torch)
+    if "--norm_skip_tol=0.1" in flags:  # the rule must have both skipped and normalised tokens here
+        assert any(0 < f < 1 for f in probed["norm_skip_frac"]), probed["norm_skip_frac"]
     torch.testing.assert_close(loss_t, loss_r, rtol=1e-5, atol=1e-5)
-    assert grads_t.keys() == grads_r.keys()
+    assert grads_t.keys() == grads_r.keys() and len(grads_r) == len(list(m_torch.parameters()))
     for n in grads_r:
         close(grads_t[n], grads_r[n], f"grad of {n}")

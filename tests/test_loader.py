@@ -1,13 +1,15 @@
-"""Shards and the distributed loader: the shard format, every bad-shard error, missing data, and the loader's
-determinism, shard switching, resumption and rank slicing. Real files in tmp_path throughout."""
+"""Shards and the distributed loader: the shard format, every bad-shard and missing-data error (the one place
+they are tested; test_reliability.py only checks that such an error reaches the user through the CLI), and the
+loader's determinism, shard switching, resumption and rank slicing. Real files in tmp_path throughout."""
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
 import torch
 
+import train_gpt as T
+from conftest import ROOT, tiny_config
 from train_gpt import (DataLoader, EOT_TOKEN, find_shards, load_val_tokens, read_shard, read_shard_header,
                        write_shard)
 
@@ -27,7 +29,8 @@ def raw_shard(path, header_ints, payload=b""):
 def test_round_trip_and_byte_layout(tmp_path):
     tokens = np.array([EOT_TOKEN, 0, 1, 65535, 15496, 995, EOT_TOKEN, 42], dtype=np.int64)
     path = tmp_path / "x_train_000000.bin"
-    write_shard(str(path), tokens)
+    write_shard(path, tokens)  # a Path works as well as a str (the data scripts pass Paths)
+    assert read_shard(path).tolist() == tokens.tolist()
     data = path.read_bytes()
     assert len(data) == HEADER_BYTES + 2 * len(tokens)
     header = np.frombuffer(data[:HEADER_BYTES], dtype=np.int32)
@@ -47,19 +50,20 @@ def test_reads_a_hand_written_shard(tmp_path):
 
 def test_empty_shard(tmp_path):
     p = tmp_path / "e.bin"
-    write_shard(str(p), [])
-    assert read_shard_header(str(p)) == 0
+    write_shard(str(p), np.zeros(0, dtype=np.uint16))
+    assert read_shard_header(str(p)) == 0 and len(read_shard(str(p))) == 0
+    assert find_shards(str(p), "train_files", vocab_size=2) == [str(p)]  # no token, nothing out of range
 
 
 @pytest.mark.parametrize("header, payload_tokens, found", [
-    ([12345, 1, 10], 10, ["12345", "magic"]),
-    ([MAGIC, 7, 10], 10, ["version", "7"]),
-    ([MAGIC, 1, 100], 10, ["100", str(HEADER_BYTES + 20)]),       # truncated: header says more than is there
-    ([MAGIC, 1, 10], 11, ["10", str(HEADER_BYTES + 22)]),         # trailing bytes
+    ([12345, 1, 10], 10, ["magic 12345"]),
+    ([MAGIC, 7, 10], 10, ["version 7"]),
+    ([MAGIC, 1, 100], 10, ["100 tokens", f"has {HEADER_BYTES + 20} bytes"]),  # truncated: the header says more
+    ([MAGIC, 1, 10], 11, ["10 tokens", f"has {HEADER_BYTES + 22} bytes"]),    # trailing bytes
 ])
 def test_bad_shard_names_path_and_values(tmp_path, header, payload_tokens, found):
     p = raw_shard(tmp_path / "bad_train_000000.bin", header, np.zeros(payload_tokens, dtype="<u2").tobytes())
-    for reader in (read_shard_header, read_shard):
+    for reader in (read_shard_header, read_shard, lambda f: find_shards(f, "train_files")):
         with pytest.raises(ValueError) as e:
             reader(str(p))
         msg = str(e.value)
@@ -71,9 +75,10 @@ def test_bad_shard_names_path_and_values(tmp_path, header, payload_tokens, found
 def test_file_shorter_than_header(tmp_path):
     p = tmp_path / "stub_train_000000.bin"
     p.write_bytes(np.array([MAGIC, 1, 5], dtype=np.int32).tobytes())  # 12 bytes
-    with pytest.raises(ValueError) as e:
-        read_shard(str(p))
-    assert str(p) in str(e.value) and "12" in str(e.value) and "header" in str(e.value)
+    for reader in (read_shard, lambda f: find_shards(f, "val_files")):
+        with pytest.raises(ValueError) as e:
+            reader(str(p))
+        assert str(p) in str(e.value) and "12 bytes" in str(e.value) and "header" in str(e.value)
 
 
 def test_find_shards_checks_every_header(tmp_path):
@@ -82,6 +87,52 @@ def test_find_shards_checks_every_header(tmp_path):
     with pytest.raises(ValueError) as e:
         find_shards(str(tmp_path / "d_train_*.bin"), "train_files")
     assert "d_train_000001.bin" in str(e.value)
+
+
+def test_token_id_at_or_above_vocab_size_fails_when_the_shard_is_opened(tmp_path):
+    """find_shards(..., vocab_size) reads every shard's largest id: one >= --vocab_size would index past the
+    embedding hours into a run, so it fails now, naming the file, the id and the flag. The bound is exclusive."""
+    good, bad = tmp_path / "v_train_000000.bin", tmp_path / "v_train_000001.bin"
+    write_shard(str(good), np.arange(1000))      # ids 0..999
+    write_shard(str(bad), [5, 1000, 7, 3])       # one id of 1000, not at either end
+    pattern = str(tmp_path / "v_train_*.bin")
+    assert find_shards(pattern, "train_files", vocab_size=1001) == [str(good), str(bad)]
+    assert find_shards(pattern, "train_files") == [str(good), str(bad)]  # no vocab_size: ids are not checked
+    assert find_shards(str(good), "train_files", vocab_size=1000) == [str(good)]  # 999 < 1000
+    with pytest.raises(ValueError) as e:
+        find_shards(pattern, "train_files", vocab_size=1000)
+    msg = str(e.value)
+    assert str(bad) in msg and str(good) not in msg
+    assert "token id 1000" in msg and "--vocab_size=1000" in msg
+
+
+@pytest.mark.parametrize("which", ["train", "val"])
+def test_start_checks_every_shard_against_vocab_size_first(tmp_path, which):
+    """The training entry point passes --vocab_size for the train and the val shards, and fails on an id out of
+    range before it writes a log or builds a model."""
+    files = {"train": tmp_path / "s_train_000000.bin", "val": tmp_path / "s_val_000000.bin"}
+    for split, path in files.items():
+        write_shard(str(path), np.arange(500) + (100 if split == which else 0))  # ids up to 599 in the bad one
+    config = tiny_config("--vocab_size=512", "--val_tokens=256", f"--train_files={files['train']}", f"--val_files={files['val']}",
+                         f"--log_dir={tmp_path}/logs", f"--checkpoint_dir={tmp_path}/ck")
+    with pytest.raises(ValueError) as e:
+        T.start(config, T.Dist())
+    assert str(files[which]) in str(e.value) and "token id 599" in str(e.value) and "--vocab_size=512" in str(e.value)
+    assert not (tmp_path / "logs").exists() and not (tmp_path / "ck").exists()
+
+
+def test_glob_matching_a_folder_names_it_and_the_fix(tmp_path):
+    """A folder that the glob matches (here one named like a shard) is not read as a shard (IsADirectoryError):
+    the error names the flag, the folder and how to write the glob."""
+    write_shard(str(tmp_path / "f_train_000000.bin"), np.arange(10))
+    folder = tmp_path / "f_train_000001.bin"
+    folder.mkdir()
+    for pattern in (str(tmp_path / "f_train_*.bin"), str(tmp_path / "*")):
+        with pytest.raises(ValueError) as e:
+            find_shards(pattern, "train_files")
+        msg = str(e.value)
+        assert not isinstance(e.value, OSError)
+        assert f"--train_files={pattern}" in msg and f"folder {folder}" in msg and "shard files only" in msg
 
 
 def test_find_shards_sorted_and_relative_to_cwd(tmp_path, monkeypatch):
@@ -100,17 +151,20 @@ def test_find_shards_falls_back_to_the_repo(tmp_path, monkeypatch):
     assert len(files) == 1 and files[0].endswith("shakespeare_val_000000.bin") and os.path.exists(files[0])
 
 
-@pytest.mark.parametrize("pattern, needles", [
-    ("{tmp}/data/fineweb10B/fineweb_train_*.bin", ["python data/cached_fineweb10B.py"]),
-    ("{tmp}/data/shakespeare/shakespeare_val_*.bin", ["prepare_shakespeare.py", "git checkout"]),
-    ("{tmp}/mytext/mine_train_*.bin", ["tokenize_text.py"]),
+@pytest.mark.parametrize("pattern, script, needles", [
+    ("{tmp}/data/fineweb10B/fineweb_train_*.bin", "data/cached_fineweb10B.py", []),
+    ("{tmp}/data/shakespeare/shakespeare_val_*.bin", "data/prepare_shakespeare.py", ["git checkout"]),
+    ("{tmp}/mytext/mine_train_*.bin", "data/tokenize_text.py", []),
 ])
-def test_missing_files_give_the_fix_command(tmp_path, pattern, needles):
+def test_missing_files_give_the_fix_command(tmp_path, pattern, script, needles):
+    """No file matches: the error names the flag and glob, and the command that makes the files, with a script
+    that exists in the repo."""
     pattern = pattern.format(tmp=tmp_path)
     with pytest.raises(FileNotFoundError) as e:
         find_shards(pattern, "val_files")
     msg = str(e.value)
-    assert pattern in msg and "--val_files" in msg
+    assert f"--val_files={pattern}" in msg
+    assert f"python {script}" in msg and (ROOT / script).is_file(), msg
     for n in needles:
         assert n in msg, msg
 

@@ -1,30 +1,21 @@
 """The GPT baseline and its ablation flags, the optimizers, LR schedules and the tokenizer.
 
-Tiny real models (2 layers, 64 wide, fp32) built through parse_args + build_model, real optimizers, and
-real in-process `train()` runs on tiny shards where a flag only acts inside the train loop
+Tiny real models (conftest's 2 layers x 64, fp32) built through parse_args + build_model, real optimizers, and
+real in-process `train()` runs on the tiny shards where a flag only acts inside the train loop
 (--grad_clip, --grad_accum)."""
-import dataclasses
 import math
-import re
 import shutil
-import signal
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 import train_gpt as tg
-from train_gpt import Dist, Muon, build_model, build_optimizers, lr_multiplier, parse_args, zeropower_via_newtonschulz5
+from conftest import ROOT, step_lines, tiny_config, tiny_model, train_in_process
+from train_gpt import Muon, build_optimizers, lr_multiplier, zeropower_via_newtonschulz5
 
-ROOT = Path(__file__).resolve().parent.parent
-BASE = ["--preset=cpu", "--arch=gpt", "--n_layer=2", "--n_embd=64", "--n_head=2", "--seq_len=32", "--batch_size=4",
-        "--device_batch_size=4", "--no-bf16", "--kernels=torch", "--seed=0"]
 HIDDEN = ("attn.c_q.weight", "attn.c_k.weight", "attn.c_v.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-
-
-VOCAB = 1024  # model-level tests use a small vocabulary (set after validation, which wants >= GPT-2's 50257)
+VOCAB = 1024  # model-level tests use a small vocabulary: faster, and the loss at init is ln(VOCAB)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -37,13 +28,17 @@ def one_thread():
 
 
 def args(*flags, vocab=VOCAB):
-    a = parse_args(BASE + list(flags))
-    return dataclasses.replace(a, vocab_size=vocab) if vocab else a
+    return tiny_config(f"--vocab_size={vocab}", *flags)
+
+
+def model(*flags, vocab=VOCAB, seed=0):
+    return tiny_model(f"--vocab_size={vocab}", *flags, seed=seed)
 
 
 def batch(a, n=4, seed=0):
+    """n sequences of a.seq_len + 1 random tokens: inputs and their next-token targets."""
     g = torch.Generator().manual_seed(seed)
-    buf = torch.randint(0, min(a.vocab_size, 50257), (n, a.seq_len + 1), generator=g)
+    buf = torch.randint(0, a.vocab_size, (n, a.seq_len + 1), generator=g)
     return buf[:, :-1].contiguous(), buf[:, 1:].contiguous()
 
 
@@ -91,9 +86,8 @@ def test_tokenizer_corrupted_copy_names_file_and_fix(tmp_path):
 # ----------------------------------------------------------------------------- the baseline at init
 
 def test_baseline_init_zero_output_projections():
-    a = args()
-    torch.manual_seed(0)
-    m = build_model(a)
+    m = model()
+    a = m.arch.config
     assert m.wte.weight.shape == (VOCAB, 64) and m.lm_head.weight.shape == (VOCAB, 64)
     assert m.lm_head.weight is not m.wte.weight  # untied by default
     assert not m.lm_head.weight.any()
@@ -111,6 +105,11 @@ def test_baseline_init_zero_output_projections():
     for b in m.blocks:
         assert torch.equal(b(h), h)
     assert a.optimizer == "" and [type(o) for o in build_optimizers(m, a)] == [torch.optim.Adam, Muon]
+    # the baseline's arch projects nothing after a step and logs no stats
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    m.after_step(0)
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+    assert m.stats() == {} and m.arch.summary() == ""
 
 
 # ----------------------------------------------------------------------------- every ablation trains
@@ -128,9 +127,8 @@ ABLATIONS = [
 def test_ablation_forward_backward_step(flags):
     """Builds, gives a finite loss, a finite non-zero gradient on every trainable parameter, every trainable
     parameter sits in exactly one optimizer group, and one optimizer step moves every parameter."""
-    a = args(*flags)
-    torch.manual_seed(0)
-    m = build_model(a)
+    m = model(*flags)
+    a = m.arch.config
     wake_up(m)
     x, y = batch(a)
     loss = m(x, y)
@@ -154,9 +152,7 @@ def test_ablation_forward_backward_step(flags):
 
 @pytest.mark.parametrize("mlp", ["relu2", "swiglu", "gelu"])
 def test_mlp_kinds(mlp):
-    a = args(f"--mlp={mlp}")
-    torch.manual_seed(0)
-    m = build_model(a)
+    m = model(f"--mlp={mlp}")
     wake_up(m)
     block = m.blocks[0].mlp
     x = torch.randn(3, 5, 64)
@@ -177,11 +173,10 @@ def test_mlp_kinds(mlp):
 
 @pytest.mark.parametrize("norm", ["rmsnorm", "layernorm", "dyt", "none"])
 def test_norm_kinds(norm):
-    a = args(f"--norm={norm}")
-    m = build_model(a)
+    m = model(f"--norm={norm}")
     b = m.blocks[0]
     x = 3 * torch.randn(4, 7, 64) + 0.5
-    sites = [b.attn_norm, b.mlp_norm, m.final_norm]
+    sites = [b.attn_norm, b.mlp_norm, m.arch.final_norm]
     for site in sites:
         y = site(x)
         if norm == "rmsnorm":
@@ -197,31 +192,31 @@ def test_norm_kinds(norm):
             assert torch.equal(site.weight, torch.ones(64)) and torch.equal(site.bias, torch.zeros(64))
             torch.testing.assert_close(site(x), torch.tanh(alpha * x))
         assert b.attn.q_norm.kind == "dyt" and b.attn.k_norm.kind == "dyt"
-        assert build_model(args("--norm=dyt", "--no-dyt_qk")).blocks[0].attn.q_norm.kind == "rmsnorm"
+        assert {"arch.final_norm.alpha", "arch.final_norm.weight", "arch.final_norm.bias"} <= set(m.state_dict())
+        assert model("--norm=dyt", "--no-dyt_qk").blocks[0].attn.q_norm.kind == "rmsnorm"
     else:
         assert b.attn.q_norm.kind == "rmsnorm"  # the baseline's QK-norm stays
 
 
 def test_post_norm():
-    torch.manual_seed(0)
-    pre, post = build_model(args()), build_model(args("--post_norm"))
+    pre, post = model(), model("--post_norm")
     wake_up(pre)
     wake_up(post)
     x = 3 * torch.randn(2, 16, 64)
     # post-norm: the block's output is normalised (norm after each residual add), and no final norm
     torch.testing.assert_close(post.blocks[0](x).pow(2).mean(-1), torch.ones(2, 16), rtol=1e-4, atol=1e-4)
-    assert torch.equal(post.final_norm(x), x)
+    assert torch.equal(post.arch.final_norm(x), x)
     # pre-norm: the residual stream keeps its scale
     assert (pre.blocks[0](x).pow(2).mean(-1) - 1).abs().mean() > 1.0
-    assert not torch.equal(pre.final_norm(x), x)
+    assert not torch.equal(pre.arch.final_norm(x), x)
 
 
 def test_rope_is_relative_and_no_rope_removes_it():
-    a = args()
-    m = build_model(a)
+    m = model()
+    a = m.arch.config
     rot = m.blocks[0].attn.rotary
     assert rot is not None
-    assert all(b.attn.rotary is None for b in build_model(args("--no-rope")).blocks)
+    assert all(b.attn.rotary is None for b in model("--no-rope").blocks)
     g = torch.Generator().manual_seed(0)
     q, k = torch.randn(1, 1, 1, 32, generator=g), torch.randn(1, 1, 1, 32, generator=g)
 
@@ -238,8 +233,7 @@ def test_rope_is_relative_and_no_rope_removes_it():
 
 
 def test_tie_embeddings():
-    torch.manual_seed(0)
-    untied, tied = build_model(args()), build_model(args("--tie_embeddings"))
+    untied, tied = model(), model("--tie_embeddings")
     assert tied.lm_head.weight is tied.wte.weight
     n = lambda m: sum(p.numel() for p in m.parameters())
     assert n(untied) - n(tied) == VOCAB * 64
@@ -255,7 +249,7 @@ def test_tie_embeddings():
 
 
 def test_optimizer_kinds():
-    m = build_model(args())
+    m = model()
     names = {id(p): n for n, p in m.named_parameters()}
     adam, muon = build_optimizers(m, args("--optimizer=muon"))
     assert isinstance(muon, Muon) and isinstance(adam, torch.optim.Adam)
@@ -273,9 +267,8 @@ def test_optimizer_kinds():
 
 
 def test_muon_update_is_orthogonalised():
-    a = args("--optimizer=muon")
-    torch.manual_seed(0)
-    m = build_model(a)
+    m = model("--optimizer=muon")
+    a = m.arch.config
     wake_up(m)
     x, y = batch(a)
     m(x, y).backward()
@@ -333,9 +326,8 @@ def test_cosine_schedule():
 # ----------------------------------------------------------------------------- overfitting one batch
 
 def test_tiny_model_overfits_one_batch():
-    a = args("--n_layer=1", "--optimizer=adam", "--lr=0.01", "--seq_len=16", vocab=4096)
-    torch.manual_seed(0)
-    m = build_model(a)
+    m = model("--n_layer=1", "--optimizer=adam", "--lr=0.01", "--seq_len=16", vocab=4096)
+    a = m.arch.config
     opts = build_optimizers(m, a)
     x, y = batch(a, n=4)
     losses = []
@@ -352,45 +344,27 @@ def test_tiny_model_overfits_one_batch():
 
 # ----------------------------------------------------------------------------- flags that act in the train loop
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tinydata")
-    toks = np.asarray(tg.read_shard(str(ROOT / "data" / "shakespeare" / "shakespeare_train_000000.bin"))[:6000])
-    tg.write_shard(str(d / "tiny_train_000000.bin"), toks[:5000])
-    tg.write_shard(str(d / "tiny_val_000000.bin"), toks[5000:])
-    return d
-
-
-STEP_RE = re.compile(r"^step:(\d+)/(\d+) (val_loss|train_loss):([\d.]+) ")
-
-
-def run_train(data, log_dir, *flags):
-    a = parse_args(BASE + [f"--train_files={data}/tiny_train_*.bin", f"--val_files={data}/tiny_val_*.bin",
-                           f"--log_dir={log_dir}", "--val_tokens=128", "--sample_tokens=0", "--steps=3", "--val_every=3",
-                           *flags])
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        assert tg.train(a, Dist()) == 0
-    finally:
-        for s, h in saved.items():
-            signal.signal(s, h)
-    (log,) = Path(log_dir).glob("*.txt")
+def run_train(shards, log_dir, *flags):
+    """3 steps of the real train loop on the tiny shards; (train losses, val losses, the log)."""
+    a = tiny_config(*shards, f"--log_dir={log_dir}", "--val_tokens=128", "--sample_tokens=0", "--steps=3", "--val_every=3",
+                    *flags)
+    assert train_in_process(a) == 0
+    (log,) = log_dir.glob("*.txt")
     text = log.read_text()
-    train_losses = {int(m[1]): float(m[4]) for m in map(STEP_RE.match, text.splitlines()) if m and m[3] == "train_loss"}
-    val_losses = {int(m[1]): float(m[4]) for m in map(STEP_RE.match, text.splitlines()) if m and m[3] == "val_loss"}
-    return train_losses, val_losses, text
+    losses = step_lines(text)
+    return losses["train"], {s: loss for s, (loss, _) in losses["val"].items()}, text
 
 
 @pytest.fixture(scope="module")
-def plain_run(tiny_data, tmp_path_factory):
-    return run_train(tiny_data, tmp_path_factory.mktemp("plain"))
+def plain_run(tiny_shards, tmp_path_factory):
+    return run_train(tiny_shards, tmp_path_factory.mktemp("plain"))
 
 
-def test_grad_accum_matches_one_big_batch(tiny_data, plain_run, tmp_path):
+def test_grad_accum_matches_one_big_batch(tiny_shards, plain_run, tmp_path):
     tr, va, _ = plain_run
     assert sorted(tr) == [1, 2, 3] and sorted(va) == [0, 3]
-    assert va[3] < va[0] - 0.02  # it learns (Muon + Adam defaults: 10.83 -> 10.79 in 3 steps; clipped or warming up it moves < 0.01)
-    tr2, va2, text = run_train(tiny_data, tmp_path, "--grad_accum=2")
+    assert va[3] < va[0] - 0.02  # it learns (Muon + Adam defaults: 10.83 -> 10.76 in 3 steps; clipped or warming up it moves < 0.01)
+    tr2, va2, text = run_train(tiny_shards, tmp_path, "--grad_accum=2")
     assert "grad_accum: 2 micro_batch: 2" in text
     for s in tr:
         assert tr2[s] == pytest.approx(tr[s], abs=2e-4)  # the log keeps 4 decimals
@@ -398,18 +372,18 @@ def test_grad_accum_matches_one_big_batch(tiny_data, plain_run, tmp_path):
         assert va2[s] == pytest.approx(va[s], abs=2e-4)
 
 
-def test_grad_clip_reaches_the_optimizer(tiny_data, plain_run, tmp_path):
+def test_grad_clip_reaches_the_optimizer(tiny_shards, plain_run, tmp_path):
     """A tiny clip norm leaves Adam steps of ~lr*g/eps: the model barely moves, where unclipped it learns."""
     tr, va, _ = plain_run
-    tr2, va2, text = run_train(tiny_data, tmp_path, "--grad_clip=1e-9")
+    tr2, va2, text = run_train(tiny_shards, tmp_path, "--grad_clip=1e-9")
     assert '"grad_clip": 1e-09' in text
     assert tr2[1] == pytest.approx(tr[1], abs=1e-4)  # the first loss is before any update
     assert abs(va2[3] - va2[0]) < 0.01 and va[3] < va[0] - 0.02, (va, va2)  # unclipped it learns
 
 
-def test_lr_schedule_reaches_the_optimizer(tiny_data, plain_run, tmp_path):
+def test_lr_schedule_reaches_the_optimizer(tiny_shards, plain_run, tmp_path):
     """A cosine schedule with a 1000-step warmup runs these 3 steps at <= 0.3% of the LR: the model barely moves."""
     _, va, _ = plain_run
-    _, va2, text = run_train(tiny_data, tmp_path, "--lr_schedule=cosine", "--warmup_steps=1000")
+    _, va2, text = run_train(tiny_shards, tmp_path, "--lr_schedule=cosine", "--warmup_steps=1000")
     assert '"lr_schedule": "cosine"' in text
     assert abs(va2[3] - va2[0]) < 0.01 and va[3] < va[0] - 0.02, (va, va2)

@@ -1,46 +1,30 @@
 """nGPT (--arch=ngpt, Loshchilov et al. 2024) and the seed 001/003 hypotheses behind its flags.
 
-Everything runs on tiny fp32 models (n_layer 2, n_embd 64, n_head 2, seq_len 32). The key test
-(test_block_matches_paper_equations) re-implements one nGPT block from the paper's equations, by hand,
-and compares it with NGPTBlock; the projection tests drive the real train loop (train_gpt.train)."""
+Everything runs on conftest's tiny fp32 models. The key test (test_block_matches_paper_equations) re-implements
+one nGPT block from the paper's equations, by hand, and compares it with NGPTBlock; the projection tests drive
+the real train loop (train_gpt.train) on conftest's tiny shards."""
 import math
-import signal
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import train_gpt as T
+from conftest import tiny_config, tiny_model, tokens, train_in_process
 
-BASE = ["--preset=cpu", "--arch=ngpt", "--n_layer=2", "--n_embd=64", "--n_head=2", "--seq_len=32",
-        "--bf16=false", "--kernels=torch"]
-D, H, HD, L = 64, 2, 32, 2
-
-
-def cfg(*extra):
-    return T.parse_args(BASE + list(extra))
+NGPT = "--arch=ngpt"
+_C = tiny_config(NGPT)
+D, H, L = _C.n_embd, _C.n_head, _C.n_layer
+HD = D // H
 
 
-def build(*extra, seed=0):
-    torch.manual_seed(seed)
-    return T.build_model(cfg(*extra))
-
-
-@pytest.fixture(autouse=True)
-def torch_kernels():
-    T.set_kernels("torch", torch.device("cpu"))
-    yield
+def ngpt(*flags, seed=0):
+    return tiny_model(NGPT, *flags, seed=seed)
 
 
 def unit(*shape, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(*shape, generator=g)
     return x / x.norm(dim=-1, keepdim=True)
-
-
-def tokens(b=2, t=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 50257, (b, t), generator=g), torch.randint(0, 50257, (b, t), generator=g)
 
 
 def expected_multipliers(schedule, n):
@@ -69,22 +53,17 @@ MATRICES = ["wte.weight", "lm_head.weight"] + [f"blocks.{l}.{m}.weight" for l in
 
 # ----------------------------------------------------------------------------- projection in the real loop
 
-def run_train(tmp_path, monkeypatch, *extra, steps):
+def run_train(tmp_path, monkeypatch, shards, *extra, steps):
     """Runs train_gpt.train() for `steps` steps with --save_every=1 and returns {step: {matrix: tensor}}: the
-    checkpointed model after each step (save_checkpoint is intercepted so that no 80 MB files are written)."""
+    checkpointed model after each step (save_checkpoint is intercepted so that no checkpoint files are written)."""
     saved = {}
 
     def capture(path, state, keep, log):
         saved[state["step"]] = {k: state["model"][k].detach().clone() for k in MATRICES}
     monkeypatch.setattr(T, "save_checkpoint", capture)
-    a = cfg("--batch_size=2", "--device_batch_size=2", f"--steps={steps}", f"--val_every={steps}", "--val_tokens=32",
-            "--sample_tokens=0", "--save_every=1", f"--log_dir={tmp_path}/logs", f"--checkpoint_dir={tmp_path}/ckpt", *extra)
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        assert T.train(a, T.Dist()) == 0
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
+    a = tiny_config(NGPT, *shards, f"--steps={steps}", f"--val_every={steps}", "--val_tokens=32", "--sample_tokens=0",
+                    "--save_every=1", f"--log_dir={tmp_path}/logs", f"--checkpoint_dir={tmp_path}/ckpt", *extra)
+    assert train_in_process(a) == 0
     assert sorted(saved) == list(range(1, steps + 1))
     return saved
 
@@ -94,15 +73,15 @@ def max_dev(state, radius):
 
 
 def test_init_matrices_are_unit_along_embedding_dim():
-    m = build()
+    m = ngpt()
     params = dict(m.named_parameters())
     for k in MATRICES:
         n = embedding_norms(k, params[k].detach())
         torch.testing.assert_close(n, torch.ones_like(n), atol=1e-5, rtol=0, msg=k)
 
 
-def test_projection_after_every_step_in_train_loop(tmp_path, monkeypatch):
-    saved = run_train(tmp_path, monkeypatch, steps=2)
+def test_projection_after_every_step_in_train_loop(tmp_path, monkeypatch, tiny_shards):
+    saved = run_train(tmp_path, monkeypatch, tiny_shards, steps=2)
     for step, state in saved.items():
         for k, w in state.items():
             n = embedding_norms(k, w)
@@ -111,9 +90,9 @@ def test_projection_after_every_step_in_train_loop(tmp_path, monkeypatch):
     assert (saved[2]["blocks.0.attn.c_q.weight"] - saved[1]["blocks.0.attn.c_q.weight"]).abs().max() > 1e-4
 
 
-def test_progressive_radius(tmp_path, monkeypatch):
+def test_progressive_radius(tmp_path, monkeypatch, tiny_shards):
     steps = 4
-    saved = run_train(tmp_path, monkeypatch, "--ngpt_radius=0.95", steps=steps)
+    saved = run_train(tmp_path, monkeypatch, tiny_shards, "--ngpt_radius=0.95", steps=steps)
     for step, state in saved.items():
         r = 1 + (0.95 - 1) * step / steps
         for k, w in state.items():
@@ -121,8 +100,8 @@ def test_progressive_radius(tmp_path, monkeypatch):
             torch.testing.assert_close(n, torch.full_like(n, r), atol=1e-5, rtol=0, msg=f"step {step} {k} radius {r}")
 
 
-def test_lazy_projection_every_k_steps(tmp_path, monkeypatch):
-    saved = run_train(tmp_path, monkeypatch, "--ngpt_proj_every=3", steps=6)
+def test_lazy_projection_every_k_steps(tmp_path, monkeypatch, tiny_shards):
+    saved = run_train(tmp_path, monkeypatch, tiny_shards, "--ngpt_proj_every=3", steps=6)
     for step, state in saved.items():
         dev = max_dev(state, 1.0)
         if step % 3 == 0:
@@ -131,8 +110,8 @@ def test_lazy_projection_every_k_steps(tmp_path, monkeypatch):
             assert dev > 1e-4, f"step {step}: not a projection step, yet every norm is 1 (max |norm-1| {dev:.2e})"
 
 
-def test_lazy_projection_with_radius(tmp_path, monkeypatch):
-    saved = run_train(tmp_path, monkeypatch, "--ngpt_proj_every=2", "--ngpt_radius=0.9", steps=4)
+def test_lazy_projection_with_radius(tmp_path, monkeypatch, tiny_shards):
+    saved = run_train(tmp_path, monkeypatch, tiny_shards, "--ngpt_proj_every=2", "--ngpt_radius=0.9", steps=4)
     for step in (2, 4):
         assert max_dev(saved[step], 1 + (0.9 - 1) * step / 4) < 1e-5, step
     assert max_dev(saved[1], 1.0) > 1e-4 and max_dev(saved[3], 0.95) > 1e-4
@@ -143,17 +122,18 @@ def test_lazy_projection_with_radius(tmp_path, monkeypatch):
 @pytest.mark.parametrize("flags", [[], ["--ngpt_residual=add"], ["--ngpt_gated_residual"], ["--no-ngpt_qk_norm"]],
                          ids=["lerp", "add", "gated", "no_qk_norm"])
 def test_hidden_states_unit_after_every_block(flags):
-    m = build(*flags)
+    m = ngpt(*flags)
     with torch.no_grad():  # move the scalars off their init so the check is not about a special point
         for b in m.blocks:
             b.alpha_attn.s_hat.mul_(5.0); b.alpha_mlp.s_hat.mul_(-3.0)
     outs = []
     hooks = [b.register_forward_hook(lambda mod, inp, out: outs.append((inp[0], out))) for b in m.blocks]
     x, _ = tokens()
-    with torch.no_grad():
+    with torch.no_grad(), m.probe.measure() as values:
         m(x)
     for h in hooks: h.remove()
     assert len(outs) == L
+    assert values["hidden_norm"] == [pytest.approx(1.0, abs=1e-5)]  # what the log reports: the stream the head sees
     for l, (inp, out) in enumerate(outs):
         for name, t in (("input", inp), ("output", out)):
             n = t.norm(dim=-1)
@@ -165,7 +145,7 @@ def test_hidden_states_unit_after_every_block(flags):
 @pytest.mark.parametrize("schedule", ["uniform", "linear", "upsidedown_u", "downsideup_u"])
 def test_alpha_schedule_multipliers(schedule):
     n = 5  # interior layers, so that the U shapes are not degenerate
-    m = build(f"--ngpt_alpha_schedule={schedule}", f"--n_layer={n}", "--ngpt_alpha_init=0.15")
+    m = ngpt(f"--ngpt_alpha_schedule={schedule}", f"--n_layer={n}", "--ngpt_alpha_init=0.15")
     for l, (b, mult) in enumerate(zip(m.blocks, expected_multipliers(schedule, n))):
         aa, am = b.alphas()
         assert aa.shape == am.shape == (D,)
@@ -176,11 +156,11 @@ def test_alpha_schedule_multipliers(schedule):
 
 
 def test_alpha_defaults_and_asymmetric():
-    m = build()
+    m = ngpt()
     for b in m.blocks:
         torch.testing.assert_close(b.alphas()[0], torch.full((D,), 0.05))
         torch.testing.assert_close(b.alphas()[1], torch.full((D,), 0.05))
-    m = build("--ngpt_alpha_attn_init=0.2", "--ngpt_alpha_mlp_init=0.35", "--ngpt_alpha_schedule=linear", "--n_layer=3")
+    m = ngpt("--ngpt_alpha_attn_init=0.2", "--ngpt_alpha_mlp_init=0.35", "--ngpt_alpha_schedule=linear", "--n_layer=3")
     for b, mult in zip(m.blocks, expected_multipliers("linear", 3)):
         torch.testing.assert_close(b.alphas()[0], torch.full((D,), 0.2 * mult))
         torch.testing.assert_close(b.alphas()[1], torch.full((D,), 0.35 * mult))
@@ -188,7 +168,7 @@ def test_alpha_defaults_and_asymmetric():
 
 
 def test_scalar_alpha_is_one_per_sublayer():
-    m = build("--ngpt_scalar_alpha", "--ngpt_alpha_init=0.28")
+    m = ngpt("--ngpt_scalar_alpha", "--ngpt_alpha_init=0.28")
     alpha_params = {k: p for k, p in m.named_parameters() if ".alpha_" in k}
     assert len(alpha_params) == 2 * L
     for k, p in alpha_params.items():
@@ -203,18 +183,18 @@ def test_scalar_alpha_is_one_per_sublayer():
 
 
 def test_gate_starts_at_half_and_scales_alpha():
-    m = build("--ngpt_gated_residual")
+    m = ngpt("--ngpt_gated_residual")
     for b in m.blocks:
         for g in (b.gate_attn, b.gate_mlp):
             assert g is not None and g.shape == (D,) and g.requires_grad
             torch.testing.assert_close(torch.sigmoid(g), torch.full((D,), 0.5))
     # at init the gated block is the ungated block with alpha halved
-    plain = build("--ngpt_alpha_init=0.025")
+    plain = ngpt("--ngpt_alpha_init=0.025")
     plain.load_state_dict({k: v for k, v in m.state_dict().items() if "gate" not in k and "alpha" not in k}, strict=False)
     h = unit(2, 8, D)
     with torch.no_grad():
         torch.testing.assert_close(m.blocks[0](h), plain.blocks[0](h), atol=1e-6, rtol=0)
-    assert build().blocks[0].gate_attn is None  # off by default
+    assert ngpt().blocks[0].gate_attn is None  # off by default
 
 
 def test_scalars_reparameterisation():
@@ -234,7 +214,7 @@ def test_scalars_reparameterisation():
 def test_every_scalar_in_model_starts_at_its_init():
     """Each reparameterised scalar of an nGPT model has stored s_hat = scale and effective value = init:
     alpha (0.05, 1/sqrt d), s_qk (1, 1/sqrt d), s_u (1, 1), s_z (1, 1/sqrt d)."""
-    m = build()
+    m = ngpt()
     expect = {"alpha_attn": (0.05, D ** -0.5), "alpha_mlp": (0.05, D ** -0.5), "s_qk": (1.0, D ** -0.5),
               "s_uv": (1.0, 1.0), "s_z": (1.0, D ** -0.5)}
     found = set()
@@ -250,9 +230,7 @@ def test_every_scalar_in_model_starts_at_its_init():
 
 def test_scalars_are_optimised_as_scalars_with_muon():
     """--optimizer=muon: Muon is for hidden weight matrices; every reparameterised scalar goes to Adam."""
-    a = cfg("--optimizer=muon")
-    torch.manual_seed(0)
-    m = T.build_model(a)
+    a, m = tiny_config(NGPT, "--optimizer=muon"), ngpt("--optimizer=muon")
     names = {id(p): n for n, p in m.named_parameters()}
     opts = T.build_optimizers(m, a)
     muon = [names[id(p)] for o in opts if isinstance(o, T.Muon) for g in o.param_groups for p in g["params"]]
@@ -265,10 +243,9 @@ def test_scalars_are_optimised_as_scalars_with_muon():
 
 @pytest.mark.parametrize("mode,shape", [("vocab", (50304,)), ("scalar", (1,)), ("fixed", (1,))])
 def test_logit_scale_modes(mode, shape):
-    a = cfg("--ngpt_logit_scale=10", f"--ngpt_logit_scale_mode={mode}", "--batch_size=2", "--device_batch_size=2")
-    torch.manual_seed(0)
-    m = T.build_model(a)
-    s_z = m.s_z
+    flags = ("--ngpt_logit_scale=10", f"--ngpt_logit_scale_mode={mode}")
+    a, m = tiny_config(NGPT, *flags), ngpt(*flags)
+    s_z = m.arch.s_z
     assert s_z.s_hat.shape == shape
     torch.testing.assert_close(s_z().detach(), torch.full(shape, 10.0))
     assert s_z.s_hat.requires_grad == (mode != "fixed")
@@ -287,7 +264,7 @@ def test_logit_scale_modes(mode, shape):
     m(x, y).backward()
     for o in opts: o.step()
     m.zero_grad(set_to_none=True)
-    m.project_weights()
+    m.after_step(0)
     changed = (s_z.s_hat.detach() - before).abs().max().item()
     if mode == "fixed":
         assert changed == 0 and s_z.s_hat.grad is None
@@ -299,7 +276,7 @@ def test_logit_scale_modes(mode, shape):
 # ----------------------------------------------------------------------------- q/k normalisation
 
 def test_no_qk_norm_removes_normalisation():
-    on, off = build(), build("--no-ngpt_qk_norm")
+    on, off = ngpt(), ngpt("--no-ngpt_qk_norm")
     assert hasattr(on.blocks[0].attn, "s_qk") and on.blocks[0].attn.qk == "l2"
     assert not any("s_qk" in k for k, _ in off.named_parameters())
     h = unit(2, 16, D)
@@ -392,7 +369,7 @@ def test_block_matches_paper_equations(residual, gated, qk_norm, mlp):
     flags = [f"--ngpt_residual={residual}", "--ngpt_alpha_init=0.15", f"--mlp={mlp}"]
     flags += ["--ngpt_gated_residual"] if gated else []
     flags += [] if qk_norm else ["--no-ngpt_qk_norm"]
-    m = build(*flags)
+    m = ngpt(*flags)
     block = m.blocks[1]
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # every learned scalar away from its init (signs included), so each one is checked
@@ -411,7 +388,7 @@ def test_block_matches_paper_equations(residual, gated, qk_norm, mlp):
 # ----------------------------------------------------------------------------- the whole model
 
 def test_full_model_loss_finite_and_all_params_get_gradients():
-    m = build("--ngpt_gated_residual", "--ngpt_logit_scale=10")
+    m = ngpt("--ngpt_gated_residual", "--ngpt_logit_scale=10")
     x, y = tokens()
     loss = m(x, y)
     assert torch.isfinite(loss) and 9.0 < loss.item() < 13.0, loss.item()

@@ -3,30 +3,23 @@ records/compare.py reading the log), a 2-process torchrun/gloo run against the 1
 global batch, and the speedrun preset at full size for one CPU step."""
 import json
 import math
-import os
 import re
-import signal
-import subprocess
 import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 import train_gpt as tg
+from conftest import ROOT, STEP_RE, TINY, run_cli, step_lines, train_in_process
 
-ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "records"))
 import compare  # noqa: E402  (records/compare.py)
 
-STEP_RE = re.compile(r"^step:(\d+)/(\d+) (val_loss|train_loss):([\d.]+) train_time:(\d+)ms step_avg:([\d.]+)ms")
 STEPS, VAL_EVERY = 5, 2
-FLAGS = ["--preset=cpu", "--arch=gpt", "--n_layer=1", "--n_embd=64", "--n_head=2", "--seq_len=32", "--batch_size=4",
-         f"--steps={STEPS}", f"--val_every={VAL_EVERY}", "--val_tokens=256", "--sample_tokens=8", "--bf16=false",
-         "--kernels=torch", "--seed=3", "--run_name=e2e", "--prompt=ROMEO:", "--temperature=0.8"]
+FLAGS = [*TINY, "--arch=gpt", f"--steps={STEPS}", f"--val_every={VAL_EVERY}", "--val_tokens=256", "--sample_tokens=8",
+         "--seed=3", "--run_name=e2e", "--prompt=ROMEO:", "--temperature=0.8"]
 # what FLAGS must come back as in the config line (written out, not parsed by the code under test)
-EXPECTED_CONFIG = dict(preset="cpu", arch="gpt", n_layer=1, n_embd=64, n_head=2, seq_len=32, batch_size=4, steps=STEPS,
+EXPECTED_CONFIG = dict(preset="cpu", arch="gpt", n_layer=2, n_embd=64, n_head=2, seq_len=32, batch_size=4, steps=STEPS,
                        val_every=VAL_EVERY, val_tokens=256, sample_tokens=8, bf16=False, kernels="torch", seed=3,
                        run_name="e2e", prompt="ROMEO:", temperature=0.8)
 
@@ -41,56 +34,43 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    """Two small train shards and one val shard cut from the shipped Shakespeare tokens."""
-    d = tmp_path_factory.mktemp("shards")
-    train = np.asarray(tg.read_shard(str(ROOT / "data/shakespeare/shakespeare_train_000000.bin"))[:5000])
-    val = np.asarray(tg.read_shard(str(ROOT / "data/shakespeare/shakespeare_val_000000.bin"))[:1000])
-    tg.write_shard(str(d / "tiny_train_000000.bin"), train[:2500])
-    tg.write_shard(str(d / "tiny_train_000001.bin"), train[2500:])
-    tg.write_shard(str(d / "tiny_val_000000.bin"), val)
-    return [f"--train_files={d}/tiny_train_*.bin", f"--val_files={d}/tiny_val_*.bin"]
-
-
-def run_cli(base, shards, *extra, nproc=1, timeout=300):
-    """Runs train_gpt.py in base/ (logs in base/logs, a checkpoint of the last step in base/ckpt)."""
+def train_cli(base, shards, *extra, world=1):
+    """Runs train_gpt.py in base/ (logs in base/logs, a checkpoint of the last step in base/ckpt); returns the
+    completed process and its one log file."""
     log_dir = base / "logs"
-    launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                                     f"--nproc_per_node={nproc}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    env.pop("RANK", None), env.pop("WORLD_SIZE", None), env.pop("MASTER_ADDR", None)
-    r = subprocess.run([*launcher, str(ROOT / "train_gpt.py"), *FLAGS, *shards, f"--log_dir={log_dir}",
-                        f"--save_every={STEPS}", f"--checkpoint_dir={base / 'ckpt'}", *extra],
-                       capture_output=True, text=True, timeout=timeout, cwd=base, env=env)
+    r = run_cli(*FLAGS, *shards, f"--log_dir={log_dir}", f"--save_every={STEPS}", f"--checkpoint_dir={base / 'ckpt'}",
+                *extra, world=world, cwd=base)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     logs = sorted(log_dir.iterdir())
     assert len(logs) == 1 and logs[0].suffix == ".txt", logs  # exactly one log, however many ranks
     return r, logs[0]
 
 
-def step_lines(text):
-    """{(kind, step): (loss, train_time, step_avg)} of a log, checking every step line parses."""
+def timed_lines(text):
+    """{(kind, step): (loss, train_time ms, step_avg ms)} of a log, checking that every step line parses, counts to
+    STEPS and appears once."""
     out = {}
     for line in text.splitlines():
         if line.startswith("step:"):
             m = STEP_RE.match(line)
-            assert m, f"unparseable step line: {line!r}"
+            t = m and re.match(r"train_time:(\d+)ms step_avg:([\d.]+)ms( |$)", m[5])
+            assert t, f"unparseable step line: {line!r}"
             assert int(m[2]) == STEPS
             key = (m[3], int(m[1]))
             assert key not in out, f"repeated {key}"
-            out[key] = (float(m[4]), int(m[5]), float(m[6]))
+            out[key] = (float(m[4]), int(t[1]), float(t[2]))
     return out
 
 
 def losses(text, kind):
-    return {s: v[0] for (k, s), v in step_lines(text).items() if k == kind}
+    """{step: loss} of the train or val lines."""
+    return {s: (v[0] if kind == "val" else v) for s, v in step_lines(text)[kind].items()}
 
 
 @pytest.fixture(scope="module")
-def single(tmp_path_factory, shards):
+def single(tmp_path_factory, tiny_shards):
     source_before = (ROOT / "train_gpt.py").read_text()
-    r, log = run_cli(tmp_path_factory.mktemp("single"), shards, "--device_batch_size=2")  # grad_accum 2
+    r, log = train_cli(tmp_path_factory.mktemp("single"), tiny_shards, "--device_batch_size=2")  # grad_accum 2
     return r, log, log.read_text(), {source_before, (ROOT / "train_gpt.py").read_text()}
 
 
@@ -121,7 +101,7 @@ def test_config_line_is_the_flags(single):
 
 def test_step_lines(single):
     r, _, text, _ = single
-    lines = step_lines(text)
+    lines = timed_lines(text)
     val_steps = sorted(s for k, s in lines if k == "val_loss")
     train_steps = sorted(s for k, s in lines if k == "train_loss")
     assert val_steps == [0, 2, 4, 5]  # step 0, every val_every, and the last step
@@ -162,8 +142,8 @@ def test_compare_parses_the_log(single):
     cfg = json.loads(next(l for l in text.splitlines() if l.startswith("config: "))[len("config: "):])
     assert run.config == cfg and run.total_steps == STEPS
     assert sorted(run.val) == [0, 2, 4, 5] and sorted(run.train) == [1, 2, 3, 4, 5]
-    assert run.final_val_loss == losses(text, "val_loss")[5]
-    assert run.train[3]["train_loss"] == losses(text, "train_loss")[3]
+    assert run.final_val_loss == losses(text, "val")[5]
+    assert run.train[3]["train_loss"] == losses(text, "train")[3]
     assert run.step_ms is not None and run.step_ms > 0
 
 
@@ -181,20 +161,20 @@ def final_model(base):
     return ckpt["model"], loss
 
 
-def test_two_process_gloo_matches_one_process(tmp_path, shards, single):
+def test_two_process_gloo_matches_one_process(tmp_path, tiny_shards, single):
     """The same command under torchrun --nproc_per_node=2 (2 ranks x 2 sequences) and under plain python (one
     process, grad_accum 2 x 2 sequences): the same global batch of 4, so the same training."""
     _, log1, text1, _ = single
-    r, log2 = run_cli(tmp_path, shards, "--device_batch_size=2", nproc=2)
+    r, log2 = train_cli(tmp_path, tiny_shards, "--device_batch_size=2", world=2)
     text2 = log2.read_text()
     cfg = json.loads(next(l for l in text2.splitlines() if l.startswith("config: "))[len("config: "):])
     assert cfg["world_size"] == 2 and cfg["device_batch_size"] == 2
     assert "grad_accum: 1 micro_batch: 2" in text2 and "grad_accum: 2 micro_batch: 2" in text1
-    l1, l2 = losses(text1, "train_loss"), losses(text2, "train_loss")
+    l1, l2 = losses(text1, "train"), losses(text2, "train")
     assert sorted(l1) == sorted(l2) == [1, 2, 3, 4, 5]
     for s in l1:
         assert abs(l1[s] - l2[s]) <= 1e-5, (s, l1, l2)
-    v1, v2 = losses(text1, "val_loss"), losses(text2, "val_loss")
+    v1, v2 = losses(text1, "val"), losses(text2, "val")
     assert sorted(v1) == sorted(v2) == [0, 2, 4, 5]
     for s in v1:  # the ranks sum their val rows in another order: allow the 4th logged decimal to round apart
         assert abs(v1[s] - v2[s]) <= 1.01e-4, (s, v1, v2)
@@ -215,12 +195,7 @@ def test_speedrun_preset_builds_full_size_and_steps_on_cpu(tmp_path):
                        "--steps=1", "--compile=false", "--bf16=false", "--sample_tokens=0", f"--log_dir={tmp_path}",
                        f"--train_files={sp}/shakespeare_train_*.bin", f"--val_files={sp}/shakespeare_val_*.bin"])
     assert (a.n_layer, a.n_embd, a.n_head, a.vocab_size, a.tie_embeddings) == (12, 768, 6, 50304, False)
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        assert tg.train(a, tg.Dist()) == 0  # in this process: no CLI start-up to pay for a 162M-parameter step
-    finally:
-        for s, h in saved.items():
-            signal.signal(s, h)
+    assert train_in_process(a) == 0  # in this process: no CLI start-up to pay for a 162M-parameter step
     (log,) = tmp_path.glob("*.txt")
     text = log.read_text()
     n_params = int(re.search(r"^parameters: ([\d,]+)", text, re.M)[1].replace(",", ""))
@@ -229,12 +204,9 @@ def test_speedrun_preset_builds_full_size_and_steps_on_cpu(tmp_path):
     assert n_params == blocks + 2 * V * d  # untied head
     assert abs((n_params - V * d) - 124e6) / 124e6 < 0.01  # GPT-2 small's ~124M without the head
     assert "grad_accum: 1 micro_batch: 2" in text
-    tr, va = losses_any(text, "train_loss"), losses_any(text, "val_loss")
+    tr, va = losses(text, "train"), losses(text, "val")
     assert sorted(tr) == [1] and sorted(va) == [0, 1]
     assert va[0] == pytest.approx(math.log(V), abs=1e-4) and math.isfinite(tr[1])
     assert va[1] < va[0] - 0.1  # one real optimizer step at full size
     assert text.rstrip().split("\n")[-1].startswith("peak memory")
 
-
-def losses_any(text, kind):
-    return {int(m[1]): float(m[4]) for m in map(STEP_RE.match, text.splitlines()) if m and m[3] == kind}
