@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.distributed as dist
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 # -----------------------------------------------------------------------------
 # Config: one dataclass, every field a command-line flag (--help lists them by group)
@@ -55,6 +56,19 @@ class Hyperparameters:
     logit_softcap: float = flag(30.0, "30*tanh(logits/30); 0 = off", ge=0, archs=["gpt"])
     norm_skip_tol: float = flag(0.0, "seed 000: RMSNorm returns x unchanged where |rms(x)-1| < tol", ge=0, archs=["gpt"])
     mlp_skip_threshold: float = flag(0.0, "seed 000: tokens with residual RMS below this skip the MLP", ge=0, archs=["gpt"])
+    # the 2025-01-16 speedrun record's components (modded-nanogpt): each off here, all on in --preset=speedrun
+    value_embeds: int = flag(0, "N extra token embeddings mixed into V (learned lambdas) of the first and last N layers (record: 3)", group="record", ge=0, archs=["gpt"])
+    unet_skips: bool = flag(False, "U-net: the second half of the blocks adds the first half's outputs, mirrored, with learned weights", archs=["gpt"])
+    x0_mix: bool = flag(False, "the stream starts at x0 = norm(embedding); every block starts with lambda0*x + lambda1*x0 (learned, init 1, 0)", archs=["gpt"])
+    merged_qkv: bool = flag(False, "q, k, v from one (3, d, d) weight: one matmul, one batched Muon update", archs=["gpt"])
+    attn_scale: float = flag(0.0, "softmax scale; 0 = 1/sqrt(head_dim) (record: 0.12)", ge=0, archs=["gpt"])
+    rope_half: bool = flag(False, "half-truncated RoPE: head_dim/4 frequencies from 1 to 1/rope_base, the other pairs unrotated (record base 1024)", archs=["gpt"])
+    logit_softcap_form: str = flag("tanh", "tanh: cap*tanh(z/cap); sigmoid: cap*(tanh(z/cap)+1) = 2cap*sigmoid(2z/cap) (record: cap 15, sigmoid)", choices=["tanh", "sigmoid"], archs=["gpt"])
+    skip_attn_layers: str = flag("", "comma-separated blocks without attention (record: 7)", archs=["gpt"])
+    doc_mask: bool = flag(False, "attention stays inside documents (<|endoftext|> starts one)", archs=["gpt"])
+    attn_window: int = flag(0, "sliding window (tokens, a multiple of 128) of the long layers, grown from 128 over the run; short layers get half; 0 = off (record: 1792)", ge=0, archs=["gpt"])
+    window_long_layers: str = flag("", "comma-separated layers with the long window, the others short; '' = all long (record: 0,4,7,11)", archs=["gpt"])
+    fp8_head: bool = flag(False, "lm_head matmul in FP8 while training (e4m3 forward, e5m2 gradients; torch._scaled_mm on sm_90, emulated elsewhere)", archs=["gpt"])
     # DyT (--norm=dyt)
     dyt_alpha_attn: float = flag(0.8, "DyT alpha init before attention (and QK)", group="dyt")
     dyt_alpha_mlp: float = flag(0.2, "DyT alpha init before the MLP")
@@ -86,6 +100,10 @@ class Hyperparameters:
     scalar_lr: float = flag(0.02, "muon mode: Adam lr of 1-D parameters (speedrun: 0.04)", ge=0)
     muon_lr: float = flag(0.025, "Muon lr (the CPU batch is 256x smaller than the speedrun's: half its lrs)", ge=0)
     muon_momentum: float = flag(0.95, "Muon momentum", ge=0, lt=1)
+    muon_momentum_warmup: int = flag(0, "Muon momentum grows from 0.85 to --muon_momentum over the first N steps (record: 300)", ge=0)
+    muon_batched: bool = flag(False, "Muon orthogonalises same-shape matrices as one batch (record: yes)")
+    fused_adam: bool = flag(False, "torch's fused Adam kernel (record: yes)")
+    adam_eps: float = flag(1e-10, "Adam epsilon (the record lowered it from 1e-8)", gt=0)
     adam_beta1: float = flag(0.8, "Adam beta1", ge=0, lt=1)
     adam_beta2: float = flag(0.95, "Adam beta2", ge=0, lt=1)
     weight_decay: float = flag(0.1, "--optimizer=adamw only (on matrices); muon/adam use none", ge=0)
@@ -95,7 +113,7 @@ class Hyperparameters:
     cooldown_frac: float = flag(0.4, "trapezoid: fraction of the steps spent cooling down", ge=0, le=1)
     min_lr_frac: float = flag(0.0, "lr multiplier at the end of the schedule", ge=0, le=1)
     # run
-    preset: str = flag("", "named defaults; '' = speedrun on CUDA, cpu otherwise", group="run", choices=["", "cpu", "speedrun"])
+    preset: str = flag("", "named defaults; '' = speedrun on CUDA, cpu otherwise", group="run", choices=["", "cpu", "speedrun", "speedrun_2024"])
     steps: int = flag(200, "optimizer steps", ge=1)
     val_every: int = flag(40, "validate every k steps (and after the last)", ge=1)
     seed: int = flag(0, "sets the init; the token stream is the same for every seed", ge=0)
@@ -113,14 +131,27 @@ class Hyperparameters:
     top_p: float = flag(0.9, "nucleus sampling mass", gt=0, le=1)
     prompt: str = flag("\n", "sampling prompt")
 
+SPEEDRUN_2024 = dict(  # modded-nanogpt's 124M recipe before the record's components (our speedrun preset until 2026-11)
+    train_files="data/fineweb10B/fineweb_train_*.bin", val_files="data/fineweb10B/fineweb_val_*.bin",
+    val_tokens=10485760, seq_len=1024, batch_size=512, device_batch_size=64,
+    n_layer=12, n_embd=768, n_head=6, steps=1750, val_every=125, compile=True,
+    embed_lr=0.6, head_lr=0.008, scalar_lr=0.04, muon_lr=0.05,
+)
+SPEEDRUN_COMPONENTS = {  # the record's components on top of SPEEDRUN_2024 -> the flag that turns each off again
+    "value_embeds": "--value_embeds=0", "unet_skips": "--no-unet_skips", "x0_mix": "--no-x0_mix", "merged_qkv": "--no-merged_qkv",
+    "attn_scale": "--attn_scale=0", "rope_half": "--no-rope_half", "skip_attn_layers": "--skip_attn_layers=",
+    "doc_mask": "--no-doc_mask", "attn_window": "--attn_window=0", "fp8_head": "--no-fp8_head",
+    "muon_batched": "--no-muon_batched", "fused_adam": "--no-fused_adam",
+}
 PRESETS = {
     "cpu": dict(),  # the dataclass defaults are the CPU preset
-    "speedrun": dict(  # modded-nanogpt's 124M recipe of early 2025, as far as our features go
-        train_files="data/fineweb10B/fineweb_train_*.bin", val_files="data/fineweb10B/fineweb_val_*.bin",
-        val_tokens=10485760, seq_len=1024, batch_size=512, device_batch_size=64,
-        n_layer=12, n_embd=768, n_head=6, steps=1750, val_every=125, compile=True,
-        embed_lr=0.6, head_lr=0.008, scalar_lr=0.04, muon_lr=0.05,
-    ),
+    "speedrun_2024": SPEEDRUN_2024,
+    "speedrun": {**SPEEDRUN_2024,  # modded-nanogpt's 2025-01-16 record (2.99 min to val 3.28 on 8xH100)
+        "seq_len": 65536, "batch_size": 8, "device_batch_size": 1, "steps": 1393, "min_lr_frac": 0.1,
+        "value_embeds": 3, "unet_skips": True, "x0_mix": True, "merged_qkv": True, "attn_scale": 0.12, "rope_half": True,
+        "rope_base": 1024.0, "logit_softcap": 15.0, "logit_softcap_form": "sigmoid", "skip_attn_layers": "7", "doc_mask": True,
+        "attn_window": 1792, "window_long_layers": "0,4,7,11", "fp8_head": True,
+        "muon_momentum_warmup": 300, "muon_batched": True, "fused_adam": True},
 }
 # fields that say how a run is run, not what it trains: they may differ on resume
 RUN_ONLY_FIELDS = {"val_every", "run_name", "log_dir", "save_every", "keep_checkpoints", "checkpoint_dir",
@@ -192,6 +223,10 @@ def parse_args(argv, cuda_available=None) -> Hyperparameters:
     validate(config)
     return config
 
+def layer_list(text):
+    """'0,4,7' -> [0, 4, 7]; '' -> []."""
+    return [int(x) for x in text.split(",") if x.strip()]
+
 BOUNDS = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"), "le": (lambda v, b: v <= b, "<="), "lt": (lambda v, b: v < b, "<")}
 
 def validate(c: Hyperparameters):
@@ -217,6 +252,15 @@ def validate(c: Hyperparameters):
     need(c.n_embd % c.n_head == 0, f"--n_embd={c.n_embd} is not divisible by --n_head={c.n_head}")
     need((c.qkv_head_dim or c.n_embd // c.n_head) % 2 == 0 or not c.rope,
          f"--n_embd={c.n_embd} / --n_head={c.n_head} gives an odd head dim: RoPE rotates pairs (pick an even head dim, or --no-rope)")
+    head_dim = c.qkv_head_dim or c.n_embd // c.n_head
+    need(not c.rope_half or head_dim % 4 == 0, f"--rope_half needs a head dim divisible by 4 (got {head_dim})")
+    need(c.attn_window % ATTN_BLOCK == 0, f"--attn_window={c.attn_window} must be a multiple of {ATTN_BLOCK}")
+    for name in ("skip_attn_layers", "window_long_layers"):  # indices past --n_layer are ignored: presets name the record's 12
+        try:
+            bad = [l for l in layer_list(getattr(c, name)) if l < 0]
+        except ValueError:
+            bad = [getattr(c, name)]
+        need(not bad, f"--{name}={getattr(c, name)!r}: give comma-separated layer indices (0 = the first block)")
     need(int(c.mlp_ratio * c.n_embd) >= 1, f"--mlp_ratio={c.mlp_ratio} gives an MLP of width 0 at --n_embd={c.n_embd}")
     need(c.val_tokens >= c.seq_len, f"--val_tokens={c.val_tokens} must be >= --seq_len ({c.seq_len})")
     if c.norm_skip_tol > 0:
@@ -314,9 +358,15 @@ class Scalars(nn.Module):
         return self.s_hat * self.factor
 
 class Rotary(nn.Module):
-    def __init__(self, head_dim, max_len, base):
+    """RoPE on (B, T, H, D), the pairs being (x[:D/2], x[D/2:]). half: the record's half-truncated RoPE, D/4
+    frequencies from 1 down to 1/base and D/4 pairs left unrotated (frequency 0)."""
+    def __init__(self, head_dim, max_len, base, half=False):
         super().__init__()
-        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        if half:
+            freq = (1 / base) ** torch.linspace(0, 1, head_dim // 4, dtype=torch.float32)
+            inv_freq = torch.cat([freq, freq.new_zeros(head_dim // 4)])
+        else:
+            inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
         self.register_buffer("cos", freqs.cos()[None, :, None, :], persistent=False)
         self.register_buffer("sin", freqs.sin()[None, :, None, :], persistent=False)
@@ -331,26 +381,36 @@ def linear(d_in, d_out):
 
 class Attention(nn.Module):
     """Causal self-attention. qk: 'rmsnorm' / 'dyt' (a Norm per head), 'l2' (nGPT/anGPT: s_qk * q/||q|| after
-    RoPE, softmax scale sqrt(d_head)) or 'none'. v_scale / out_scale are anGPT's constant nu factors."""
-    def __init__(self, dim, n_head, head_dim, ops, qk="rmsnorm", rope_len=0, rope_base=10000.0, dyt_alpha=0.8,
-                 v_scale=1.0, out_scale=1.0):
+    RoPE, softmax scale sqrt(d_head)) or 'none'. v_scale / out_scale are anGPT's constant nu factors.
+    merged_qkv: one (3, H*D, d) weight; value_mix: v = lambda0 * v + lambda1 * ve (the record's value embeddings)."""
+    def __init__(self, dim, n_head, head_dim, ops, qk="rmsnorm", rope_len=0, rope_base=10000.0, rope_half=False, dyt_alpha=0.8,
+                 v_scale=1.0, out_scale=1.0, softmax_scale=0.0, merged_qkv=False, value_mix=False):
         super().__init__()
         self.n_head, self.head_dim, self.ops = n_head, head_dim, ops
-        self.c_q, self.c_k, self.c_v = linear(dim, n_head * head_dim), linear(dim, n_head * head_dim), linear(dim, n_head * head_dim)
+        if merged_qkv:
+            self.qkv_w = nn.Parameter(torch.empty(3, n_head * head_dim, dim))  # initialised with the other matrices
+        else:
+            self.c_q, self.c_k, self.c_v = linear(dim, n_head * head_dim), linear(dim, n_head * head_dim), linear(dim, n_head * head_dim)
         self.c_proj = linear(n_head * head_dim, dim)
-        self.rotary = Rotary(head_dim, rope_len, rope_base) if rope_len else None
+        self.rotary = Rotary(head_dim, rope_len, rope_base, rope_half) if rope_len else None
         self.qk, self.v_scale, self.out_scale = qk, v_scale, out_scale
         if qk in ("rmsnorm", "dyt"):
             self.q_norm, self.k_norm = Norm(qk, head_dim, ops, dyt_alpha=dyt_alpha), Norm(qk, head_dim, ops, dyt_alpha=dyt_alpha)
         if qk == "l2":  # s_qk init 1, scale 1/sqrt(d), one per head channel (1-D: optimised as a scalar, not a matrix)
             self.s_qk = Scalars((n_head * head_dim,), 1.0, dim ** -0.5)
+        self.lambdas = nn.Parameter(torch.tensor([0.5, 0.5])) if value_mix else None
         # exact unit q, k make q.k a cosine in [-1, 1]: nGPT scales the softmax by sqrt(d_head), not 1/sqrt(d_head)
-        self.softmax_scale = head_dim ** 0.5 if qk == "l2" else head_dim ** -0.5
-    def forward(self, x):
+        self.softmax_scale = softmax_scale or (head_dim ** 0.5 if qk == "l2" else head_dim ** -0.5)
+    def forward(self, x, ve=None, mask=None):
         B, T, _ = x.shape
-        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
-        k = self.c_k(x).view(B, T, self.n_head, self.head_dim)
-        v = self.c_v(x).view(B, T, self.n_head, self.head_dim)
+        if hasattr(self, "qkv_w"):
+            q, k, v = F.linear(x, self.qkv_w.flatten(0, 1)).view(B, T, 3 * self.n_head, self.head_dim).chunk(3, dim=-2)
+        else:
+            q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
+            k = self.c_k(x).view(B, T, self.n_head, self.head_dim)
+            v = self.c_v(x).view(B, T, self.n_head, self.head_dim)
+        if self.lambdas is not None:  # layers without a value embedding still scale v by lambda0
+            v = (self.lambdas[0] * v + self.lambdas[1] * ve.view_as(v) if ve is not None else self.lambdas[0] * v).to(q.dtype)
         if self.qk in ("rmsnorm", "dyt"):
             q, k = self.q_norm(q), self.k_norm(k)
         if self.rotary is not None:
@@ -360,9 +420,62 @@ class Attention(nn.Module):
             q, k = s_qk * self.ops.l2_norm(q), s_qk * self.ops.l2_norm(k)
         if self.v_scale != 1.0:
             v = v * self.v_scale
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=self.softmax_scale)
-        y = self.c_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+        y = self.c_proj(attend(q, k, v, mask, self.softmax_scale).reshape(B, T, self.n_head * self.head_dim))
         return y * self.out_scale if self.out_scale != 1.0 else y
+
+def attend(q, k, v, mask, scale):
+    """(B, T, H, D) q, k, v -> (B, T, H, D): causal SDPA (flash), or under a mask (document / sliding window)
+    FlexAttention with a BlockMask (CUDA) or SDPA with the equivalent dense boolean (B, 1, T, T) mask (CPU)."""
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if mask is None:
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    elif isinstance(mask, torch.Tensor):
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    else:
+        y = flex_attention(q, k, v, block_mask=mask, scale=scale)
+    return y.transpose(1, 2)
+
+# ---- Document and sliding-window masks: one definition, two forms. A query attends to keys at or before it, in its
+# own document (<|endoftext|> starts one) and, with a window of W blocks, in its own 128-token block or the W-1 before.
+
+ATTN_BLOCK = 128  # FlexAttention's block size: windows count whole blocks, as in the record
+
+def document_ids(idx):
+    """(B, T) tokens -> the document each belongs to."""
+    return (idx == EOT_TOKEN).cumsum(-1)
+
+def dense_attention_mask(idx, window_blocks=None, doc_mask=True):
+    """The mask as a (B, 1, T, T) boolean: the CPU path, and the reference the BlockMask is tested against."""
+    pos = torch.arange(idx.size(1), device=idx.device)
+    mask = (pos[:, None] >= pos[None, :])[None]
+    if window_blocks is not None:
+        mask = mask & ((pos[:, None] // ATTN_BLOCK - pos[None, :] // ATTN_BLOCK) < window_blocks)[None]
+    if doc_mask:
+        docs = document_ids(idx)
+        mask = mask & (docs[:, :, None] == docs[:, None, :])
+    return mask[:, None]
+
+def block_attention_mask(idx, window_blocks=None, doc_mask=True):
+    """The same mask as FlexAttention's block-sparse BlockMask, built from per-block document ranges without a
+    T x T tensor: a kv block is 'full' (no per-token masking) when it lies strictly before the query block, in the
+    window, and both blocks sit inside one document; 'partial' (mask_mod decides per token) when it is the
+    diagonal block or touches a document boundary; absent otherwise."""
+    B, T = idx.shape
+    nb = T // ATTN_BLOCK
+    docs = document_ids(idx)
+    first, last = docs.view(B, nb, ATTN_BLOCK)[..., 0], docs.view(B, nb, ATTN_BLOCK)[..., -1]
+    qb, kb = torch.arange(nb, device=idx.device)[:, None], torch.arange(nb, device=idx.device)[None, :]
+    some, full = (qb >= kb)[None], (qb > kb)[None]
+    if window_blocks is not None:
+        some, full = some & ((qb - kb) < window_blocks), full & ((qb - kb) < window_blocks)
+    if doc_mask:  # document ranges [first, last] of the query and kv blocks overlap / are one and the same document
+        some = some & (first[:, :, None] <= last[:, None, :]) & (first[:, None, :] <= last[:, :, None])
+        full = full & (first[:, :, None] == last[:, :, None]) & (first[:, None, :] == last[:, None, :]) & (first[:, :, None] == first[:, None, :])
+    def ordered(blocks):  # dense (B, nb, nb) -> (count, indices) per query block, with a head dim of 1
+        return blocks.sum(-1, dtype=torch.int32)[:, None], blocks.to(torch.int8).argsort(-1, descending=True, stable=True).to(torch.int32)[:, None]
+    def mask_mod(b, h, q, kv):
+        return (q >= kv) & (docs[b, q] == docs[b, kv]) if doc_mask else q >= kv
+    return BlockMask.from_kv_blocks(*ordered(some & ~full), *ordered(full), BLOCK_SIZE=ATTN_BLOCK, mask_mod=mask_mod)
 
 def mlp_hidden(config):
     """The MLP's hidden width: mlp_ratio * d, or 2/3 of it (rounded up to 64) for SwiGLU, whose two halves
@@ -403,7 +516,7 @@ def attention(config, ops, **kw):
     """The Attention of a block at the config's width, heads and RoPE."""
     head_dim = config.qkv_head_dim or config.n_embd // config.n_head
     return Attention(config.n_embd, config.n_head, head_dim, ops, rope_len=config.seq_len if config.rope else 0,
-                     rope_base=config.rope_base, **kw)
+                     rope_base=config.rope_base, rope_half=config.rope_half, **kw)
 
 # -----------------------------------------------------------------------------
 # Architectures: each is a block and an Arch that owns everything else that differs for it (the embedding and
@@ -421,8 +534,14 @@ class Arch(nn.Module):
         raise NotImplementedError
     def embed(self, x):                         # token embeddings -> the residual stream
         return x
+    def run_blocks(self, blocks, x, idx):       # the residual stream through the blocks
+        for block in blocks:
+            x = block(x)
+        return x
     def logits(self, x, lm_head):               # the last residual stream -> logits
         return lm_head(x)
+    def before_step(self, step):                # before training step `step` (0-based) and before each validation
+        pass
     @torch.no_grad()
     def init_weights(self, model):              # after GPT's common init (uniform matrices, normal embedding)
         pass
@@ -439,21 +558,30 @@ class Arch(nn.Module):
 
 class GPTBlock(nn.Module):
     """Pre-norm (or --post_norm) residual block; --mlp_skip_threshold runs the MLP only on tokens whose
-    residual RMS reaches the threshold (gather / scatter, so skipped tokens cost nothing)."""
-    def __init__(self, config, ops, probe):
+    residual RMS reaches the threshold (gather / scatter, so skipped tokens cost nothing). The record's options:
+    no attention in this layer, the x0 mix, value embeddings in V, a document / window mask."""
+    def __init__(self, config, ops, probe, layer=0):
         super().__init__()
         c = config
         self.attn_norm = Norm(c.norm, c.n_embd, ops, probe, c.dyt_alpha_attn, c.norm_skip_tol)
         self.mlp_norm = Norm(c.norm, c.n_embd, ops, probe, c.dyt_alpha_mlp, c.norm_skip_tol)
-        self.attn = attention(c, ops, qk="dyt" if c.norm == "dyt" and c.dyt_qk else "rmsnorm", dyt_alpha=c.dyt_alpha_attn)
+        if layer not in layer_list(c.skip_attn_layers):
+            self.attn = attention(c, ops, qk="dyt" if c.norm == "dyt" and c.dyt_qk else "rmsnorm", dyt_alpha=c.dyt_alpha_attn,
+                                  softmax_scale=c.attn_scale, merged_qkv=c.merged_qkv, value_mix=c.value_embeds > 0)
+        else:
+            self.attn = None
         self.mlp = MLP(c.n_embd, mlp_hidden(c), c.mlp, probe)
+        self.lambdas = nn.Parameter(torch.tensor([1.0, 0.0])) if c.x0_mix else None
         self.post_norm, self.mlp_skip_threshold, self.probe = c.post_norm, c.mlp_skip_threshold, probe
     def mlp_residual(self, x):
         if self.post_norm:
             return self.mlp_norm(x + self.mlp(x))
         return x + self.mlp(self.mlp_norm(x))
-    def forward(self, x):
-        x = self.attn_norm(x + self.attn(x)) if self.post_norm else x + self.attn(self.attn_norm(x))
+    def forward(self, x, x0=None, ve=None, mask=None):
+        if self.lambdas is not None:
+            x = self.lambdas[0] * x + self.lambdas[1] * x0
+        if self.attn is not None:
+            x = self.attn_norm(x + self.attn(x, ve, mask)) if self.post_norm else x + self.attn(self.attn_norm(x), ve, mask)
         if self.mlp_skip_threshold <= 0:
             return self.mlp_residual(x)
         flat = x.reshape(-1, x.size(-1))
@@ -464,24 +592,69 @@ class GPTBlock(nn.Module):
         return out.view_as(x)
 
 class GPTArch(Arch):
-    """Untied (or tied) head after a final norm, logit soft-cap, zero-initialised output projections, Muon."""
+    """Untied (or tied) head after a final norm, logit soft-cap, zero-initialised output projections, Muon; and
+    the speedrun record's components: value embeddings, U-net skips, the x0 mix, document / window masks, FP8 head."""
     def __init__(self, config, ops, probe):
         super().__init__(config, ops, probe)
         c = config
         self.final_norm = Norm("none" if c.post_norm else c.norm, c.n_embd, ops, probe, c.dyt_alpha_final)
         self.embed_scale = nn.Parameter(torch.full((1,), c.n_embd ** 0.5)) if c.dyt_embed_scale else None
+        self.value_embeds = nn.ModuleList([nn.Embedding(c.vocab_size, c.n_embd) for _ in range(min(c.value_embeds, c.n_layer))])
+        self.skip_weights = nn.Parameter(torch.ones(c.n_layer - c.n_layer // 2)) if c.unet_skips else None
+        self.long_layers = set(layer_list(c.window_long_layers) or range(c.n_layer))
+        self.register_buffer("window_blocks", torch.tensor(1, dtype=torch.int32), persistent=False)  # grown by before_step
     def block(self, layer):
-        return GPTBlock(self.config, self.ops, self.probe)
+        return GPTBlock(self.config, self.ops, self.probe, layer)
     def embed(self, x):
+        if self.config.x0_mix:  # the record's stream starts normalised: x0 = norm(embedding)
+            x = self.ops.rms_norm(x, None, 1e-6, 0.0)
         return x * self.embed_scale if self.embed_scale is not None else x
+    def run_blocks(self, blocks, x, idx):
+        c, n = self.config, len(blocks)
+        ve = [emb(idx) for emb in self.value_embeds]  # layer i < N uses ve[i], layer n-N+i uses ve[i] too
+        masks = self.attention_masks(idx)
+        x0, skips = x, []
+        for i, block in enumerate(blocks):
+            if self.skip_weights is not None and i >= n // 2:  # U-net: the decoder half adds the encoder's outputs, mirrored
+                x = x + self.skip_weights[i - n // 2] * skips.pop()
+            j = i if i < len(ve) else i - (n - len(ve))
+            x = block(x, x0, ve[j] if 0 <= j < len(ve) else None, masks[i in self.long_layers])
+            if self.skip_weights is not None and i < n // 2:
+                skips.append(x)
+        return x
+    def attention_masks(self, idx):
+        """{True: the long layers' mask, False: the short layers'} (None = plain causal)."""
+        c = self.config
+        if not (c.doc_mask or c.attn_window):
+            return {True: None, False: None}
+        build = block_attention_mask if idx.is_cuda else dense_attention_mask
+        long_blocks = self.window_blocks if c.attn_window else None
+        short_blocks = torch.clamp_min(self.window_blocks // 2, 1) if c.attn_window else None
+        return {True: build(idx, long_blocks, c.doc_mask), False: build(idx, short_blocks, c.doc_mask)}
+    def before_step(self, step):
+        """The record's window warm-up: the long window grows linearly from one block to --attn_window over the run."""
+        c = self.config
+        if c.attn_window:
+            self.window_blocks.fill_(max(1, math.ceil((c.attn_window / ATTN_BLOCK - 0.5) * step / c.steps)))
     def logits(self, x, lm_head):
-        logits = lm_head(self.final_norm(x))
-        cap = self.config.logit_softcap
+        c = self.config
+        x = self.final_norm(x)
+        if c.fp8_head and self.training:  # the record: FP8 while training, bf16 in eval
+            logits = fp8_linear(x, lm_head.weight)
+        else:
+            logits = lm_head(x)
+        cap = c.logit_softcap
+        if cap > 0 and c.logit_softcap_form == "sigmoid":  # 30*sigmoid(z/7.5) at cap 15, in fp32 as the record does
+            return 2 * cap * torch.sigmoid(logits.float() * (2 / cap))
         return cap * torch.tanh(logits / cap) if cap > 0 else logits
     @torch.no_grad()
     def init_weights(self, model):  # zero output projections: every block starts as the identity
         for block in model.blocks:
-            block.attn.c_proj.weight.zero_(); block.mlp.c_proj.weight.zero_()
+            if block.attn is not None:
+                block.attn.c_proj.weight.zero_()
+            block.mlp.c_proj.weight.zero_()
+        for emb in self.value_embeds:
+            nn.init.normal_(emb.weight)
         if not self.config.tie_embeddings:
             model.lm_head.weight.zero_()
 
@@ -660,15 +833,13 @@ class GPT(nn.Module):
     @torch.no_grad()
     def reset_parameters(self, config):
         for name, p in self.named_parameters():
-            if p.ndim == 2 and name != "wte.weight":  # modded-nanogpt's init; the Arch renormalises what it needs
-                p.uniform_(-(3 ** 0.5) * 0.5 / p.size(1) ** 0.5, (3 ** 0.5) * 0.5 / p.size(1) ** 0.5)
+            if p.ndim >= 2 and name != "wte.weight":  # modded-nanogpt's init (fan-in: the last dim); the Arch redoes what it needs
+                p.uniform_(-(3 ** 0.5) * 0.5 / p.size(-1) ** 0.5, (3 ** 0.5) * 0.5 / p.size(-1) ** 0.5)
         nn.init.normal_(self.wte.weight, std=config.n_embd ** -0.5 if config.tie_embeddings else 1.0)
         self.arch.init_weights(self)
 
     def forward(self, idx, targets=None, reduction="mean"):
-        x = self.arch.embed(self.wte(idx))
-        for block in self.blocks:
-            x = block(x)
+        x = self.arch.run_blocks(self.blocks, self.arch.embed(self.wte(idx)), idx)
         logits = self.arch.logits(x, self.lm_head)
         if targets is None:
             return logits
@@ -1172,6 +1343,55 @@ _dyt_op.register_autograd(_dyt_backward, setup_context=_dyt_setup)
 def dyt_triton(x, alpha, weight, bias=None):
     return _dyt_op(x, alpha, weight, bias)
 
+# ---- FP8 matmul for the lm_head (the record's): x and w scaled into e4m3 for the forward, the gradient into e5m2 for
+# the backward, products accumulated at higher precision and scaled back. On sm_90 through torch._scaled_mm; elsewhere
+# the same casts are emulated (dequantise, fp32 matmul), so the scaling logic runs and is tested on a CPU.
+
+FP8_X_SCALE, FP8_W_SCALE = 2.0, 32.0  # normalised activations are O(1), head weights O(0.01-0.1): both land well inside e4m3's +-448
+
+def fp8_grad_scale(n_tokens):
+    """The record's 2^29 for a 65,536-token micro-batch, scaled with the tokens: a mean-reduced loss's logit gradients
+    are <= 1/n_tokens, so they land at <= 2^13 (e5m2 reaches 57,344) whatever the batch."""
+    return 2.0 ** 13 * n_tokens
+
+def _fp8_matmul(a_f8, b_f8, scale_a, scale_b, out_dtype, fast_accum):
+    """a @ b for fp8 a (M, K) row-major and b (K, N) column-major, times scale_a * scale_b."""
+    if a_f8.is_cuda:
+        one = lambda v: torch.tensor(v, dtype=torch.float32, device=a_f8.device)
+        return torch._scaled_mm(a_f8, b_f8, out_dtype=out_dtype, scale_a=one(scale_a), scale_b=one(scale_b), use_fast_accum=fast_accum)
+    return ((a_f8.float() @ b_f8.float()) * (scale_a * scale_b)).to(out_dtype)
+
+@_custom_op("fp8_mm", lambda x, w, x_s, w_s: (x.new_empty((x.size(0), w.size(0)), dtype=torch.bfloat16),
+                                               x.new_empty(x.shape, dtype=torch.float8_e4m3fn), w.new_empty(w.shape, dtype=torch.float8_e4m3fn)))
+def _fp8_mm_op(x: torch.Tensor, w: torch.Tensor, x_s: float, w_s: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x_f8, w_f8 = (x * x_s).to(torch.float8_e4m3fn), (w * w_s).to(torch.float8_e4m3fn)
+    return _fp8_matmul(x_f8, w_f8.t(), 1 / x_s, 1 / w_s, torch.bfloat16, fast_accum=True), x_f8, w_f8
+
+@_custom_op("fp8_mm_bwd", lambda g, x_f8, w_f8, x_s, w_s, grad_s: (x_f8.new_empty(x_f8.shape, dtype=torch.bfloat16),
+                                                                     w_f8.new_empty(w_f8.shape, dtype=torch.float32)))
+def _fp8_mm_bwd_op(g: torch.Tensor, x_f8: torch.Tensor, w_f8: torch.Tensor, x_s: float, w_s: float, grad_s: float) -> tuple[torch.Tensor, torch.Tensor]:
+    g_f8 = (g * grad_s).to(torch.float8_e5m2)
+    grad_x = _fp8_matmul(g_f8, w_f8.t().contiguous().t(), 1 / grad_s, 1 / w_s, torch.bfloat16, fast_accum=False)
+    # grad_w^T = x^T @ g: the (K, M) x (M, N) orientation is the fast one for a 50304-wide head
+    grad_w = _fp8_matmul(x_f8.t().contiguous(), g_f8.t().contiguous().t(), 1 / x_s, 1 / grad_s, torch.float32, fast_accum=False)
+    return grad_x, grad_w.t().contiguous()
+
+def _fp8_mm_setup(ctx, inputs, output):
+    _, _, ctx.x_s, ctx.w_s = inputs
+    ctx.save_for_backward(output[1], output[2])
+
+def _fp8_mm_backward(ctx, g, *_):
+    x_f8, w_f8 = ctx.saved_tensors
+    grad_x, grad_w = _fp8_mm_bwd_op(g.contiguous(), x_f8, w_f8, ctx.x_s, ctx.w_s, fp8_grad_scale(x_f8.size(0)))
+    return grad_x, grad_w, None, None
+
+_fp8_mm_op.register_autograd(_fp8_mm_backward, setup_context=_fp8_mm_setup)
+
+def fp8_linear(x, w):
+    """x @ w.T through FP8 (bf16 out; the gradient of x in x's dtype, of w in fp32)."""
+    out = _fp8_mm_op(x.reshape(-1, x.size(-1)).contiguous(), w, FP8_X_SCALE, FP8_W_SCALE)[0]
+    return out.view(*x.shape[:-1], w.size(0))
+
 # ---- The table and the choice
 
 OPS = {  # name -> (torch reference, Triton op): the same signature, the model calls ops.<name>
@@ -1216,21 +1436,28 @@ def zeropower_via_newtonschulz5(G, steps=5, dtype=torch.bfloat16):
     return X.mT if transposed else X
 
 class Muon(torch.optim.Optimizer):
-    """SGD-momentum (Nesterov) whose update is orthogonalised; for 2-D hidden weights only."""
-    def __init__(self, params, lr=0.05, momentum=0.95, nesterov=True, ns_steps=5, ns_dtype=torch.bfloat16):
+    """SGD-momentum (Nesterov) whose update is orthogonalised; for hidden weight matrices (a 3-D weight is a stack
+    of matrices). batched: same-shape updates are orthogonalised as one batch (one launch per shape, not per
+    matrix); compiled: the Newton-Schulz iteration goes through torch.compile (CUDA)."""
+    def __init__(self, params, lr=0.05, momentum=0.95, nesterov=True, ns_steps=5, ns_dtype=torch.bfloat16, batched=False, compiled=False):
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps))
-        self.ns_dtype = ns_dtype
+        self.ns_dtype, self.batched = ns_dtype, batched
+        self.orthogonalise = torch.compile(zeropower_via_newtonschulz5) if compiled else zeropower_via_newtonschulz5
     @torch.no_grad()
     def step(self):
         for group in self.param_groups:
+            updates = {}  # shape -> [(param, nesterov momentum)]
             for p in group["params"]:
                 if p.grad is None: continue
                 g, state = p.grad, self.state[p]
                 buf = state.setdefault("momentum_buffer", torch.zeros_like(g))
                 buf.lerp_(g, 1 - group["momentum"])
-                g = g.lerp(buf, group["momentum"]) if group["nesterov"] else buf
-                g = zeropower_via_newtonschulz5(g, group["ns_steps"], self.ns_dtype).to(p.dtype)
-                p.add_(g, alpha=-group["lr"] * max(1, p.size(-2) / p.size(-1)) ** 0.5)
+                updates.setdefault(p.shape if self.batched else id(p), []).append((p, g.lerp(buf, group["momentum"]) if group["nesterov"] else buf))
+            for pairs in updates.values():
+                ortho = (self.orthogonalise(torch.stack([g for _, g in pairs]), group["ns_steps"], self.ns_dtype) if len(pairs) > 1
+                         else [self.orthogonalise(pairs[0][1], group["ns_steps"], self.ns_dtype)])
+                for (p, _), u in zip(pairs, ortho):
+                    p.add_(u.to(p.dtype), alpha=-group["lr"] * max(1, p.size(-2) / p.size(-1)) ** 0.5)
 
 def build_optimizers(model: GPT, config: Hyperparameters):
     """Muon for the hidden matrices and Adam for embedding, head and 1-D parameters; or Adam/AdamW for all.
@@ -1238,21 +1465,28 @@ def build_optimizers(model: GPT, config: Hyperparameters):
     kind = config.optimizer or model.arch.optimizer
     params = dict(model.named_parameters())  # de-duplicates a tied embedding/head
     trainable = {n: p for n, p in params.items() if p.requires_grad}
-    betas = (config.adam_beta1, config.adam_beta2)
+    betas, adam_kw = (config.adam_beta1, config.adam_beta2), dict(eps=config.adam_eps, fused=config.fused_adam or None)
     if kind in ("adam", "adamw"):
         lr = config.lr or model.arch.adam_lr
         wd = config.weight_decay if kind == "adamw" else 0.0
-        decay = [p for n, p in trainable.items() if p.ndim == 2]
+        decay = [p for n, p in trainable.items() if p.ndim >= 2]
         no_decay = [p for n, p in trainable.items() if p.ndim < 2]
-        return [torch.optim.AdamW([dict(params=decay, weight_decay=wd), dict(params=no_decay, weight_decay=0.0)], lr=lr, betas=betas, eps=1e-10)]
+        return [torch.optim.AdamW([dict(params=decay, weight_decay=wd), dict(params=no_decay, weight_decay=0.0)], lr=lr, betas=betas, **adam_kw)]
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}  # wte and the value embeddings
     head = [p for n, p in trainable.items() if n == "lm_head.weight" or (n == "wte.weight" and config.tie_embeddings)]
-    embed = [p for n, p in trainable.items() if n == "wte.weight" and not config.tie_embeddings]
+    embed = [p for n, p in trainable.items() if id(p) in embeddings and not (n == "wte.weight" and config.tie_embeddings)]
     scalars = [p for n, p in trainable.items() if p.ndim < 2]
-    hidden = [p for n, p in trainable.items() if p.ndim == 2 and n not in ("wte.weight", "lm_head.weight")]
+    hidden = [p for n, p in trainable.items() if p.ndim >= 2 and id(p) not in embeddings and n != "lm_head.weight"]
     adam = torch.optim.Adam([dict(params=embed, lr=config.embed_lr), dict(params=head, lr=config.head_lr), dict(params=scalars, lr=config.scalar_lr)],
-                            betas=betas, eps=1e-10)
-    muon = Muon(hidden, lr=config.muon_lr, momentum=config.muon_momentum, ns_dtype=torch.bfloat16 if config.bf16 else torch.float32)
+                            betas=betas, **adam_kw)
+    muon = Muon(hidden, lr=config.muon_lr, momentum=config.muon_momentum, ns_dtype=torch.bfloat16 if config.bf16 else torch.float32,
+                batched=config.muon_batched, compiled=config.compile and torch.cuda.is_available())
     return [adam, muon]
+
+def muon_momentum(step, config: Hyperparameters):
+    """The record's momentum warm-up: 0.85 -> --muon_momentum over the first --muon_momentum_warmup steps."""
+    frac = min(step / config.muon_momentum_warmup, 1.0) if config.muon_momentum_warmup else 1.0
+    return (1 - frac) * 0.85 + frac * config.muon_momentum
 
 def lr_multiplier(step, config: Hyperparameters):
     """trapezoid: (optional warmup), constant, then linear cooldown over the last cooldown_frac of the steps;
@@ -1350,12 +1584,15 @@ def find_shards(pattern, flag, vocab_size=None):
 class DataLoader:
     """Deterministic distributed loader. Each step reads the next batch_size*seq_len(+1) tokens of the global
     stream; rank r's micro-step m takes sequences [(m*W + r)*mb, (m*W + r + 1)*mb) of it, so the global batch
-    is the same for every world size W. The position (shard, pos) is all the state there is."""
-    def __init__(self, files, seq_len, batch_size, micro_batch, rank, world):
+    is the same for every world size W. The position (shard, pos) is all the state there is. pin: the batch goes
+    through one reused page-locked buffer, so the copies to the GPU can be non-blocking (the train step's one host
+    sync, at its end, comes before the buffer is refilled)."""
+    def __init__(self, files, seq_len, batch_size, micro_batch, rank, world, pin=False):
         self.files, self.T, self.B, self.mb, self.rank, self.world = files, seq_len, batch_size, micro_batch, rank, world
         self.grad_accum = batch_size // (micro_batch * world)
         self.shard, self.pos = 0, 0
         self.tokens = read_shard(files[0])
+        self.pinned = torch.empty(batch_size * seq_len + 1, dtype=torch.int64, pin_memory=True) if pin else None
     def state_dict(self):
         return dict(shard=self.shard, pos=self.pos)
     def load_state_dict(self, s):
@@ -1369,6 +1606,8 @@ class DataLoader:
             if need > len(self.tokens):
                 raise ValueError(f"shard {self.files[self.shard]} has {len(self.tokens)} tokens, fewer than one batch ({need}): lower --batch_size or --seq_len")
         buf = torch.from_numpy(self.tokens[self.pos:self.pos + need].astype(np.int64))
+        if self.pinned is not None:
+            buf = self.pinned.copy_(buf)
         self.pos += self.B * self.T
         x, y = buf[:-1].view(self.B, self.T), buf[1:].view(self.B, self.T)
         chunks = [slice((m * self.world + self.rank) * self.mb, (m * self.world + self.rank + 1) * self.mb) for m in range(self.grad_accum)]
@@ -1585,39 +1824,45 @@ class Trainer:
         if self.d.world > 1: dist.barrier()
 
     def log_validation(self):
+        self.raw_model.arch.before_step(self.step)
         val_loss, extra = evaluate(self.model, self.raw_model, self.val, self.config, self.d)
         fields_ = "".join(f" {k}:{v:.4f}" for k, v in extra.items())
         self.log(f"step:{self.step}/{self.config.steps} val_loss:{val_loss:.4f} train_time:{self.train_time_ms:.0f}ms "
                  f"step_avg:{self.train_time_ms / max(self.step, 1):.2f}ms{fields_}")
 
     def train_step(self):
-        """One optimizer step over grad_accum micro-batches; returns the mean train loss over all ranks."""
+        """One optimizer step over grad_accum micro-batches; returns the mean train loss over all ranks. Its one
+        host sync is that loss, at the end (the log line needs it): a non-finite loss stops the run there, and the
+        weights it made are never checkpointed."""
         c, d = self.config, self.d
+        self.raw_model.arch.before_step(self.step)
         batches = self.loader.next_batch()
         loss_sum = torch.zeros((), device=d.device)
         for i, (x, y) in enumerate(batches):
             no_sync = self.model.no_sync() if d.world > 1 and i < len(batches) - 1 else contextlib.nullcontext()
             with no_sync, model_autocast(c, d.device):
-                loss = self.model(x.to(d.device), y.to(d.device)) / len(batches)
+                loss = self.model(x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)) / len(batches)
             loss.backward()
             loss_sum += loss.detach()
-        train_loss = all_reduce_mean(loss_sum).item()
-        if not math.isfinite(train_loss):
-            return train_loss  # the caller stops before the optimizer touches the weights
         if c.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), c.grad_clip)
-        mult = lr_multiplier(self.step, c)
+        mult, momentum = lr_multiplier(self.step, c), muon_momentum(self.step, c)
         for opt in self.optimizers:
-            for g in opt.param_groups: g["lr"] = g["initial_lr"] * mult
+            for g in opt.param_groups:
+                g["lr"] = g["initial_lr"] * mult
+                if isinstance(opt, Muon): g["momentum"] = momentum
             opt.step()
         self.raw_model.zero_grad(set_to_none=True)
         self.raw_model.after_step(self.step)
-        return train_loss
+        return all_reduce_mean(loss_sum).item()
 
 def start(config: Hyperparameters, d: Dist) -> Trainer:
     """Everything that can fail on bad input fails here, before the model is built; then model, optimizers,
     data, and the state of a checkpoint when resuming."""
     micro = split_batch(config, d)
+    if d.device.type == "cuda" and (config.doc_mask or config.attn_window) and config.seq_len % ATTN_BLOCK:
+        raise ConfigError(f"--doc_mask / --attn_window use FlexAttention's {ATTN_BLOCK}-token blocks on CUDA: "
+                          f"--seq_len={config.seq_len} must be a multiple of {ATTN_BLOCK}")
     train_files = find_shards(config.train_files, "train_files", config.vocab_size)
     val_files = find_shards(config.val_files, "val_files", config.vocab_size)
     resumed_path, ckpt = load_checkpoint(config) if config.resume else (None, None)
@@ -1637,7 +1882,7 @@ def start(config: Hyperparameters, d: Dist) -> Trainer:
     optimizers = build_optimizers(raw_model, config)
     for opt in optimizers:
         for g in opt.param_groups: g["initial_lr"] = g["lr"]
-    loader = DataLoader(train_files, config.seq_len, config.batch_size, micro, d.rank, d.world)
+    loader = DataLoader(train_files, config.seq_len, config.batch_size, micro, d.rank, d.world, pin=d.device.type == "cuda")
     val = load_val_tokens(val_files, config.val_tokens // config.seq_len * config.seq_len)
     model = raw_model
     if d.world > 1:
@@ -1674,30 +1919,30 @@ def train(config: Hyperparameters, d: Dist) -> int:
     t = start(config, d)
     stop = StopSignal(); stop.install()
     tokens_per_step = config.batch_size * config.seq_len
-    sync = (lambda: torch.cuda.synchronize()) if d.device.type == "cuda" else (lambda: None)
     while True:
         last = t.step == config.steps
         if last or t.step % config.val_every == 0:
             t.log_validation()
         if last:
             break
-        sync(); t0 = time.perf_counter()
-        train_loss = t.train_step()
+        t0 = time.perf_counter()
+        train_loss = t.train_step()  # ends in the step's one host sync, so the clock reads the whole step
         if not math.isfinite(train_loss):
             t.log(f"step:{t.step + 1}/{config.steps} train_loss:{train_loss} -- stopping: the loss is not finite. "
                   f"Last checkpoint: {t.last_checkpoint or 'none (set --save_every)'}")
             return 2
-        sync(); dt = (time.perf_counter() - t0) * 1000
+        dt = (time.perf_counter() - t0) * 1000
         t.step += 1; t.train_time_ms += dt
         t.log(f"step:{t.step}/{config.steps} train_loss:{train_loss:.4f} train_time:{t.train_time_ms:.0f}ms "
               f"step_avg:{t.train_time_ms / t.step:.2f}ms tok/s:{tokens_per_step / dt * 1000:.0f}")
-        signum = torch.tensor(stop.signum, device=d.device)
-        if d.world > 1: dist.all_reduce(signum, op=dist.ReduceOp.MAX)  # every rank stops at the same step
-        if config.save_every and t.step % config.save_every == 0 or signum.item():
+        signum = stop.signum
+        if d.world > 1:  # every rank stops at the same step
+            signum = torch.tensor(signum, device=d.device); dist.all_reduce(signum, op=dist.ReduceOp.MAX); signum = int(signum.item())
+        if config.save_every and t.step % config.save_every == 0 or signum:
             t.checkpoint()
-        if signum.item():
-            t.log(f"stopped by signal {signum.item()} after step {t.step}; resume with --resume=auto --run_name={config.run_name}")
-            return 128 + int(signum.item())
+        if signum:
+            t.log(f"stopped by signal {signum} after step {t.step}; resume with --resume=auto --run_name={config.run_name}")
+            return 128 + signum
     finish(t)
     return 0
 
