@@ -56,6 +56,7 @@ class Hyperparameters:
     logit_softcap: float = flag(30.0, "30*tanh(logits/30); 0 = off", ge=0, archs=["gpt"])
     norm_skip_tol: float = flag(0.0, "seed 000: RMSNorm returns x unchanged where |rms(x)-1| < tol", ge=0, archs=["gpt"])
     mlp_skip_threshold: float = flag(0.0, "seed 000: tokens with residual RMS below this skip the MLP", ge=0, archs=["gpt"])
+    depth_scaling: bool = flag(False, "report 002: LN scaling ('Curse of Depth'): the pre-norms of block l (1-based) output norm(x)/sqrt(l)", archs=["gpt"])
     # the 2025-01-16 speedrun record's components (modded-nanogpt): each off here, all on in --preset=speedrun
     value_embeds: int = flag(0, "N extra token embeddings mixed into V (learned lambdas) of the first and last N layers (record: 3)", group="record", ge=0, archs=["gpt"])
     unet_skips: bool = flag(False, "U-net: the second half of the blocks adds the first half's outputs, mirrored, with learned weights", archs=["gpt"])
@@ -327,14 +328,18 @@ class Probe:
             self.values.setdefault(key, []).append(float(value.detach() if torch.is_tensor(value) else value))
 
 class Norm(nn.Module):
-    """One normalisation site: rmsnorm (optionally with the norm_skip_tol rule), layernorm, dyt or none."""
-    def __init__(self, kind, dim, ops, probe=None, dyt_alpha=0.5, skip_tol=0.0):
+    """One normalisation site: rmsnorm (optionally with the norm_skip_tol rule), layernorm, dyt or none; out_scale
+    multiplies its output (--depth_scaling)."""
+    def __init__(self, kind, dim, ops, probe=None, dyt_alpha=0.5, skip_tol=0.0, out_scale=1.0):
         super().__init__()
-        self.kind, self.ops, self.probe, self.skip_tol = kind, ops, probe, skip_tol
+        self.kind, self.ops, self.probe, self.skip_tol, self.out_scale = kind, ops, probe, skip_tol, out_scale
         if kind == "dyt":
             self.alpha = nn.Parameter(torch.full((1,), float(dyt_alpha)))
             self.weight, self.bias = nn.Parameter(torch.ones(dim)), nn.Parameter(torch.zeros(dim))
     def forward(self, x):
+        y = self.normalise(x)
+        return y * self.out_scale if self.out_scale != 1.0 else y
+    def normalise(self, x):
         if self.kind == "rmsnorm":
             if self.skip_tol > 0 and self.probe is not None and self.probe.active:
                 rms = torch.sqrt(x.float().pow(2).mean(-1) + 1e-6)
@@ -563,8 +568,9 @@ class GPTBlock(nn.Module):
     def __init__(self, config, ops, probe, layer=0):
         super().__init__()
         c = config
-        self.attn_norm = Norm(c.norm, c.n_embd, ops, probe, c.dyt_alpha_attn, c.norm_skip_tol)
-        self.mlp_norm = Norm(c.norm, c.n_embd, ops, probe, c.dyt_alpha_mlp, c.norm_skip_tol)
+        scale = (layer + 1) ** -0.5 if c.depth_scaling else 1.0
+        self.attn_norm = Norm(c.norm, c.n_embd, ops, probe, c.dyt_alpha_attn, c.norm_skip_tol, scale)
+        self.mlp_norm = Norm(c.norm, c.n_embd, ops, probe, c.dyt_alpha_mlp, c.norm_skip_tol, scale)
         if layer not in layer_list(c.skip_attn_layers):
             self.attn = attention(c, ops, qk="dyt" if c.norm == "dyt" and c.dyt_qk else "rmsnorm", dyt_alpha=c.dyt_alpha_attn,
                                   softmax_scale=c.attn_scale, merged_qkv=c.merged_qkv, value_mix=c.value_embeds > 0)
