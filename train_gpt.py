@@ -89,6 +89,7 @@ class Hyperparameters:
     ngpt_proj_every: int = flag(1, "project the weights every k steps (seeds: 7, 10)", ge=1)
     ngpt_qk_norm: bool = flag(True, "normalise q and k (seed 003 turned it off)")
     ngpt_residual: str = flag("lerp", "lerp = paper; add = the seeds' norm(h + alpha f(h))", choices=["lerp", "add"])
+    ngpt_weight_norm: str = flag("sphere", "report 002's ablation: sphere = ||w|| = 1 after each step (paper); ball = ||w|| <= 1", choices=["sphere", "ball"])
     # anGPT
     angpt_alpha_init: float = flag(0.05, "alpha_A, alpha_M init (nGPT's value)", group="angpt", ge=0)
     angpt_logit_scale: float = flag(15.0, "s_z init; at nGPT's 1 the model inflates the hidden state to reach useful logits", gt=0)
@@ -737,10 +738,11 @@ class NGPTArch(Arch):
             yield from ((b.attn.c_q.weight, 1), (b.attn.c_k.weight, 1), (b.attn.c_v.weight, 1), (b.mlp.c_fc.weight, 1))
             yield from ((b.attn.c_proj.weight, 0), (b.mlp.c_proj.weight, 0))
     @torch.no_grad()
-    def project(self, model, radius=1.0):
-        """Every matrix back to norm `radius` along the embedding dim."""
+    def project(self, model, radius=1.0, ball=False):
+        """Every matrix back to norm `radius` along the embedding dim (ball: only the vectors longer than that)."""
         for w, dim in self.matrices_along_embedding(model):
-            w.copy_(w * (radius * torch.rsqrt(w.float().pow(2).sum(dim, keepdim=True) + 1e-12)).to(w.dtype))
+            scale = radius * torch.rsqrt(w.float().pow(2).sum(dim, keepdim=True) + 1e-12)
+            w.copy_(w * (scale.clamp_max(1.0) if ball else scale).to(w.dtype))
     @torch.no_grad()
     def init_weights(self, model):
         self.project(model)
@@ -748,7 +750,7 @@ class NGPTArch(Arch):
     def after_step(self, model, step):  # every ngpt_proj_every steps, at the progressive radius r(t)
         c = self.config
         if (step + 1) % c.ngpt_proj_every == 0:
-            self.project(model, radius=1 + (c.ngpt_radius - 1) * (step + 1) / c.steps)
+            self.project(model, radius=1 + (c.ngpt_radius - 1) * (step + 1) / c.steps, ball=c.ngpt_weight_norm == "ball")
     @torch.no_grad()
     def stats(self, model):
         out = alpha_stats(model)

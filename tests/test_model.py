@@ -387,3 +387,17 @@ def test_lr_schedule_reaches_the_optimizer(tiny_shards, plain_run, tmp_path):
     _, va2, text = run_train(tiny_shards, tmp_path, "--lr_schedule=cosine", "--warmup_steps=1000")
     assert '"lr_schedule": "cosine"' in text
     assert abs(va2[3] - va2[0]) < 0.01 and va[3] < va[0] - 0.02, (va, va2)
+
+
+@torch.no_grad()
+def test_depth_scaling_scales_the_pre_norms_by_one_over_sqrt_layer():
+    """Report 002's LN scaling ('Curse of Depth'): block l's two pre-norms output norm(x)/sqrt(l), l = 1, 2, ..."""
+    plain, scaled = tiny_model("--n_layer=3"), tiny_model("--n_layer=3", "--depth_scaling")
+    x = torch.randn(2, 8, 64)
+    for l, (bp, bs) in enumerate(zip(plain.blocks, scaled.blocks), start=1):
+        for norm_p, norm_s in ((bp.attn_norm, bs.attn_norm), (bp.mlp_norm, bs.mlp_norm)):
+            assert norm_p.out_scale == 1.0
+            torch.testing.assert_close(norm_s(x), norm_p(x) / math.sqrt(l))
+    assert scaled.arch.final_norm.out_scale == 1.0  # the final norm is not a block's
+    with pytest.raises(tg.ConfigError, match="--depth_scaling only applies to --arch=gpt"):
+        tiny_config("--arch=ngpt", "--depth_scaling")

@@ -398,3 +398,29 @@ def test_full_model_loss_finite_and_all_params_get_gradients():
         assert p.grad is not None, f"{name} got no gradient"
         assert torch.isfinite(p.grad).all(), name
         assert p.grad.abs().max() > 0, f"{name} has an all-zero gradient"
+
+
+@torch.no_grad()
+def test_weight_norm_ball_clamps_only_long_vectors():
+    """Report 002's ablation --ngpt_weight_norm=ball: init on the sphere as the paper's nGPT, then after each step
+    only the vectors longer than the radius come back to it (||w|| <= 1); sphere (the default) renormalises all."""
+    for mode in ("sphere", "ball"):
+        m = ngpt(f"--ngpt_weight_norm={mode}")
+        for w, dim in m.arch.matrices_along_embedding(m):
+            torch.testing.assert_close(w.norm(dim=dim), torch.ones_like(w.norm(dim=dim)))  # the init is the same
+        w = m.blocks[0].attn.c_q.weight  # rows along the embedding dim
+        w[0] *= 0.5; w[1] *= 3.0
+        short = w[0].clone()
+        m.after_step(0)
+        assert w[1].norm().item() == pytest.approx(1.0, abs=1e-5)
+        if mode == "ball":
+            torch.testing.assert_close(w[0], short)  # a constraint, not a normalisation
+        else:
+            assert w[0].norm().item() == pytest.approx(1.0, abs=1e-5)
+        for w, dim in m.arch.matrices_along_embedding(m):
+            assert w.norm(dim=dim).max() <= 1 + 1e-5
+
+
+def test_weight_norm_is_an_ngpt_flag():
+    with pytest.raises(T.ConfigError, match="--ngpt_weight_norm only applies to --arch=ngpt"):
+        tiny_config("--arch=angpt", "--ngpt_weight_norm=ball")
