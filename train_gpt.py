@@ -257,6 +257,7 @@ def validate(c: Hyperparameters):
     head_dim = c.qkv_head_dim or c.n_embd // c.n_head
     need(not c.rope_half or head_dim % 4 == 0, f"--rope_half needs a head dim divisible by 4 (got {head_dim})")
     need(c.attn_window % ATTN_BLOCK == 0, f"--attn_window={c.attn_window} must be a multiple of {ATTN_BLOCK}")
+    need(not c.unet_skips or c.n_layer % 2 == 0, f"--unet_skips pairs the first and second half of the blocks: --n_layer={c.n_layer} must be even")
     for name in ("skip_attn_layers", "window_long_layers"):  # indices past --n_layer are ignored: presets name the record's 12
         try:
             bad = [l for l in layer_list(getattr(c, name)) if l < 0]
@@ -478,9 +479,12 @@ def block_attention_mask(idx, window_blocks=None, doc_mask=True):
         some = some & (first[:, :, None] <= last[:, None, :]) & (first[:, None, :] <= last[:, :, None])
         full = full & (first[:, :, None] == last[:, :, None]) & (first[:, None, :] == last[:, None, :]) & (first[:, :, None] == first[:, None, :])
     def ordered(blocks):  # dense (B, nb, nb) -> (count, indices) per query block, with a head dim of 1
-        return blocks.sum(-1, dtype=torch.int32)[:, None], blocks.to(torch.int8).argsort(-1, descending=True, stable=True).to(torch.int32)[:, None]
-    def mask_mod(b, h, q, kv):
-        return (q >= kv) & (docs[b, q] == docs[b, kv]) if doc_mask else q >= kv
+        return blocks.sum(-1, dtype=torch.int32)[:, None], blocks.to(torch.int8).argsort(dim=-1, descending=True, stable=True).to(torch.int32)[:, None]
+    def mask_mod(b, h, q, kv):  # the whole rule per token too: eager FlexAttention applies it and ignores the block lists
+        keep = q >= kv
+        if window_blocks is not None:
+            keep = keep & (q // ATTN_BLOCK - kv // ATTN_BLOCK < window_blocks)
+        return keep & (docs[b, q] == docs[b, kv]) if doc_mask else keep
     return BlockMask.from_kv_blocks(*ordered(some & ~full), *ordered(full), BLOCK_SIZE=ATTN_BLOCK, mask_mod=mask_mod)
 
 def mlp_hidden(config):
@@ -510,10 +514,11 @@ class MLP(nn.Module):
     def forward(self, x):
         if self.probe is not None:
             self.probe("mlp_rows", x.numel() // x.size(-1))
-        u = self.c_fc(x)
-        if self.s_uv is not None:
-            u = u * (self.s_uv() * self.sqrt_d).to(u.dtype)
-        elif self.up_scale != 1.0:
+        if self.s_uv is not None:  # nGPT's per-channel s_u * sqrt(d) folded into the weight: no scaled copy of u is kept for the backward
+            u = F.linear(x, self.c_fc.weight * (self.s_uv() * self.sqrt_d)[:, None])
+        else:
+            u = self.c_fc(x)
+        if self.up_scale != 1.0:
             u = u * self.up_scale
         y = self.c_proj(self.act(u) * self.act_scale if self.act_scale != 1.0 else self.act(u))
         return y * self.down_scale if self.down_scale != 1.0 else y
@@ -634,7 +639,8 @@ class GPTArch(Arch):
         c = self.config
         if not (c.doc_mask or c.attn_window):
             return {True: None, False: None}
-        build = block_attention_mask if idx.is_cuda else dense_attention_mask
+        # FlexAttention's blocks need whole 128-token blocks; a short sampling context takes the dense form
+        build = block_attention_mask if idx.is_cuda and idx.size(1) % ATTN_BLOCK == 0 else dense_attention_mask
         long_blocks = self.window_blocks if c.attn_window else None
         short_blocks = torch.clamp_min(self.window_blocks // 2, 1) if c.attn_window else None
         return {True: build(idx, long_blocks, c.doc_mask), False: build(idx, short_blocks, c.doc_mask)}
@@ -1099,23 +1105,24 @@ def _dyt_bwd_kernel(DY, X, ALPHA, W, DX, DA_PART, DW_PART, DB_PART, n_rows, n_co
     pid, cols = tl.program_id(0), tl.arange(0, BLOCK_N)
     alpha = tl.load(ALPHA).to(tl.float32)
     w = _load_vec(W, cols, n_cols)
-    da = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)  # per-channel parts of d alpha, summed in torch
-    dw = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    db = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    # three parameter gradients: accumulate per-channel rows (not tiles), or small fp32 tiles spill registers
+    da = tl.zeros([BLOCK_N], dtype=tl.float32)  # per-channel parts of d alpha, summed in torch
+    dw = tl.zeros([BLOCK_N], dtype=tl.float32)
+    db = tl.zeros([BLOCK_N], dtype=tl.float32)
     for start in tl.range(pid * BLOCK_M, n_rows, tl.num_programs(0) * BLOCK_M):
         rows, cols, mask = _rows_tile(start, n_rows, n_cols, BLOCK_M, BLOCK_N)
         dy, x = _load(DY, rows, cols, sdy, mask), _load(X, rows, cols, sx, mask)
         t = 2.0 * tl.sigmoid(2.0 * alpha * x) - 1.0
         dz = dy * w * (1.0 - t * t)  # gradient at z = alpha * x
-        da += dz * x
-        dw += dy * t
+        da += tl.sum(dz * x, axis=0)
+        dw += tl.sum(dy * t, axis=0)
         if HAS_B:
-            db += dy
+            db += tl.sum(dy, axis=0)
         _store(DX, rows, cols, n_cols, dz * alpha, mask)
-    tl.store(DA_PART + pid * n_cols + cols, tl.sum(da, axis=0), mask=cols < n_cols)
-    tl.store(DW_PART + pid * n_cols + cols, tl.sum(dw, axis=0), mask=cols < n_cols)
+    tl.store(DA_PART + pid * n_cols + cols, da, mask=cols < n_cols)
+    tl.store(DW_PART + pid * n_cols + cols, dw, mask=cols < n_cols)
     if HAS_B:
-        tl.store(DB_PART + pid * n_cols + cols, tl.sum(db, axis=0), mask=cols < n_cols)
+        tl.store(DB_PART + pid * n_cols + cols, db, mask=cols < n_cols)
 
 # ---- Launch plumbing shared by the ops
 
@@ -1127,7 +1134,8 @@ INTERPRET_TILE = 1 << 16 if _INTERPRETED else 0
 def _blocks(d, bwd=False):
     """(BLOCK_M, BLOCK_N, num_warps) for rows of width d: one tile spans a row, narrow rows (head dims) are stacked.
     ~16 elements per thread forward; ~8 backward, whose kernels hold more live tensors (at 16, ptxas reported
-    130-250 registers; at 8 at most 128 and no spills for d <= 8192)."""
+    130-250 registers). ptxas reports no spills for any kernel at d <= 4096, nor in bf16 at 8192 (tests/test_kernels.py);
+    the fp32 nGPT backward at d = 8192 (32 warps: 64 registers a thread) spills 20 bytes."""
     bn = triton.next_power_of_2(d)
     if INTERPRET_TILE:
         return max(1, INTERPRET_TILE // bn), bn, 4
@@ -1409,11 +1417,17 @@ OPS = {  # name -> (torch reference, Triton op): the same signature, the model c
     "angpt_update": (angpt_update_ref, angpt_update_triton),
     "dyt": (dyt_ref, dyt_triton),
 }
+# Under torch.compile, --kernels=auto keeps Triton only where it beat inductor's fusion of the reference (H200,
+# 32768 x 4096 bf16 forward+backward, ../shared/gpu/2026-11-26_h200: ngpt_update 59.0% vs 44.9% of HBM, dyt 36.8
+# vs 31.7%); the others go to inductor, which can also fuse them with their neighbours (rms_norm 34.7 vs 47.2,
+# l2_norm 45.3 vs 54.6, angpt_update 71.8 vs 71.3: a tie). tests/gpu_check.py re-measures this at the model's shapes.
+TRITON_UNDER_COMPILE = {"ngpt_update", "dyt"}
 
 class Ops:
     """The fused ops one model calls: the Triton ops or the torch references. auto = Triton on CUDA (when it is
-    installed), torch elsewhere; triton forces it (on a CPU through the interpreter); torch = the references."""
-    def __init__(self, mode="torch", device="cpu"):
+    installed; under torch.compile only for TRITON_UNDER_COMPILE), torch elsewhere; triton forces it (on a CPU
+    through the interpreter); torch = the references. `name` is 'triton', 'torch' or 'mixed'."""
+    def __init__(self, mode="torch", device="cpu", compiled=False):
         if mode not in ("auto", "triton", "torch"):
             raise ValueError(f"--kernels={mode!r}: choose one of 'auto', 'triton', 'torch'")
         on_cuda = torch.device(device).type == "cuda"
@@ -1423,10 +1437,14 @@ class Ops:
         if self.name == "triton" and not on_cuda and not _INTERPRETED:
             raise RuntimeError("--kernels=triton on a CPU runs in Triton's interpreter, which was off when train_gpt was imported: "
                                "set TRITON_INTERPRET=1 before starting, or use --kernels=torch")
+        use = {op for op in OPS if self.name == "triton" and (mode == "triton" or not compiled or op in TRITON_UNDER_COMPILE)}
         for op, (reference, fused) in OPS.items():
-            setattr(self, op, fused if self.name == "triton" else reference)
+            setattr(self, op, fused if op in use else reference)
+        self.triton_ops = sorted(use)
+        if use and len(use) < len(OPS):
+            self.name = "mixed"
     def __repr__(self):
-        return f"Ops({self.name!r})"
+        return f"Ops({self.name!r}{', triton: ' + ','.join(self.triton_ops) if self.name == 'mixed' else ''})"
 
 # -----------------------------------------------------------------------------
 # Optimizers: Muon for hidden matrices, Adam for the rest (or Adam/AdamW for everything); LR schedules
@@ -1883,7 +1901,7 @@ def start(config: Hyperparameters, d: Dist) -> Trainer:
         log_header(log, config, d, run_id)
     else:
         log(f"resumed from {resumed_path} at step {ckpt['step']}")
-    ops = Ops(config.kernels, d.device)
+    ops = Ops(config.kernels, d.device, compiled=config.compile and d.device.type == "cuda")
 
     torch.manual_seed(config.seed)
     raw_model = build_model(config, ops).to(d.device)
@@ -1905,7 +1923,7 @@ def start(config: Hyperparameters, d: Dist) -> Trainer:
     else:
         summary = raw_model.arch.summary()
         if summary: log(summary)
-    log(f"parameters: {sum(p.numel() for p in raw_model.parameters()):,} kernels: {ops.name} grad_accum: {loader.grad_accum} micro_batch: {micro}")
+    log(f"parameters: {sum(p.numel() for p in raw_model.parameters()):,} kernels: {ops.name}{'(' + ','.join(ops.triton_ops) + ')' if ops.name == 'mixed' else ''} grad_accum: {loader.grad_accum} micro_batch: {micro}")
     return trainer
 
 def finish(t: Trainer):

@@ -39,3 +39,18 @@ def test_bench_kernels_covers_every_op():
         assert bench_kernels.max_error(op, args, T) < 0.02, op
     if not torch.cuda.is_available():
         assert bench_kernels.main([]) == 0
+
+
+# bytes saved for the backward per token per layer at 768 wide, 6 heads, bf16, Triton ops (tests/bench_memory.py):
+# nGPT was 43,096 before its s_u * sqrt(d) scale was folded into the up-projection's weight (1.27x GPT's)
+SAVED_BYTES = {"gpt": 33872, "ngpt": 36952, "angpt": 36936, "dyt": 33816}
+
+
+@pytest.mark.parametrize("arch", list(SAVED_BYTES))
+def test_saved_bytes_per_token_are_pinned(arch):
+    """What each architecture keeps for the backward cannot grow unnoticed; nGPT keeps <= 1.25x what GPT keeps."""
+    import bench_memory
+    got = bench_memory.saved_bytes_per_token(bench_memory.ARCHS[arch])
+    assert got <= SAVED_BYTES[arch], f"{arch} now saves {got:.0f} B/token/layer (pinned {SAVED_BYTES[arch]}): update the pin only on purpose"
+    assert got >= 0.9 * SAVED_BYTES[arch], f"{arch} saves {got:.0f} B/token/layer, well under the pin {SAVED_BYTES[arch]}: lower the pin"
+    assert SAVED_BYTES["ngpt"] <= 1.25 * SAVED_BYTES["gpt"]
