@@ -33,7 +33,7 @@ class Hyperparameters:
     # data
     train_files: str = flag("data/shakespeare/shakespeare_train_*.bin", "glob of train shards", group="data")
     val_files: str = flag("data/shakespeare/shakespeare_val_*.bin", "glob of val shards")
-    val_tokens: int = flag(32768, "tokens read from the start of the val shards at each validation", ge=1)
+    val_tokens: int = flag(32768, "tokens read from the start of the val shards at each validation; 0 = no validation (benchmarks)", ge=0)
     seq_len: int = flag(256, "tokens per sequence", ge=1)
     batch_size: int = flag(8, "sequences per optimizer step, all ranks together", ge=1)
     device_batch_size: int = flag(8, "sequences per forward pass per rank (sets grad_accum when that is 0)", ge=1)
@@ -265,7 +265,7 @@ def validate(c: Hyperparameters):
             bad = [getattr(c, name)]
         need(not bad, f"--{name}={getattr(c, name)!r}: give comma-separated layer indices (0 = the first block)")
     need(int(c.mlp_ratio * c.n_embd) >= 1, f"--mlp_ratio={c.mlp_ratio} gives an MLP of width 0 at --n_embd={c.n_embd}")
-    need(c.val_tokens >= c.seq_len, f"--val_tokens={c.val_tokens} must be >= --seq_len ({c.seq_len})")
+    need(c.val_tokens == 0 or c.val_tokens >= c.seq_len, f"--val_tokens={c.val_tokens} must be >= --seq_len ({c.seq_len}) (or 0: no validation)")
     if c.norm_skip_tol > 0:
         need(c.norm == "rmsnorm", f"--norm_skip_tol is a rule of RMSNorm; it does not apply to --norm={c.norm}")
     # the batch must split for every world size: checked here, before any data is read
@@ -1825,7 +1825,7 @@ class Trainer:
     model: nn.Module            # raw_model, maybe wrapped in DDP and compiled
     optimizers: list
     loader: "DataLoader"
-    val: torch.Tensor
+    val: Optional[torch.Tensor]  # None with --val_tokens=0
     step: int = 0
     train_time_ms: float = 0.0
     last_checkpoint: Optional[str] = None
@@ -1909,7 +1909,7 @@ def start(config: Hyperparameters, d: Dist) -> Trainer:
     for opt in optimizers:
         for g in opt.param_groups: g["initial_lr"] = g["lr"]
     loader = DataLoader(train_files, config.seq_len, config.batch_size, micro, d.rank, d.world, pin=d.device.type == "cuda")
-    val = load_val_tokens(val_files, config.val_tokens // config.seq_len * config.seq_len)
+    val = load_val_tokens(val_files, config.val_tokens // config.seq_len * config.seq_len) if config.val_tokens else None
     model = raw_model
     if d.world > 1:
         # with the MLP skip rule a whole micro-batch may skip an MLP, leaving its weights without a gradient
@@ -1947,7 +1947,7 @@ def train(config: Hyperparameters, d: Dist) -> int:
     tokens_per_step = config.batch_size * config.seq_len
     while True:
         last = t.step == config.steps
-        if last or t.step % config.val_every == 0:
+        if config.val_tokens and (last or t.step % config.val_every == 0):
             t.log_validation()
         if last:
             break

@@ -1,0 +1,232 @@
+"""One-call GPU check: every architecture at the width it is built for, our speedrun against the record it
+copies, and the kernels at the model's shapes, side by side on one GPU, written to one text file.
+
+    python tests/gpu_check.py --out records/gpu/<date>_<device>        # on a GPU machine (~8 min on one H100/H200)
+    python tests/gpu_check.py --out /tmp/gc --tiny                      # the same script on a CPU at a tiny size
+
+Sections, in order of priority (each run has its own timeout; a section that no longer fits --budget seconds is
+skipped and says so, so a partial result still lands):
+  archs      gpt / ngpt / angpt (relu2, swiglu) / dyt at the speedrun shape (12 x 768, 6 x 128, d_ff 3072),
+             compiled, 128 x 1024 tokens per step, Adam for every arm: last train loss, steady ms/step, peak
+             memory, and the ratios to gpt
+  record     --preset=speedrun (the record recipe) against ../shared/peer's patched 2025-01-16 record script
+             (--peer), same 524,288 tokens per step, and --preset=speedrun_2024
+  components the record recipe with one component turned off at a time (steady ms/step)
+  kernels    tests/bench_kernels.py at the model's shapes
+Steady ms/step is the median of the per-step train times over the steps after the first `warmup` ones (the first
+steps compile). Data: the embedded Shakespeare shards (FineWeb cannot be fetched on the device machine), so losses
+are not FineWeb losses; times compare runs of this one call.
+"""
+import argparse, json, os, re, statistics, subprocess, sys, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# timing runs skip validation (--val_tokens=0: no eval graph to compile); the losses are the train losses
+SHAKESPEARE = ["--train_files=data/shakespeare/shakespeare_train_*.bin", "--val_files=data/shakespeare/shakespeare_val_*.bin",
+               "--val_tokens=0", "--sample_tokens=0"]
+TINY = ["--n_layer=2", "--n_embd=64", "--n_head=2", "--seq_len=128", "--batch_size=4", "--device_batch_size=2",
+        "--no-compile", "--kernels=torch", "--bf16=false"]
+
+ARCHS = [  # label, flags: the speedrun model with the same optimizer (Adam) for every arm
+    ("gpt", ["--optimizer=adam"]),
+    ("ngpt", ["--arch=ngpt"]),
+    ("angpt", ["--arch=angpt"]),
+    ("dyt", ["--optimizer=adam", "--norm=dyt"]),
+    ("angpt_swiglu", ["--arch=angpt", "--mlp=swiglu"]),
+]
+
+
+def cuda():
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+class Check:
+    def __init__(self, out, tiny, budget, peer):
+        self.out, self.tiny, self.peer = out, tiny, peer
+        self.deadline = time.monotonic() + budget
+        os.makedirs(os.path.join(out, "raw"), exist_ok=True)
+        self.report = open(os.path.join(out, "gpu_check.txt"), "a")
+
+    def say(self, line=""):
+        print(line, flush=True)
+        self.report.write(line + "\n"); self.report.flush()
+
+    def left(self):
+        return self.deadline - time.monotonic()
+
+    def run(self, label, cmd, timeout, env=None):
+        """Runs cmd (from the repo root), keeps its output in raw/<label>.txt; returns (rc, output, seconds)."""
+        timeout = min(timeout, max(1, self.left()))
+        t0 = time.monotonic()
+        try:
+            r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+            rc, text = r.returncode, r.stdout + r.stderr
+        except subprocess.TimeoutExpired as e:
+            rc, text = "timeout", (e.stdout or b"").decode(errors="replace") + (e.stderr or b"").decode(errors="replace")
+        with open(os.path.join(self.out, "raw", f"{label}.txt"), "w") as f:
+            f.write(f"$ {' '.join(cmd)}\n{text}")
+        return rc, text, time.monotonic() - t0
+
+    def train(self, label, flags, steps, timeout):
+        """One train_gpt.py run; returns its parsed numbers (or the failure; 'skipped' when the budget is spent)."""
+        if self.left() < (5 if self.tiny else 40):
+            return dict(ok=False, rc="skip", secs=0.0, steps=0, last_loss=None, val=None, ms=None, ms_min=None, ms_max=None,
+                        peak_mib=None, params=None, tail="(skipped: budget spent)")
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"] if cuda() else [sys.executable]
+        size = TINY if self.tiny else []
+        cmd = launcher + ["train_gpt.py", *SHAKESPEARE, *size, *flags, f"--steps={steps}", f"--run_name={label}",
+                          f"--log_dir={os.path.join(self.out, 'logs')}"]
+        rc, text, secs = self.run(label, cmd, timeout)
+        return parse_ours(text, rc, secs)
+
+    def section(self, name, need_s):
+        need_s = need_s / 20 if self.tiny else need_s
+        if self.left() < need_s:
+            self.say(f"\n=== {name}: skipped ({self.left():.0f} s of the budget left, needs ~{need_s} s)")
+            return False
+        self.say(f"\n=== {name}")
+        return True
+
+
+def steady(times_ms, warmup):
+    """Median per-step time after the first `warmup` steps (compile, autotune) and its spread (min, max)."""
+    per_step = [b - a for a, b in zip(times_ms, times_ms[1:])][warmup:]
+    if not per_step:
+        return None, None, None
+    return statistics.median(per_step), min(per_step), max(per_step)
+
+
+def parse_ours(text, rc, secs):
+    train = [(int(s), float(l), float(t)) for s, l, t in re.findall(r"^step:(\d+)/\d+ train_loss:(\S+) train_time:(\d+)ms", text, re.M)]
+    val = re.findall(r"^step:\d+/\d+ val_loss:(\S+)", text, re.M)
+    peak = re.search(r"peak memory allocated: (\d+) MiB", text) or re.search(r"peak memory rss: (\d+) MiB", text)
+    params = re.search(r"^parameters: ([\d,]+)", text, re.M)
+    times = [0.0] + [t for _, _, t in train]
+    med, lo, hi = steady(times, warmup=min(5, max(0, len(train) - 3)))
+    return dict(ok=rc == 0, rc=rc, secs=secs, steps=len(train), last_loss=train[-1][1] if train else None,
+                val=float(val[-1]) if val else None, ms=med, ms_min=lo, ms_max=hi, peak_mib=int(peak.group(1)) if peak else None,
+                params=params.group(1) if params else None, tail=text[-1500:])
+
+
+def parse_peer(text, rc, secs):
+    """modded-nanogpt prints cumulative train_time per step and restarts its clock at step 10."""
+    pts = [(int(s), float(t)) for s, t in re.findall(r"^step:(\d+)/\d+ train_time:(\d+)ms", text, re.M)]
+    pts = [p for p in pts if p[0] > 10]  # after the clock restart
+    peak = re.search(r"peak memory allocated: (\d+) MiB", text)
+    med, lo, hi = steady([t for _, t in pts], warmup=1)
+    return dict(ok=rc == 0 and med is not None, rc=rc, secs=secs, steps=len(pts), last_loss=None, val=None, ms=med, ms_min=lo,
+                ms_max=hi, peak_mib=int(peak.group(1)) if peak else None, params=None, tail=text[-1500:])
+
+
+def table(check, rows, ref):
+    """rows: [(label, result)]; ratios against the row labelled ref."""
+    base = dict(rows).get(ref) or {}
+    check.say(f"{'run':<22} {'ok':>4} {'steps':>5} {'last loss':>9} {'val':>7} {'ms/step':>9} {'[min, max]':>17} {'x ' + ref:>9} "
+              f"{'peak MiB':>9} {'x mem':>6} {'wall s':>7}")
+    for label, r in rows:
+        ratio = r["ms"] / base["ms"] if r.get("ms") and base.get("ms") else None
+        mem = r["peak_mib"] / base["peak_mib"] if r.get("peak_mib") and base.get("peak_mib") else None
+        f = lambda v, spec: format(v, spec) if v is not None else "-"
+        spread = f"[{f(r['ms_min'], '.1f')}, {f(r['ms_max'], '.1f')}]"
+        check.say(f"{label:<22} {'yes' if r['ok'] else str(r['rc']):>4} {r['steps']:>5} {f(r['last_loss'], '.4f'):>9} "
+                  f"{f(r['val'], '.4f'):>7} {f(r['ms'], '.1f'):>9} {spread:>17} {f(ratio, '.3f'):>9} {f(r['peak_mib'], 'd'):>9} "
+                  f"{f(mem, '.2f'):>6} {r['secs']:>7.0f}")
+    for label, r in rows:
+        if not r["ok"]:
+            check.say(f"--- {label} failed (rc {r['rc']}), last output:\n{r['tail']}")
+
+
+def env_section(check):
+    check.say(f"# gpu_check {time.strftime('%Y-%m-%d %H:%M:%S')} {'(tiny, CPU)' if check.tiny else ''}")
+    import platform, torch
+    try:
+        import triton; tv = triton.__version__
+    except ImportError:
+        tv = "none"
+    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or platform.machine()
+    check.say(f"device {dev}, python {platform.python_version()}, torch {torch.__version__}, triton {tv}, {os.cpu_count()} CPUs")
+    head = subprocess.run(["git", "log", "-1", "--format=%h %s"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    check.say(f"code: {head}")
+
+
+def archs_section(check, steps):
+    if not check.section(f"archs: speedrun shape, compiled, 128 x 1024 tokens/step, Adam for every arm, {steps} steps", 120):
+        return
+    size = ["--preset=speedrun_2024"] + ([] if check.tiny else ["--batch_size=128", "--device_batch_size=64"])  # the first GPU runs' shape
+    rows = [(label, check.train(label, size + flags, steps, timeout=150)) for label, flags in ARCHS]
+    table(check, rows, "gpt")
+
+
+def record_section(check, steps):
+    if not check.section("record: --preset=speedrun (the 2025-01-16 record's recipe) vs the record's own script, 524,288 tokens/step", 120):
+        return
+    # a short sample at the end exercises sampling with the record's masks (short contexts take the dense mask)
+    rows = [("ours_speedrun", check.train("ours_speedrun", ["--preset=speedrun", "--sample_tokens=8"], steps, timeout=200))]
+    if check.peer and os.path.exists(check.peer) and cuda():
+        env = dict(PEER_TRAIN_GLOB=os.path.join(ROOT, "data/shakespeare/shakespeare_train_*.bin"),
+                   PEER_VAL_GLOB=os.path.join(ROOT, "data/shakespeare/shakespeare_val_*.bin"), PEER_STEPS=str(max(steps, 20) + 10),
+                   PEER_VAL_EVERY="0", PEER_FINAL_VAL="0", PEER_LOG_DIR=os.path.join(check.out, "peer_logs"), PEER_COORD_DESCENT="0")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", check.peer]
+        rc, text, secs = check.run("peer", cmd, timeout=240, env=env)
+        rows.append(("peer_record", parse_peer(text, rc, secs)))
+    else:
+        check.say(f"(peer not run: {'no CUDA' if not cuda() else 'no script at ' + str(check.peer)})")
+    rows.append(("ours_speedrun_2024", check.train("ours_speedrun_2024", ["--preset=speedrun_2024"], steps, timeout=200)))
+    table(check, rows, "ours_speedrun")
+
+
+def components_section(check, steps, components):
+    if not components:
+        return
+    if not check.section(f"components: --preset=speedrun with one component off, {steps} steps", 120):
+        return
+    base = ["--preset=speedrun"]
+    rows = [("all_on", check.train("all_on", base, steps, timeout=150))]
+    rows += [(f"no_{flag.split('=')[0].lstrip('-').replace('no-', '')}", check.train(f"off_{i}", base + [flag], steps, timeout=150))
+             for i, flag in enumerate(components)]
+    table(check, rows, "all_on")
+
+
+def kernels_section(check):
+    if not check.section("kernels: tests/bench_kernels.py at the model's shapes", 60):
+        return
+    rc, text, secs = check.run("bench_kernels", [sys.executable, "tests/bench_kernels.py"] + (["--tiny"] if check.tiny else []), timeout=240)
+    check.say(text.strip()[-12000:])
+    check.say(f"(bench_kernels rc {rc}, {secs:.0f} s)")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True, help="folder for gpu_check.txt, raw/ and logs/")
+    ap.add_argument("--tiny", action="store_true", help="a tiny model on the CPU: the same code paths, minutes not hours")
+    ap.add_argument("--budget", type=float, default=480, help="seconds for the whole check; sections that no longer fit are skipped")
+    ap.add_argument("--peer", default=os.path.join(ROOT, "peer", "modded_train_gpt.py"), help="the patched record script (../shared/peer)")
+    ap.add_argument("--sections", default="archs,record,components,kernels")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--components", default="", help="comma-separated subset of train_gpt.SPEEDRUN_COMPONENTS (default: all)")
+    args = ap.parse_args(argv)
+    check = Check(args.out, args.tiny, args.budget, args.peer)
+    env_section(check)
+    sections = args.sections.split(",")
+    steps = 3 if args.tiny else args.steps
+    if "archs" in sections: archs_section(check, steps)
+    if "record" in sections: record_section(check, 4 if args.tiny else 20)
+    if "components" in sections: components_section(check, 3 if args.tiny else 10, record_components(args.components))
+    if "kernels" in sections: kernels_section(check)
+    check.say(f"\n# done, {time.monotonic() - (check.deadline - args.budget):.0f} s")
+    return 0
+
+
+def record_components(names=""):
+    """The flags that turn one component of --preset=speedrun off (train_gpt.SPEEDRUN_COMPONENTS), all or `names`."""
+    sys.path.insert(0, ROOT)
+    import train_gpt
+    wanted = [n for n in names.split(",") if n] or list(train_gpt.SPEEDRUN_COMPONENTS)
+    return [train_gpt.SPEEDRUN_COMPONENTS[n] for n in wanted]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
