@@ -189,9 +189,9 @@ def test_two_process_gloo_matches_one_process(tmp_path, tiny_shards, single):
 
 # ----------------------------------------------------------------------------- the GPU recipe, one step on the CPU
 
-def test_speedrun_preset_builds_full_size_and_steps_on_cpu(tmp_path):
+def test_speedrun_2024_preset_builds_full_size_and_steps_on_cpu(tmp_path):
     sp = str(ROOT / "data" / "shakespeare")
-    a = tg.parse_args(["--preset=speedrun", "--seq_len=64", "--batch_size=2", "--device_batch_size=2", "--val_tokens=128",
+    a = tg.parse_args(["--preset=speedrun_2024", "--seq_len=64", "--batch_size=2", "--device_batch_size=2", "--val_tokens=128",
                        "--steps=1", "--compile=false", "--bf16=false", "--sample_tokens=0", f"--log_dir={tmp_path}",
                        f"--train_files={sp}/shakespeare_train_*.bin", f"--val_files={sp}/shakespeare_val_*.bin"])
     assert (a.n_layer, a.n_embd, a.n_head, a.vocab_size, a.tie_embeddings) == (12, 768, 6, 50304, False)
@@ -210,3 +210,11 @@ def test_speedrun_preset_builds_full_size_and_steps_on_cpu(tmp_path):
     assert va[1] < va[0] - 0.1  # one real optimizer step at full size
     assert text.rstrip().split("\n")[-1].startswith("peak memory")
 
+
+
+def test_speedrun_preset_has_the_records_parameter_count():
+    """--preset=speedrun builds the 2025-01-16 record's model: 275,598,388 parameters there (embeddings of 50,257
+    rows, the head padded to 50,304); ours pads the four embeddings to 50,304 too: 4 x 47 x 768 more."""
+    a = tg.parse_args(["--preset=speedrun", "--compile=false"])
+    n = sum(p.numel() for p in tg.build_model(a).parameters())
+    assert n == 275_598_388 + 4 * 47 * 768
