@@ -148,8 +148,9 @@ def env_section(check):
         tv = "none"
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or platform.machine()
     check.say(f"device {dev}, python {platform.python_version()}, torch {torch.__version__}, triton {tv}, {os.cpu_count()} CPUs")
-    head = subprocess.run(["git", "log", "-1", "--format=%h %s"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    check.say(f"code: {head}")
+    import hashlib  # the device machine's copy of the tree may carry a stale .git: the file's hash says what ran
+    with open(os.path.join(ROOT, "train_gpt.py"), "rb") as f:
+        check.say(f"code: train_gpt.py sha256 {hashlib.sha256(f.read()).hexdigest()[:12]}")
 
 
 def archs_section(check, steps):
