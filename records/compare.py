@@ -105,6 +105,39 @@ def _value(v):
     m = NUM_RE.match(v)  # "812ms" -> 812.0, "0.05" -> 0.05; non-numbers stay strings
     return float(m.group(0)) if m else v
 
+def _train_gpt():
+    """train_gpt.py (the repo's), or None when it cannot be imported: the tool still reads logs without torch."""
+    if not hasattr(_train_gpt, "module"):
+        try:
+            sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+            import train_gpt
+            _train_gpt.module = train_gpt
+        except Exception as e:  # noqa: BLE001
+            warn(f"train_gpt.py not importable ({type(e).__name__}): configs are compared as logged")
+            _train_gpt.module = None
+    return _train_gpt.module
+
+def flag_defaults():
+    """train_gpt.py's current flag defaults: a key an older log lacks takes its default (a new flag's default is
+    the old behaviour), so logs from before a flag existed group with newer ones of the same training."""
+    import dataclasses
+    tg = _train_gpt()
+    return dataclasses.asdict(tg.Hyperparameters()) if tg else {}
+
+def foreign_keys(cfg):
+    """Keys of this config that do not apply to its run (a flag of another architecture, a DyT flag without
+    --norm=dyt): they keep their defaults, which may differ between versions of train_gpt, and say nothing."""
+    tg = _train_gpt()
+    if tg is None or "arch" not in cfg:
+        return set()
+    import dataclasses
+    out = set()
+    for f in dataclasses.fields(tg.Hyperparameters):
+        archs = f.metadata.get("archs") or [a for a in tg.ARCHS if f.name.startswith(a + "_")]
+        if (archs and cfg["arch"] not in archs) or (f.name.startswith("dyt_") and cfg.get("norm") != "dyt"):
+            out.add(f.name)
+    return out
+
 def parse_log(path):
     """Parse one log. Returns a Run, or None (with a warning) when it has no step or no val line."""
     with open(path, encoding="utf-8", errors="replace") as f:
@@ -125,7 +158,7 @@ def parse_log(path):
     for line in body:
         if m := CONFIG_RE.match(line):
             try:
-                run.config = json.loads(m.group(1))  # a resumed run logs it again: the later one wins
+                run.config = {**flag_defaults(), **json.loads(m.group(1))}  # a resumed run logs it again: the later one wins
             except json.JSONDecodeError:
                 warn(f"{path}: unreadable config line")
         elif m := STEP_RE.match(line):
@@ -182,7 +215,8 @@ class Group:
     config: dict | None = None  # the group's shared config (ignored keys removed)
 
 def _config_key(cfg):
-    return {k: v for k, v in cfg.items() if k not in IGNORE_KEYS and not PATHLIKE_RE.search(k)}
+    foreign = foreign_keys(cfg)
+    return {k: v for k, v in cfg.items() if k not in IGNORE_KEYS and k not in foreign and not PATHLIKE_RE.search(k)}
 
 def _js(v):
     return json.dumps(v, sort_keys=True, default=str)
@@ -247,9 +281,11 @@ def _name_groups(groups):
         return
     keys = dict.fromkeys(k for g in groups for k in g.config)  # first-seen order
     differ = [k for k in keys if len({_js(g.config.get(k)) for g in groups}) > 1]
-    ref = _reference(groups, differ)
+    ref, defaults = _reference(groups, differ), flag_defaults()
+    # a key the reference lacks (a flag of another architecture) is named where it is off train_gpt's default
+    base = lambda k: ref.config[k] if k in ref.config else defaults.get(k, ref.config.get(k))
     for g in groups:
-        diff = [f"{k}={_fmt_value(g.config.get(k))}" for k in differ if g.config.get(k) != ref.config.get(k)]
+        diff = [f"{k}={_fmt_value(g.config.get(k))}" for k in differ if k in g.config and g.config[k] != base(k)]
         g.name = " ".join(diff) or "baseline"
 
 def _reference(groups, differ):

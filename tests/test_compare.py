@@ -229,7 +229,7 @@ def test_unknown_group_by_key_fails_naming_it(tmp_path, capsys):
     assert compare.main([str(tmp_path), "--group_by=arch,archh", "--plot=none"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1 and err.startswith("compare: error: --group_by key 'archh' ")
-    assert "(did you mean 'arch'?)" in err and "n_layer, n_embd" not in err and "n_embd, n_layer" in err
+    assert "(did you mean 'arch'?)" in err and "n_layer, n_embd" not in err and "n_embd, n_head, n_layer" in err  # sorted keys
     assert "for any log: folder, stem" in err
     assert compare.main([str(tmp_path), "--group_by=arch,", "--plot=none"]) == 0  # a stray comma is fine
     assert "arch=ngpt" in capsys.readouterr().out
@@ -419,3 +419,19 @@ def test_cli_end_to_end(tmp_path):
     res = subprocess.run([sys.executable, str(REPO / "records" / "compare.py"), str(tmp_path / "empty")],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode != 0 and "no usable run" in res.stderr
+
+
+def test_logs_from_before_a_flag_group_with_newer_ones(tmp_path):
+    """A key an older log lacks takes train_gpt's current default (new flags default to the old behaviour), and a
+    flag of another architecture (ngpt_* on a gpt run, dyt_* without --norm=dyt) says nothing: an older GPT log
+    without --depth_scaling and with another angpt_nu_samples default groups with a newer GPT log."""
+    import dataclasses
+    import train_gpt
+    new = {f.name: f.default for f in dataclasses.fields(train_gpt.Hyperparameters) if f.name not in ("seed", "run_name")}
+    old_cfg = {k: v for k, v in new.items() if k not in ("depth_scaling", "value_embeds")}
+    old_cfg["angpt_nu_samples"] = 65536  # what an older train_gpt logged for every run
+    write_group(tmp_path / "old", [3.30, 3.31], "gpt", dict(old_cfg, arch="gpt"))
+    write_group(tmp_path / "new", [3.32], "gptnew", dict(new, arch="gpt"))
+    write_group(tmp_path / "new", [3.20, 3.21], "ngpt", dict(new, arch="ngpt", ngpt_alpha_init=0.15))
+    groups = compare.group_runs(compare.load_runs([tmp_path]))
+    assert sorted((g.name, len(g.runs)) for g in groups) == [("arch=ngpt ngpt_alpha_init=0.15", 2), ("baseline", 3)]

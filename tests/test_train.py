@@ -5,6 +5,7 @@ import json
 import math
 import re
 import sys
+import subprocess
 
 import pytest
 import torch
@@ -218,3 +219,11 @@ def test_speedrun_preset_has_the_records_parameter_count():
     a = tg.parse_args(["--preset=speedrun", "--compile=false"])
     n = sum(p.numel() for p in tg.build_model(a).parameters())
     assert n == 275_598_388 + 4 * 47 * 768
+
+
+def test_slurm_script_wraps_torchrun_with_a_rendezvous():
+    """slurm.sbatch: valid bash, one torchrun per node meeting at a c10d rendezvous, flags passed through."""
+    script = ROOT / "slurm.sbatch"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text()
+    assert "--rdzv_backend=c10d" in text and '--nnodes="$SLURM_JOB_NUM_NODES"' in text and 'train_gpt.py "$@"' in text
