@@ -11,7 +11,7 @@ Read top to bottom, in the order data flows: config -> model (components, then o
 architecture, each owning everything that differs for it) -> kernels (the engine room: Triton ops and their
 torch references) -> optimizers -> data -> training -> main. Importing this file has no side effects.
 """
-import os, sys, json, math, time, glob, uuid, signal, difflib, hashlib, platform, contextlib
+import os, re, sys, json, math, time, glob, uuid, fcntl, signal, difflib, hashlib, platform, contextlib
 from dataclasses import dataclass, field, fields, asdict
 from typing import Optional
 import numpy as np
@@ -240,6 +240,7 @@ def validate(c: Hyperparameters):
         for rule, (ok, sign) in BOUNDS.items():
             if rule in f.metadata:
                 need(value == value and ok(value, f.metadata[rule]), f"--{f.name}={value} must be {sign} {f.metadata[rule]}")
+        need(not isinstance(value, float) or math.isfinite(value), f"--{f.name}={value} must be a finite number")
     need(c.arch in ARCHS, f"--arch={c.arch!r}: choose one of {', '.join(map(repr, ARCHS))}")
     changed = [f for f in fields(c) if getattr(c, f.name) != f.default]
     misplaced = {}  # a flag of some architectures (archs=..., or named <arch>_...) keeps its default under the others
@@ -1653,14 +1654,19 @@ def load_val_tokens(files, n):
 # Training: logging, validation, checkpoints, signals, sampling, then the loop in small steps
 
 class Logger:
-    """Rank 0 appends to logs/<run_id>.txt and prints; other ranks stay quiet."""
+    """Rank 0 appends to logs/<run_id>.txt and prints; other ranks stay quiet. A write that fails (a full disk)
+    ends the run with one error naming --log_dir."""
     def __init__(self, path, master):
         self.path, self.master = path, master
     def __call__(self, msg, console=True):
         if not self.master: return
         if console: print(msg, flush=True)
-        with open(self.path, "a") as f:
-            f.write(msg + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(msg + "\n")
+        except OSError as e:
+            raise ConfigError(f"cannot write the log {self.path} ({e.strerror or e}): free space in --log_dir={os.path.dirname(self.path)} "
+                              f"or point --log_dir at another folder") from None
 
 def model_autocast(config, device):
     if config.bf16:
@@ -1703,42 +1709,158 @@ def set_rng_state(s):
     torch.set_rng_state(s["torch"]); np.random.set_state(s["numpy"]); random.setstate(s["python"])
     if s["cuda"] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
 
+CHECKPOINT_KEYS = ("step", "train_time_ms", "run_id", "args", "model", "optimizers", "loader", "rng")
+
+def state_leaves(obj, name=""):
+    """(name, leaf) over a nested checkpoint state in a fixed order (dicts in insertion order, which pickling keeps)."""
+    if isinstance(obj, dict):
+        for k, v in obj.items(): yield from state_leaves(v, f"{name}.{k}" if name else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj): yield from state_leaves(v, f"{name}[{i}]")
+    else:
+        yield name, obj
+
+def state_checksum(state) -> dict:
+    """sha256 over every leaf of a checkpoint but its checksum (tensor and array bytes with dtype and shape, the repr
+    of the rest) and the tensor bytes hashed: the file is verified against it on load (torch.load checks no CRC)."""
+    h, size = hashlib.sha256(), 0
+    for name, leaf in state_leaves({k: v for k, v in state.items() if k != "checksum"}):
+        h.update(name.encode())
+        if isinstance(leaf, (torch.Tensor, np.ndarray)):
+            a = leaf.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy() if isinstance(leaf, torch.Tensor) else np.ascontiguousarray(leaf).reshape(-1).view(np.uint8)
+            h.update(f"{leaf.dtype}{tuple(leaf.shape)}".encode()); h.update(a); size += a.size
+        else:
+            h.update(repr(leaf).encode())
+    return dict(sha256=h.hexdigest(), tensor_bytes=size)
+
+def non_finite(state) -> Optional[str]:
+    """The name of the first floating-point tensor of a state holding a NaN or an inf, else None."""
+    return next((name for name, t in state_leaves(state) if isinstance(t, torch.Tensor) and t.is_floating_point()
+                 and not torch.isfinite(t).all()), None)
+
+def os_error(e) -> Optional[OSError]:
+    """The OSError behind an exception: torch.save reports a failed write as a RuntimeError raised while handling one."""
+    while e is not None and not isinstance(e, OSError): e = e.__cause__ or e.__context__
+    return e
+
 def save_checkpoint(path, state, keep, log):
-    """Atomic: write a temp file, fsync, rename; then drop all but the newest `keep` of this run."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        torch.save(state, f); f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, path)
-    for old in list_checkpoints(os.path.dirname(path), state["args"]["run_name"])[:-keep] if keep > 0 else []:
+    """Atomic: write a temp file (with the state's checksum inside), fsync, rename; then drop all but the newest `keep`
+    of this run. A write that fails (a full disk) removes its temp file and leaves the checkpoints there as they were."""
+    directory, tmp = os.path.dirname(path), path + ".tmp"
+    state = {**state, "checksum": state_checksum(state)}
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with open(tmp, "wb") as f:
+            torch.save(state, f); f.flush(); os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        with contextlib.suppress(OSError): os.remove(tmp)
+        if os_error(e) is None: raise
+        raise ConfigError(f"cannot write the checkpoint {path} ({os_error(e).strerror or os_error(e)}): free space in "
+                          f"--checkpoint_dir={directory} or point --checkpoint_dir at another folder") from None
+    with contextlib.suppress(OSError):  # the rename itself survives a power cut once the folder is synced
+        fd = os.open(directory, os.O_RDONLY); os.fsync(fd); os.close(fd)
+    for old in list_checkpoints(directory, state["args"]["run_name"])[:-keep] if keep > 0 else []:
         os.remove(old)
     log(f"checkpoint saved: {path} step:{state['step']}")
 
+def checkpoint_path(directory, run_name, step):
+    return os.path.join(directory, f"{run_name}_step{step}.pt")
+
 def list_checkpoints(directory, run_name):
-    """This run's checkpoints, oldest first (the step is in the name)."""
-    return sorted(glob.glob(os.path.join(directory, f"{glob.escape(run_name)}_step*.pt")), key=lambda p: int(p.rsplit("_step", 1)[1][:-3]))
+    """This run's checkpoints, oldest first: only files named <run_name>_step<int>.pt are ours (not a stray
+    <run_name>_step_best.pt, nor <run_name>_step3_step4.pt of a run named <run_name>_step3)."""
+    ours = {}
+    for p in glob.glob(os.path.join(directory, f"{glob.escape(run_name)}_step*.pt")):
+        m = re.search(r"_step(\d+)\.pt$", p)
+        if m and p == checkpoint_path(directory, run_name, int(m[1])): ours[int(m[1])] = p
+    return [ours[step] for step in sorted(ours)]
+
+def read_checkpoint(path):
+    """(state, None) for a checkpoint that loads, is ours, matches its checksum and is finite; else (None, what is
+    wrong with it, said after its path)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated / not a torch file
+        return None, f"is unreadable ({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]})"
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        return None, f"is not a train_gpt.py checkpoint (it has no {', '.join(map(repr, missing))})"
+    if "checksum" in ckpt and state_checksum(ckpt) != ckpt["checksum"]:
+        return None, "fails its checksum (the sha256 recorded when it was written): the file is corrupted"
+    if (bad := non_finite(ckpt)) is not None:
+        return None, f"holds non-finite values in {bad}"
+    return ckpt, None
 
 def load_checkpoint(config: Hyperparameters):
-    """--resume=PATH, or 'auto': the newest readable checkpoint of --run_name (a cut-short one is skipped)."""
+    """--resume=PATH, or 'auto': the newest usable checkpoint of --run_name, an unreadable, foreign, corrupted or
+    non-finite one skipped with a warning. Returns (path, state, notes for the log); (None, None, notes) = start fresh."""
     if config.resume == "auto":
         candidates = list_checkpoints(config.checkpoint_dir, config.run_name)[::-1]
         if not candidates:
-            return None, None  # nothing to resume: start fresh
+            return None, None, [f"--resume=auto: no checkpoint of --run_name={config.run_name} in {config.checkpoint_dir}/, starting from step 0"]
     else:
         if not os.path.exists(config.resume):
             raise FileNotFoundError(f"--resume={config.resume}: no such checkpoint; use --resume=auto to take the newest of --run_name={config.run_name or '?'} in {config.checkpoint_dir}/")
         candidates = [config.resume]
-    errors = []
-    for i, path in enumerate(candidates):
+    skipped = []
+    for path in candidates:
+        ckpt, problem = read_checkpoint(path)
+        if ckpt is not None:
+            notes = [f"warning: skipped checkpoint {s}" for s in skipped]
+            if "checksum" not in ckpt: notes.append(f"warning: {path} has no checksum (written before checkpoints had one): not verified")
+            return path, ckpt, notes
+        skipped.append(f"{path} {problem}")
+        if path != candidates[-1]:
+            print(f"warning: checkpoint {path} {problem}; trying an older one", file=sys.stderr)
+    if config.resume != "auto":
+        raise ValueError(f"checkpoint {skipped[0]}; pass another checkpoint, or --resume=auto to take the newest usable one of "
+                         f"--run_name={config.run_name} in {config.checkpoint_dir}/")
+    raise ValueError(f"no usable checkpoint of --run_name={config.run_name} in {config.checkpoint_dir}/ ({'; '.join(skipped)}): "
+                     f"move them away, or start a new --run_name")
+
+def check_run_owns_checkpoints(config: Hyperparameters):
+    """A run never writes over another run's checkpoints: a fresh run (no --resume), or one resuming a checkpoint
+    from another folder, needs a --checkpoint_dir that holds none of its --run_name."""
+    ours = list_checkpoints(config.checkpoint_dir, config.run_name)
+    if not ours or config.resume == "auto":
+        return
+    if not config.resume:
+        raise ConfigError(f"--run_name={config.run_name} already has checkpoints in {config.checkpoint_dir}/ (newest: {ours[-1]}): "
+                          f"continue that run with --resume=auto, or start a new one with another --run_name")
+    if os.path.realpath(os.path.dirname(config.resume)) != os.path.realpath(config.checkpoint_dir):
+        raise ConfigError(f"--checkpoint_dir={config.checkpoint_dir} already holds checkpoints of --run_name={config.run_name} "
+                          f"(newest: {ours[-1]}) that resuming {config.resume} there would overwrite: pick another --run_name "
+                          f"or --checkpoint_dir, or continue them with --resume=auto")
+
+def remove_interrupted_writes(config: Hyperparameters) -> list:
+    """Temp files of this run's checkpoints left by a killed write (kill -9, power cut): no other process writes them
+    while this one holds the run's lock. Returns notes for the log."""
+    removed = [p for p in glob.glob(os.path.join(config.checkpoint_dir, f"{glob.escape(config.run_name)}_step*.pt.tmp"))
+               if re.fullmatch(re.escape(config.run_name) + r"_step\d+\.pt\.tmp", os.path.basename(p))]
+    for p in removed: os.remove(p)
+    return [f"removed {p}: a checkpoint write that never finished" for p in removed]
+
+@contextlib.contextmanager
+def run_lock(path, busy, remove=True):
+    """An exclusive flock on `path` while the with-block runs; the OS drops it if the process dies. `busy`: the error
+    when another process holds it. remove: delete the lock file on release (a lock taken on a file that its holder
+    removed meanwhile is not counted: the inode must still be the path's)."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         try:
-            return path, torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:  # truncated / corrupted file
-            errors.append(f"{path}: {type(e).__name__}: {e}")
-            if i + 1 < len(candidates):
-                print(f"warning: checkpoint {path} is unreadable ({type(e).__name__}); trying an older one", file=sys.stderr)
-    fix = ("pass another checkpoint, or --resume=auto to take the newest readable one of --run_name" if config.resume != "auto"
-           else f"delete them or start a new --run_name (no checkpoint of {config.run_name} in {config.checkpoint_dir}/ loads)")
-    raise ValueError(f"no readable checkpoint ({fix}): " + "; ".join(errors))
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd); raise ConfigError(busy) from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.fstat(fd).st_ino == os.stat(path).st_ino: break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        if remove:
+            with contextlib.suppress(OSError): os.remove(path)
+        os.close(fd)
 
 def check_resume_config(saved: dict, config: Hyperparameters, path):
     diff = [k for k, v in asdict(config).items() if k not in RUN_ONLY_FIELDS and saved.get(k, v) != v]
@@ -1793,17 +1915,21 @@ def split_batch(config, d: Dist) -> int:
     return micro
 
 def check_writable(config):
-    """--log_dir and --checkpoint_dir are checked before any work (a stop signal writes a checkpoint even with
-    --save_every=0); the log folder is made now, the checkpoint folder when a checkpoint is written."""
+    """--log_dir and --checkpoint_dir are made and checked before any work (a stop signal writes a checkpoint even with
+    --save_every=0, and the checkpoint folder holds the run's lock), so a folder that cannot be made fails now."""
     for directory, flag in ((config.log_dir, "log_dir"), (config.checkpoint_dir, "checkpoint_dir")):
         try:
-            if flag == "log_dir": os.makedirs(directory, exist_ok=True)
-            probe = os.path.abspath(directory)
-            while not os.path.exists(probe): probe = os.path.dirname(probe)  # the nearest folder that exists
-            if not os.path.isdir(probe): raise NotADirectoryError(probe)
-            if not os.access(probe, os.W_OK): raise PermissionError(probe)
+            os.makedirs(directory, exist_ok=True)
+            if not os.access(directory, os.W_OK): raise PermissionError(directory)
         except OSError as e:
             raise ConfigError(f"cannot write to {directory!r} ({e.__class__.__name__}: {e}): point --{flag} at a writable folder") from None
+
+def lock_run(config: Hyperparameters, held: contextlib.ExitStack):
+    """The run owns its name while it trains: a flock on <checkpoint_dir>/<run_name>.lock (released when `held` closes,
+    or by the OS if the process dies), so the same run started twice cannot write the same checkpoints and log."""
+    path = os.path.join(config.checkpoint_dir, f"{config.run_name}.lock")
+    held.enter_context(run_lock(path, f"--run_name={config.run_name} is already running (another process holds {path}): "
+                                      f"wait for it to end or stop it, or start this run with another --run_name"))
 
 def log_header(log, config, d: Dist, run_id):
     """A new log starts with this file's source, a '=' line, versions and hardware, and the resolved config."""
@@ -1841,20 +1967,35 @@ class Trainer:
         self.loader.load_state_dict(ckpt["loader"]); set_rng_state(ckpt["rng"])
         self.step, self.train_time_ms = ckpt["step"], ckpt["train_time_ms"]
 
-    def checkpoint(self):
-        path = os.path.join(self.config.checkpoint_dir, f"{self.config.run_name}_step{self.step}.pt")
+    def checkpoint(self) -> Optional[str]:
+        """Writes this step's checkpoint (rank 0) and returns None; writes nothing and returns the name of the first
+        tensor that is not finite if there is one: every checkpoint is one a run can continue from."""
+        path = checkpoint_path(self.config.checkpoint_dir, self.config.run_name, self.step)
         state = self.state()
+        bad = non_finite(state)  # the same on every rank: DDP keeps the weights equal
+        if bad is not None:
+            return bad
         if self.d.master:
-            save_checkpoint(path, state, self.config.keep_checkpoints, self.log)
+            try:
+                save_checkpoint(path, state, self.config.keep_checkpoints, self.log)
+            except ConfigError as e:
+                kept = f"the last checkpoint, {self.last_checkpoint}, is as it was" if self.last_checkpoint else "no checkpoint was written before"
+                raise ConfigError(f"{e}; {kept}") from None
         self.last_checkpoint = path
         if self.d.world > 1: dist.barrier()
 
-    def log_validation(self):
+    def stop(self, what, why) -> int:
+        """Logs why the run stops and the last checkpoint (finite, as they all are); returns the exit code."""
+        self.log(f"{what} -- stopping: {why}. Last checkpoint: {self.last_checkpoint or 'none (set --save_every)'}")
+        return 2
+
+    def log_validation(self) -> float:
         self.raw_model.arch.before_step(self.step)
         val_loss, extra = evaluate(self.model, self.raw_model, self.val, self.config, self.d)
         fields_ = "".join(f" {k}:{v:.4f}" for k, v in extra.items())
         self.log(f"step:{self.step}/{self.config.steps} val_loss:{val_loss:.4f} train_time:{self.train_time_ms:.0f}ms "
                  f"step_avg:{self.train_time_ms / max(self.step, 1):.2f}ms{fields_}")
+        return val_loss
 
     def train_step(self):
         """One optimizer step over grad_accum micro-batches; returns the mean train loss over all ranks. Its one
@@ -1882,25 +2023,41 @@ class Trainer:
         self.raw_model.after_step(self.step)
         return all_reduce_mean(loss_sum).item()
 
-def start(config: Hyperparameters, d: Dist) -> Trainer:
+def start(config: Hyperparameters, d: Dist, held: Optional[contextlib.ExitStack] = None) -> Trainer:
     """Everything that can fail on bad input fails here, before the model is built; then model, optimizers,
-    data, and the state of a checkpoint when resuming."""
+    data, and the state of a checkpoint when resuming. held: where the run's locks go (train() releases them when
+    the run ends; without one, as in tests that drive a Trainer by hand, they are dropped when start returns)."""
+    held = contextlib.ExitStack() if held is None else held
     micro = split_batch(config, d)
     if d.device.type == "cuda" and (config.doc_mask or config.attn_window) and config.seq_len % ATTN_BLOCK:
         raise ConfigError(f"--doc_mask / --attn_window use FlexAttention's {ATTN_BLOCK}-token blocks on CUDA: "
                           f"--seq_len={config.seq_len} must be a multiple of {ATTN_BLOCK}")
     train_files = find_shards(config.train_files, "train_files", config.vocab_size)
     val_files = find_shards(config.val_files, "val_files", config.vocab_size)
-    resumed_path, ckpt = load_checkpoint(config) if config.resume else (None, None)
+    check_writable(config)
+    notes = []
+    if d.master:  # rank 0 writes the checkpoints and the log: it holds the run's name
+        lock_run(config, held)
+        notes += remove_interrupted_writes(config)
+    check_run_owns_checkpoints(config)
+    resumed_path, ckpt, loaded_notes = load_checkpoint(config) if config.resume else (None, None, [])
     if ckpt is not None:
         check_resume_config(ckpt["args"], config, resumed_path)
     run_id = ckpt["run_id"] if ckpt else f"{config.run_name}_{uuid.uuid4().hex[:8]}"
-    check_writable(config)
     log = Logger(os.path.join(config.log_dir, f"{run_id}.txt"), d.master)
+    if d.master:  # a resumed run appends to its log: that file is the run's too (resumed twice, from two folders)
+        held.enter_context(run_lock(log.path, f"the log {log.path} of --run_name={config.run_name} is in use by another process: "
+                                              f"wait for that run to end or stop it", remove=False))
     if ckpt is None:
-        log_header(log, config, d, run_id)
+        try:
+            log_header(log, config, d, run_id)
+        except ConfigError:
+            with contextlib.suppress(OSError): os.remove(log.path)  # a header cut short is no log
+            raise
     else:
         log(f"resumed from {resumed_path} at step {ckpt['step']}")
+    for note in notes + loaded_notes:
+        log(note)
     ops = Ops(config.kernels, d.device, compiled=config.compile and d.device.type == "cuda")
 
     torch.manual_seed(config.seed)
@@ -1926,11 +2083,14 @@ def start(config: Hyperparameters, d: Dist) -> Trainer:
     log(f"parameters: {sum(p.numel() for p in raw_model.parameters()):,} kernels: {ops.name}{'(' + ','.join(ops.triton_ops) + ')' if ops.name == 'mixed' else ''} grad_accum: {loader.grad_accum} micro_batch: {micro}")
     return trainer
 
-def finish(t: Trainer):
-    """After the last step: the final checkpoint (if periodic ones were asked for), a sample, peak memory."""
+def finish(t: Trainer) -> int:
+    """After the last step: the final checkpoint (if periodic ones were asked for), a sample, peak memory. Weights
+    that are not finite stop it before sampling (which would fail on them)."""
     c, d = t.config, t.d
-    if c.save_every and c.steps % c.save_every:  # the loop saved it already otherwise
-        t.checkpoint()
+    if c.save_every and c.steps % c.save_every and (bad := t.checkpoint()) is not None:  # the loop saved it already otherwise
+        return t.stop(f"checkpoint of step {t.step} not written: {bad} is not finite", "the weights are not finite")
+    if c.sample_tokens > 0 and (bad := non_finite(t.raw_model.state_dict())) is not None:
+        return t.stop(f"sample not drawn: {bad} is not finite", "the weights are not finite")
     if d.master and c.sample_tokens > 0 and c.vocab_size < 50257:
         t.log(f"sample: skipped (it decodes GPT-2 tokens; --vocab_size={c.vocab_size} is smaller)")
     elif d.master and c.sample_tokens > 0:
@@ -1939,38 +2099,40 @@ def finish(t: Trainer):
         t.log("sample: " + json.dumps(text), console=False)
         print("-" * 40 + "\n" + text + "\n" + "-" * 40, flush=True)
     t.log(peak_memory_line(d.device))
+    return 0
 
 def train(config: Hyperparameters, d: Dist) -> int:
-    """Runs one training job; returns the process exit code."""
-    t = start(config, d)
-    stop = StopSignal(); stop.install()
-    tokens_per_step = config.batch_size * config.seq_len
-    while True:
-        last = t.step == config.steps
-        if config.val_tokens and (last or t.step % config.val_every == 0):
-            t.log_validation()
-        if last:
-            break
-        t0 = time.perf_counter()
-        train_loss = t.train_step()  # ends in the step's one host sync, so the clock reads the whole step
-        if not math.isfinite(train_loss):
-            t.log(f"step:{t.step + 1}/{config.steps} train_loss:{train_loss} -- stopping: the loss is not finite. "
-                  f"Last checkpoint: {t.last_checkpoint or 'none (set --save_every)'}")
-            return 2
-        dt = (time.perf_counter() - t0) * 1000
-        t.step += 1; t.train_time_ms += dt
-        t.log(f"step:{t.step}/{config.steps} train_loss:{train_loss:.4f} train_time:{t.train_time_ms:.0f}ms "
-              f"step_avg:{t.train_time_ms / t.step:.2f}ms tok/s:{tokens_per_step / dt * 1000:.0f}")
-        signum = stop.signum
-        if d.world > 1:  # every rank stops at the same step
-            signum = torch.tensor(signum, device=d.device); dist.all_reduce(signum, op=dist.ReduceOp.MAX); signum = int(signum.item())
-        if config.save_every and t.step % config.save_every == 0 or signum:
-            t.checkpoint()
-        if signum:
-            t.log(f"stopped by signal {signum} after step {t.step}; resume with --resume=auto --run_name={config.run_name}")
-            return 128 + signum
-    finish(t)
-    return 0
+    """Runs one training job; returns the process exit code. A NaN/inf loss (train or val) or weights that are not
+    finite at a checkpoint stop it with exit code 2, naming the last checkpoint."""
+    with contextlib.ExitStack() as held:  # the run's locks, released however the run ends
+        t = start(config, d, held)
+        stop = StopSignal(); stop.install()
+        tokens_per_step = config.batch_size * config.seq_len
+        while True:
+            last = t.step == config.steps
+            if config.val_tokens and (last or t.step % config.val_every == 0):
+                val_loss = t.log_validation()
+                if not math.isfinite(val_loss):
+                    return t.stop(f"val_loss:{val_loss} at step {t.step}", "the val loss is not finite")
+            if last:
+                break
+            t0 = time.perf_counter()
+            train_loss = t.train_step()  # ends in the step's one host sync, so the clock reads the whole step
+            if not math.isfinite(train_loss):
+                return t.stop(f"step:{t.step + 1}/{config.steps} train_loss:{train_loss}", "the loss is not finite")
+            dt = (time.perf_counter() - t0) * 1000
+            t.step += 1; t.train_time_ms += dt
+            t.log(f"step:{t.step}/{config.steps} train_loss:{train_loss:.4f} train_time:{t.train_time_ms:.0f}ms "
+                  f"step_avg:{t.train_time_ms / t.step:.2f}ms tok/s:{tokens_per_step / dt * 1000:.0f}")
+            signum = stop.signum
+            if d.world > 1:  # every rank stops at the same step
+                signum = torch.tensor(signum, device=d.device); dist.all_reduce(signum, op=dist.ReduceOp.MAX); signum = int(signum.item())
+            if (config.save_every and t.step % config.save_every == 0 or signum) and (bad := t.checkpoint()) is not None:
+                return t.stop(f"checkpoint of step {t.step} not written: {bad} is not finite", "the weights are not finite")
+            if signum:
+                t.log(f"stopped by signal {signum} after step {t.step}; resume with --resume=auto --run_name={config.run_name}")
+                return 128 + signum
+        return finish(t)
 
 # -----------------------------------------------------------------------------
 # main

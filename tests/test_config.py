@@ -203,6 +203,14 @@ def test_good_combinations_pass():
     (["--lr=-1"], "--lr=-1.0 must be >= 0"),
     (["--muon_lr=-0.1"], "--muon_lr=-0.1 must be >= 0"),
     (["--lr=nan"], "--lr=nan must be >= 0"),
+    (["--embed_lr=-0.3"], "--embed_lr=-0.3 must be >= 0"),
+    (["--head_lr=-1"], "--head_lr=-1.0 must be >= 0"),
+    (["--scalar_lr=-1"], "--scalar_lr=-1.0 must be >= 0"),
+    (["--muon_lr=nan"], "--muon_lr=nan must be >= 0"),
+    (["--muon_lr=inf"], "--muon_lr=inf must be a finite number"),  # inf passes >= 0 but makes the weights inf/NaN at step 1
+    (["--lr=inf"], "--lr=inf must be a finite number"),
+    (["--norm=dyt", "--dyt_alpha_mlp=nan"], "--dyt_alpha_mlp=nan must be a finite number"),  # a float flag without bounds
+    (["--temperature=inf"], "--temperature=inf must be a finite number"),
     (["--keep_checkpoints=0"], "--keep_checkpoints=0 must be >= 1"),
     (["--keep_checkpoints=-1"], "--keep_checkpoints=-1 must be >= 1"),
     (["--save_every=-1"], "--save_every=-1 must be >= 0"),
@@ -232,7 +240,7 @@ def test_odd_head_dim_is_fine_without_rope():
     parse_args(["--preset=cpu", "--n_embd=64", "--mlp_ratio=0.02"])  # width 1: the smallest MLP there is
 
 
-@pytest.mark.parametrize("flag", ["--lr=-1", "--keep_checkpoints=0", "--arch=foo"])
+@pytest.mark.parametrize("flag", ["--lr=-1", "--muon_lr=inf", "--keep_checkpoints=0", "--arch=foo"])
 def test_main_reports_bad_values_without_a_traceback(flag, capsys):
     assert train_gpt.main(["--preset=cpu", flag, *NO_DATA]) == 2
     out, err = capsys.readouterr()

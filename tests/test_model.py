@@ -346,8 +346,8 @@ def test_tiny_model_overfits_one_batch():
 
 def run_train(shards, log_dir, *flags):
     """3 steps of the real train loop on the tiny shards; (train losses, val losses, the log)."""
-    a = tiny_config(*shards, f"--log_dir={log_dir}", "--val_tokens=128", "--sample_tokens=0", "--steps=3", "--val_every=3",
-                    *flags)
+    a = tiny_config(*shards, f"--log_dir={log_dir}", f"--checkpoint_dir={log_dir}/ck", "--val_tokens=128", "--sample_tokens=0",
+                    "--steps=3", "--val_every=3", *flags)
     assert train_in_process(a) == 0
     (log,) = log_dir.glob("*.txt")
     text = log.read_text()

@@ -8,13 +8,14 @@ uninterrupted reference, a run stopped by a signal) are made once per module and
 That a 2-process run matches the 1-process run is tested (more strictly, on the final weights) in test_train.py;
 the shard and missing-data errors themselves in test_loader.py (here: that they reach the user through the CLI).
 """
-import os, re, glob, time, queue, shutil, signal, threading, subprocess
+import os, re, glob, time, errno, queue, shutil, signal, builtins, threading, subprocess
+from pathlib import Path
 import numpy as np
 import pytest
 import torch
 
 import train_gpt
-from conftest import ROOT, TINY, cli_command, cli_env, run_cli, step_lines
+from conftest import ROOT, TINY, cli_command, cli_env, run_cli, step_lines, train_in_process
 
 STEPS, SAVE_EVERY, KEEP, SIGNAL_AT = 8, 2, 2, 3  # the signal goes out when step:3/8 is logged: the run stops at step 3 or 4
 RUN = "rel"
@@ -258,7 +259,8 @@ def test_second_signal_exits_at_once(tiny_shards, tmp_path):
     assert rc == 128 + signal.SIGTERM, (rc, live.stderr[-2000:], live.stdout[-1500:])
     assert time.monotonic() - t0 < 10
     assert "checkpoint saved" not in live.stdout and "stopped by signal" not in live.stdout, live.stdout[-2000:]
-    assert not os.path.exists(tmp_path / "ck")  # nothing written
+    # nothing written: the checkpoint folder (made at start-up) holds only the run's lock, left by os._exit
+    assert os.listdir(tmp_path / "ck") == [f"{RUN}.lock"]
 
 def test_truncated_checkpoint_by_path_is_rejected(shared, tiny_shards, tmp_path):
     """A checkpoint cut short (a full disk, a killed copy), given by path: a clear error naming the file and
@@ -341,14 +343,15 @@ def test_negative_save_every_is_rejected():
 # ----------------------------------------------------------------------------- NaN, logs
 
 def test_nan_loss_stops_with_step_and_last_checkpoint(tiny_shards, tmp_path):
-    """An absurd learning rate (no softcap to hide it) makes the loss NaN at step 3: the run stops there with a
-    non-zero exit, and the log names the step and the last checkpoint."""
-    save_every = 2
+    """An absurd learning rate (no softcap to hide it) makes the loss NaN at step 2 (the weights after step 1 are
+    ~1e37, still finite): the run stops there with exit code 2, and the log names the step and the last checkpoint,
+    which is finite and loads."""
+    save_every = 1
     args = [*QUIET, *tiny_shards, "--steps=20", "--val_every=20", f"--save_every={save_every}", f"--run_name={RUN}",
-            f"--log_dir={tmp_path}/logs", f"--checkpoint_dir={tmp_path}/ck", "--optimizer=adam", "--lr=1e30",
+            f"--log_dir={tmp_path}/logs", f"--checkpoint_dir={tmp_path}/ck", "--optimizer=adam", "--lr=1e37",
             "--logit_softcap=0"]
     p = run_cli(*args)
-    assert p.returncode not in (0, None), p.stdout[-2000:]
+    assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
     m = re.search(r"^step:(\d+)/20 train_loss:(\S+) .*not finite.*Last checkpoint: (.+)$", p.stdout, re.M)
     assert m, p.stdout[-3000:] + p.stderr[-2000:]
     step, loss, last = int(m.group(1)), m.group(2), m.group(3)
@@ -356,6 +359,7 @@ def test_nan_loss_stops_with_step_and_last_checkpoint(tiny_shards, tmp_path):
     assert max(per_step(p.stdout, "train")) == step  # nothing trained after it
     expect = str(tmp_path / "ck" / f"{RUN}_step{(step - 1) // save_every * save_every}.pt")
     assert last == expect and os.path.exists(expect)
+    assert train_gpt.read_checkpoint(expect)[1] is None  # it loads, matches its checksum and is finite
     assert not os.path.exists(tmp_path / "ck" / f"{RUN}_step{step}.pt")  # no checkpoint of the broken step
     [log] = log_files(tmp_path / "logs")
     assert m.group(0) in read(log)
@@ -415,3 +419,285 @@ def test_data_error_reaches_the_user_before_training(tiny_shards, tmp_path, case
     assert p.returncode == 2, p.returncode
     assert "train_loss" not in p.stdout and "val_loss" not in p.stdout
     assert not (tmp_path / "logs").exists() and not (tmp_path / "ck").exists()  # failed before anything was written
+
+# ----------------------------------------------------------------------------- nothing lost: a run owns its name
+
+# A model with a 512-token vocabulary on shards of ids < 512: its checkpoints are ~1 MB instead of the tiny GPT-2
+# model's 78 MB, so these tests write and read many of them in seconds. It samples nothing (it decodes no GPT-2 text).
+SMALL_VOCAB = 512
+
+@pytest.fixture(scope="module")
+def small_shards(tmp_path_factory):
+    d = tmp_path_factory.mktemp("small_shards")
+    ids = np.random.default_rng(0).integers(0, SMALL_VOCAB, 2800)
+    for i in range(3):
+        train_gpt.write_shard(str(d / f"s_train_{i:06d}.bin"), ids[600 * i:600 * (i + 1)])
+    train_gpt.write_shard(str(d / "s_val_000000.bin"), ids[1800:])
+    return [f"--train_files={d}/s_train_*.bin", f"--val_files={d}/s_val_*.bin"]
+
+def small(shards, where, *extra, steps=4):
+    """CLI flags of a small-vocabulary run in where/logs and where/ck; in-process: train_gpt.parse_args(small(...))."""
+    return [*QUIET, *shards, f"--vocab_size={SMALL_VOCAB}", f"--steps={steps}", f"--val_every={steps}", f"--save_every={SAVE_EVERY}",
+            f"--keep_checkpoints={KEEP}", f"--run_name={RUN}", f"--log_dir={where}/logs", f"--checkpoint_dir={where}/ck", *extra]
+
+def run_small(shards, where, *extra, steps=4):
+    """A small run in this process (no CLI start-up to pay); returns its exit code."""
+    return train_in_process(train_gpt.parse_args(small(shards, where, *extra, steps=steps)))
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """In-process runs use one thread, as the CLI runs do (cli_env): two threads on a shared 2-core CPU wait on each other."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+def snapshot(*folders):
+    """{path: bytes} of every file under the folders: what a user had."""
+    return {str(p): p.read_bytes() for d in folders for p in sorted(Path(d).rglob("*")) if p.is_file()}
+
+def test_same_run_name_without_resume_is_refused_and_nothing_is_overwritten(small_shards, tmp_path):
+    """A second fresh run with the name of one that has checkpoints (here with another --seed, which would have
+    overwritten *_step2.pt / *_step4.pt and made the first run's resume fail on its --seed) is refused before it
+    writes anything, naming both ways out; the first run's checkpoints and log are byte-identical afterwards and
+    its resume still works."""
+    assert run_small(small_shards, tmp_path) == 0
+    before = snapshot(tmp_path / "ck", tmp_path / "logs")
+    assert sorted(os.path.basename(p) for p in before if p.endswith(".pt")) == [f"{RUN}_step2.pt", f"{RUN}_step4.pt"]
+    p = run_cli(*small(small_shards, tmp_path, "--seed=1"))
+    assert_clean_error(p, f"--run_name={RUN} already has checkpoints in {tmp_path}/ck", "--resume=auto", "another --run_name")
+    assert p.returncode == 2 and "val_loss" not in p.stdout
+    assert snapshot(tmp_path / "ck", tmp_path / "logs") == before  # no new log, no lock left, every byte as it was
+    # resuming a checkpoint of another folder into this one would overwrite them too
+    elsewhere = tmp_path / "other" / f"{RUN}_step2.pt"
+    os.makedirs(elsewhere.parent); shutil.copy(tmp_path / "ck" / f"{RUN}_step2.pt", elsewhere)
+    with pytest.raises(train_gpt.ConfigError, match="would overwrite"):
+        run_small(small_shards, tmp_path, f"--resume={elsewhere}")
+    assert snapshot(tmp_path / "ck", tmp_path / "logs") == before
+    # the first run's own resume still works (from its last step: nothing left but the final validation)
+    assert run_small(small_shards, tmp_path, "--resume=auto") == 0
+    assert snapshot(tmp_path / "ck") == {p: b for p, b in before.items() if p.endswith(".pt")}
+
+def test_same_run_started_twice_at_once_is_refused_and_a_crash_frees_the_name(small_shards, tmp_path):
+    """While a run trains it holds a flock on <checkpoint_dir>/<run_name>.lock: the same run started again (here
+    with --resume=auto, which would append to the same log and write the same checkpoints) fails at start-up naming
+    the run, the lock file and what to do, and writes nothing. kill -9 of the first run frees the name (the OS drops
+    the lock with the process): the next run starts."""
+    lock = tmp_path / "ck" / f"{RUN}.lock"
+    first = Live(small(small_shards, tmp_path, "--save_every=0", steps=100000))
+    try:
+        first.wait_for(r"step:1/100000 train_loss")
+        p = run_cli(*small(small_shards, tmp_path, "--resume=auto", steps=100000))
+        assert_clean_error(p, f"--run_name={RUN} is already running", str(lock), "another --run_name")
+        assert first.p.poll() is None, "the first run ended before the second one was refused: the test proves nothing"
+    finally:
+        first.p.kill(); first.finish()
+    [log] = log_files(tmp_path / "logs")
+    assert len(re.findall(r"^config: ", read(log), re.M)) == 1 and not re.search(r"^resumed from", read(log), re.M)  # the first run's only
+    assert os.listdir(tmp_path / "ck") == [f"{RUN}.lock"]  # left by the killed run, no longer locked
+    assert run_small(small_shards, tmp_path, "--resume=auto", steps=2) == 0
+    assert not lock.exists()  # released (and removed) when a run ends
+
+def test_log_in_use_is_not_appended_to(small_shards, tmp_path):
+    """A resumed run appends to its run's log, so that file is locked too: the same checkpoint resumed twice at once
+    from two checkpoint folders (where the folder lock cannot see it) does not interleave lines in one log."""
+    assert run_small(small_shards, tmp_path) == 0
+    [log] = log_files(tmp_path / "logs")
+    before = read(log)
+    with train_gpt.run_lock(log, "held by the test", remove=False):  # as the first resumed run holds it
+        with pytest.raises(train_gpt.ConfigError, match=f"the log {re.escape(log)} of --run_name={RUN} is in use by another process"):
+            run_small(small_shards, tmp_path, f"--checkpoint_dir={tmp_path}/ck2", f"--resume={tmp_path}/ck/{RUN}_step2.pt")
+    assert read(log) == before and not os.listdir(tmp_path / "ck2")  # nothing appended, no lock left
+
+def test_resume_auto_with_nothing_to_resume_says_so(small_shards, tmp_path):
+    """kill -9 during a checkpoint write leaves only its temp file (never a corrupt .pt): --resume=auto then starts
+    from step 0 and says so in the log, and removes the dead write's temp file (this run holds the name's lock, so
+    no live process is writing it)."""
+    os.makedirs(tmp_path / "ck")
+    tmp = tmp_path / "ck" / f"{RUN}_step2.pt.tmp"
+    tmp.write_bytes(b"PK\x03\x04" + bytes(5000))  # what a killed torch.save leaves
+    assert run_small(small_shards, tmp_path, "--resume=auto", steps=2) == 0
+    [log] = log_files(tmp_path / "logs")
+    text = read(log)
+    assert f"--resume=auto: no checkpoint of --run_name={RUN} in {tmp_path}/ck/, starting from step 0" in text
+    assert f"removed {tmp}: a checkpoint write that never finished" in text
+    assert min(per_step(text)) == 1 and not tmp.exists() and ckpt_steps(tmp_path / "ck") == [2]
+
+# ----------------------------------------------------------------------------- nothing lost: every checkpoint whole, ours and finite
+
+def flip_bytes_in_largest_tensor(path):
+    """Corrupts a checkpoint as a bad disk would: bytes in the middle of its largest tensor record flipped, the file
+    length unchanged (torch.load checks no CRC, so only the checksum inside catches it)."""
+    import zipfile
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    with open(path, "r+b") as f:
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = np.frombuffer(f.read(4), dtype="<u2")
+        f.seek(info.header_offset + 30 + int(name_len) + int(extra_len) + info.file_size // 2)
+        data = f.read(16)
+        f.seek(-16, 1); f.write(bytes(b ^ 0xFF for b in data))
+
+def test_checkpoint_records_its_checksum_and_a_flipped_byte_is_caught(small_shards, tmp_path, capsys):
+    """Each checkpoint holds a sha256 of its whole state and the tensor bytes it covers. One with bytes flipped
+    inside a tensor (same length) is named with the fix when given by path, and skipped with a warning naming it by
+    --resume=auto, which resumes from the one before."""
+    assert run_small(small_shards, tmp_path) == 0
+    newest, previous = (str(tmp_path / "ck" / f"{RUN}_step{k}.pt") for k in (4, 2))
+    c = load(newest)
+    assert c["checksum"] == train_gpt.state_checksum(c) and c["checksum"]["tensor_bytes"] > 0.5 * os.path.getsize(newest)
+    size = os.path.getsize(newest)
+    flip_bytes_in_largest_tensor(newest)
+    assert os.path.getsize(newest) == size
+    assert train_gpt.read_checkpoint(newest)[1].startswith("fails its checksum")
+    p = run_cli(*small(small_shards, tmp_path, f"--resume={newest}"))
+    assert_clean_error(p, newest, "fails its checksum", "--resume=auto")
+    assert "train_loss" not in p.stdout
+    capsys.readouterr()
+    assert run_small(small_shards, tmp_path, "--resume=auto") == 0
+    out, err = capsys.readouterr()
+    assert f"warning: checkpoint {newest} fails its checksum" in err and "trying an older one" in err
+    assert f"resumed from {previous} at step 2" in out
+    [log] = log_files(tmp_path / "logs")
+    assert f"warning: skipped checkpoint {newest} fails its checksum" in read(log)
+    assert ckpt_steps(tmp_path / "ck") == [2, 4] and train_gpt.read_checkpoint(newest)[1] is None  # step 4 rewritten whole
+
+def test_non_finite_weights_are_never_checkpointed(tiny_shards, tmp_path):
+    """--lr=1e30: after step 1 the weights are ~1e30 (finite, checkpointed), after step 2 the embedding is inf while
+    step 2's loss, computed before that update, is still finite. Before, that step-2 checkpoint was written and the
+    run named it; now it is not written, the log says why, and the run stops (exit 2) naming step 1's, which loads."""
+    p = run_cli(*QUIET, *tiny_shards, "--steps=20", "--val_every=20", "--save_every=1", f"--run_name={RUN}",
+                f"--log_dir={tmp_path}/logs", f"--checkpoint_dir={tmp_path}/ck", "--optimizer=adam", "--lr=1e30", "--logit_softcap=0")
+    assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
+    step1 = str(tmp_path / "ck" / f"{RUN}_step1.pt")
+    line = (f"checkpoint of step 2 not written: model.wte.weight is not finite -- stopping: the weights are not finite. "
+            f"Last checkpoint: {step1}")
+    assert line in p.stdout and line in read(log_files(tmp_path / "logs")[0])
+    assert per_step(p.stdout)[2] > 1e6  # step 2's loss: huge, finite
+    assert os.listdir(tmp_path / "ck") == [f"{RUN}_step1.pt"]  # no step 2, no temp file, no lock
+    assert train_gpt.read_checkpoint(step1)[1] is None
+
+def test_non_finite_val_loss_stops_before_sampling(tiny_shards, tmp_path):
+    """--lr=1e37: step 1's loss is finite, its update leaves weights whose logits overflow, so the val loss after it
+    is NaN. Before, only the train loss was checked and the run died in sampling ("probability tensor contains
+    either inf, nan or element < 0"); now it stops there (exit 2) naming the last checkpoint, with no sample."""
+    p = run_cli(*QUIET, *tiny_shards, "--sample_tokens=5", "--steps=3", "--val_every=1", "--save_every=1", f"--run_name={RUN}",
+                f"--log_dir={tmp_path}/logs", f"--checkpoint_dir={tmp_path}/ck", "--optimizer=adam", "--lr=1e37", "--logit_softcap=0")
+    assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
+    assert "Traceback" not in p.stderr and "probability tensor" not in p.stderr, p.stderr[-2000:]
+    step1 = str(tmp_path / "ck" / f"{RUN}_step1.pt")
+    assert f"val_loss:nan at step 1 -- stopping: the val loss is not finite. Last checkpoint: {step1}" in p.stdout
+    assert not re.search(r"^(sample|-{40})", p.stdout, re.M) and "step:2/3" not in p.stdout  # no sample, nothing trained after
+    assert train_gpt.read_checkpoint(step1)[1] is None
+
+# ----------------------------------------------------------------------------- files in the checkpoint folder that are not ours
+
+def test_stray_and_foreign_files_in_the_checkpoint_folder(small_shards, tmp_path, capsys):
+    """Only <run_name>_step<int>.pt files are the run's: a stray rel_step_best.pt (and rel_step3_step4.pt, a run
+    named rel_step3's) is ignored by --resume=auto and by the first save's pruning (before: int() crashed on it),
+    and does not make a fresh run's name taken. A .pt named like ours that is not a train_gpt.py checkpoint is
+    skipped with a warning by --resume=auto, and named (no KeyError: 'args') when given by path."""
+    os.makedirs(tmp_path / "ck")
+    strays = {n: b"not ours" for n in (f"{RUN}_step_best.pt", f"{RUN}_step3_step4.pt", f"{RUN}_stepX.pt", "notes.txt")}
+    for n, b in strays.items(): (tmp_path / "ck" / n).write_bytes(b)
+    assert train_gpt.list_checkpoints(str(tmp_path / "ck"), RUN) == []
+    assert run_small(small_shards, tmp_path, "--keep_checkpoints=1") == 0  # fresh: the name is free; step 4's save prunes step 2
+    assert run_small(small_shards, tmp_path, "--resume=auto") == 0
+    assert ckpt_steps(tmp_path / "ck") == [4] and all((tmp_path / "ck" / n).read_bytes() == b for n, b in strays.items())
+    foreign = tmp_path / "ck" / f"{RUN}_step9.pt"
+    torch.save({"state_dict": {"w": torch.zeros(3)}}, foreign)  # someone's model, named like ours
+    capsys.readouterr()
+    assert run_small(small_shards, tmp_path, "--resume=auto") == 0
+    out, err = capsys.readouterr()
+    assert f"warning: checkpoint {foreign} is not a train_gpt.py checkpoint (it has no 'step'" in err, err
+    assert f"resumed from {tmp_path / 'ck'}/{RUN}_step4.pt at step 4" in out
+    p = run_cli(*small(small_shards, tmp_path, f"--resume={foreign}"))
+    assert_clean_error(p, f"checkpoint {foreign} is not a train_gpt.py checkpoint", "'args'")
+    assert "KeyError" not in p.stderr and "train_loss" not in p.stdout
+
+# ----------------------------------------------------------------------------- full disks, folders that cannot be made
+
+@pytest.fixture(params=["tmpfs", "simulated"])
+def small_disk(request, tmp_path, monkeypatch):
+    """make(size) -> a folder that holds about `size` bytes. tmpfs: a real small tmpfs mounted there (needs root;
+    skipped without it). simulated: train_gpt's open() wrapped so that writes under the folder raise
+    OSError(ENOSPC) once `size` bytes were written there, for machines where mounting is impossible."""
+    made = []
+    def make(size):
+        d = tmp_path / f"disk{len(made)}"
+        d.mkdir(); made.append(d)
+        if request.param == "tmpfs":
+            r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)], capture_output=True, text=True)
+            if r.returncode:
+                pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()}): the simulated variant covers it")
+        else:
+            monkeypatch.setattr(train_gpt, "open", Quota(d, size).open, raising=False)
+        return d
+    yield make
+    for d in made:
+        if request.param == "tmpfs": subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+class Quota:
+    """open() for train_gpt whose writes under `root` fail with ENOSPC past `size` bytes in all."""
+    def __init__(self, root, size):
+        self.root, self.left = str(root), size
+    def open(self, path, mode="r", *args, **kw):
+        f = builtins.open(path, mode, *args, **kw)
+        return Quota.File(f, self) if "r" not in mode and os.path.abspath(path).startswith(self.root + os.sep) else f
+    class File:
+        def __init__(self, f, quota): self.f, self.quota = f, quota
+        def write(self, b):
+            if len(b) > self.quota.left:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self.quota.left -= len(b); return self.f.write(b)
+        def __getattr__(self, name): return getattr(self.f, name)
+        def __enter__(self): return self
+        def __exit__(self, *exc): self.f.close()
+
+def test_full_disk_during_a_checkpoint_write(small_shards, tmp_path, small_disk):
+    """--checkpoint_dir on a disk with room for one and a half checkpoints: the second save (step 4) runs out of
+    space. Before: a traceback (OSError [Errno 28], then RuntimeError [enforce fail at inline_container.cc]), no
+    checkpoint, the .tmp left behind. Now: one error naming the file, --checkpoint_dir and the last checkpoint; no
+    temp file; step 2's checkpoint untouched, it loads and the run resumes from it elsewhere."""
+    assert run_small(small_shards, tmp_path / "probe", steps=2) == 0
+    size = os.path.getsize(tmp_path / "probe" / "ck" / f"{RUN}_step2.pt")
+    ck = small_disk(size * 3 // 2)
+    step2, step4 = str(ck / f"{RUN}_step2.pt"), str(ck / f"{RUN}_step4.pt")
+    with pytest.raises(train_gpt.ConfigError) as e:
+        run_small(small_shards, tmp_path, f"--checkpoint_dir={ck}")
+    msg = str(e.value)
+    assert msg.startswith(f"cannot write the checkpoint {step4} (No space left on device): free space in --checkpoint_dir={ck}"), msg
+    assert f"the last checkpoint, {step2}, is as it was" in msg and "\n" not in msg
+    assert sorted(os.listdir(ck)) == [f"{RUN}_step2.pt"]  # no temp file, no lock
+    assert train_gpt.read_checkpoint(step2)[1] is None
+    shutil.copy(step2, tmp_path / "roomy.pt")
+    assert run_small(small_shards, tmp_path / "roomy", f"--resume={tmp_path / 'roomy.pt'}") == 0
+
+@pytest.mark.parametrize("when", ["header", "line"])
+def test_full_log_folder_is_one_error_naming_log_dir(small_shards, tmp_path, small_disk, when):
+    """A 64 KB --log_dir cannot hold the header (this file's source): before, a traceback at start-up; now one
+    error naming the log and --log_dir, before any training, and no half-written log left. A folder that fills up
+    later (room for the header and a few dozen lines) ends the run the same way at the line that did not fit."""
+    source = os.path.getsize(train_gpt.__file__)
+    logs = small_disk(64 * 1024 if when == "header" else source + 12 * 1024)
+    config = train_gpt.parse_args(small(small_shards, tmp_path, f"--log_dir={logs}", "--save_every=0", steps=2000))
+    with pytest.raises(train_gpt.ConfigError) as e:
+        train_in_process(config)
+    msg = str(e.value)
+    assert re.fullmatch(rf"cannot write the log {re.escape(str(logs))}/{RUN}_\w+\.txt \(No space left on device\): "
+                        rf"free space in --log_dir={re.escape(str(logs))} or point --log_dir at another folder", msg), msg
+    if when == "header":
+        assert os.listdir(logs) == []
+    else:
+        [log] = log_files(logs)
+        assert 10 < max(per_step(read(log))) < 2000  # it trained, then stopped at a line that did not fit
+    assert not (tmp_path / "ck" / f"{RUN}.lock").exists()  # the run's lock went with it
+
+def test_checkpoint_dir_that_cannot_be_made_fails_before_training(small_shards, tmp_path):
+    """A --checkpoint_dir whose nearest existing parent is writable but that cannot be made (a name longer than the
+    file system allows) passed the old start-up probe and failed at the first save, after the training steps, with
+    a bare errno message. It is made at start-up now, so it fails there, naming --checkpoint_dir."""
+    bad = str(tmp_path / ("c" * 300) / "ck")
+    p = run_cli(*small(small_shards, tmp_path, f"--checkpoint_dir={bad}"))
+    assert_clean_error(p, bad, "File name too long", "point --checkpoint_dir at a writable folder")
+    assert "train_loss" not in p.stdout and not log_files(tmp_path / "logs")

@@ -194,6 +194,7 @@ def test_speedrun_2024_preset_builds_full_size_and_steps_on_cpu(tmp_path):
     sp = str(ROOT / "data" / "shakespeare")
     a = tg.parse_args(["--preset=speedrun_2024", "--seq_len=64", "--batch_size=2", "--device_batch_size=2", "--val_tokens=128",
                        "--steps=1", "--compile=false", "--bf16=false", "--sample_tokens=0", f"--log_dir={tmp_path}",
+                       f"--checkpoint_dir={tmp_path}/ck",
                        f"--train_files={sp}/shakespeare_train_*.bin", f"--val_files={sp}/shakespeare_val_*.bin"])
     assert (a.n_layer, a.n_embd, a.n_head, a.vocab_size, a.tie_embeddings) == (12, 768, 6, 50304, False)
     assert train_in_process(a) == 0  # in this process: no CLI start-up to pay for a 162M-parameter step
