@@ -11,7 +11,7 @@ Read top to bottom, in the order data flows: config -> model (components, then o
 architecture, each owning everything that differs for it) -> kernels (the engine room: Triton ops and their
 torch references) -> optimizers -> data -> training -> main. Importing this file has no side effects.
 """
-import os, re, sys, json, math, time, glob, uuid, fcntl, signal, difflib, hashlib, platform, contextlib
+import os, re, sys, json, math, time, glob, uuid, fcntl, signal, difflib, hashlib, platform, functools, contextlib
 from dataclasses import dataclass, field, fields, asdict
 from typing import Optional
 import numpy as np
@@ -121,7 +121,7 @@ class Hyperparameters:
     seed: int = flag(0, "sets the init; the token stream is the same for every seed", ge=0)
     run_name: str = flag("", "names the log and the checkpoints; '' = <arch>_s<seed>")
     log_dir: str = flag("logs", "folder of the logs")
-    bf16: bool = flag(True, "bf16 autocast")
+    bf16: bool = flag(True, "bf16 autocast; on a CPU, when not given, whichever of bf16 and fp32 a head-shaped matmul measures faster")
     compile: bool = flag(False, "torch.compile the model (CUDA only)")
     kernels: str = flag("auto", "auto = Triton on CUDA, torch elsewhere", choices=["auto", "triton", "torch"])
     save_every: int = flag(0, "checkpoint every k steps; 0 = only on a stop signal", ge=0)
@@ -146,7 +146,7 @@ SPEEDRUN_COMPONENTS = {  # the record's components on top of SPEEDRUN_2024 -> th
     "muon_batched": "--no-muon_batched", "fused_adam": "--no-fused_adam",
 }
 PRESETS = {
-    "cpu": dict(),  # the dataclass defaults are the CPU preset
+    "cpu": dict(fused_adam=True),  # the dataclass defaults, and torch's fused Adam: one pass over each tensor
     "speedrun_2024": SPEEDRUN_2024,
     "speedrun": {**SPEEDRUN_2024,  # modded-nanogpt's 2025-01-16 record (2.99 min to val 3.28 on 8xH100)
         "seq_len": 65536, "batch_size": 8, "device_batch_size": 1, "steps": 1393, "min_lr_frac": 0.1,
@@ -221,6 +221,8 @@ def parse_args(argv, cuda_available=None) -> Hyperparameters:
         preset = "speedrun" if cuda_available else "cpu"
     config = Hyperparameters(**{**PRESETS[preset], **explicit})
     config.preset = preset
+    if "bf16" not in explicit and not (torch.cuda.is_available() if cuda_available is None else cuda_available):
+        config.bf16 = cpu_matmul_times()["bf16"] < cpu_matmul_times()["fp32"]  # measured here, not assumed
     config.run_name = config.run_name or f"{config.arch}_s{config.seed}"
     validate(config)
     return config
@@ -228,6 +230,23 @@ def parse_args(argv, cuda_available=None) -> Hyperparameters:
 def layer_list(text):
     """'0,4,7' -> [0, 4, 7]; '' -> []."""
     return [int(x) for x in text.split(",") if x.strip()]
+
+@functools.lru_cache(maxsize=None)
+def cpu_matmul_times(reps=5) -> dict:
+    """Best ms of a head-shaped matmul with autocast's casts (fp32 weights and activations cast to the compute dtype)
+    in bf16 and in fp32 on this CPU: bf16 autocast made nanoGPT 1.5x slower on one 2-core machine and ours 1.4x
+    faster on another (AVX512-BF16), so the CPU run takes whichever is faster here."""
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(512, 256, generator=g), torch.randn(4096, 256, generator=g)
+    out = {}
+    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        times = []
+        for _ in range(reps + 1):
+            t0 = time.perf_counter()
+            x.to(dtype) @ w.to(dtype).t()
+            times.append(time.perf_counter() - t0)
+        out[name] = min(times[1:]) * 1000
+    return out
 
 BOUNDS = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"), "le": (lambda v, b: v <= b, "<="), "lt": (lambda v, b: v < b, "<")}
 
@@ -524,6 +543,37 @@ class MLP(nn.Module):
         y = self.c_proj(self.act(u) * self.act_scale if self.act_scale != 1.0 else self.act(u))
         return y * self.down_scale if self.down_scale != 1.0 else y
 
+class _SoftcapCrossEntropy(torch.autograd.Function):
+    """cross_entropy(cap * tanh(logits / cap)) over rows of logits, a few rows at a time in fp32 and recomputed in
+    the backward: no (tokens x vocab) fp32 intermediates. On a CPU those make the head's tail (soft-cap, float
+    copy, log-softmax and their backwards: ten passes over 2048 x 50304 logits) memory-bound; in cache-sized
+    chunks the same math takes about half the time. (On a GPU torch.compile fuses the plain expression.)"""
+    @staticmethod
+    def forward(ctx, logits, targets, cap, rows):
+        lse, picked = logits.new_empty(len(logits), dtype=torch.float32), logits.new_empty(len(logits), dtype=torch.float32)
+        for i in range(0, len(logits), rows):
+            z = torch.tanh(logits[i:i + rows].to(torch.float32, copy=True).mul_(1 / cap)).mul_(cap)  # copy: never in place on fp32 logits
+            lse[i:i + rows] = torch.logsumexp(z, dim=-1)
+            picked[i:i + rows] = z.gather(1, targets[i:i + rows, None]).squeeze(1)
+        ctx.save_for_backward(logits, targets, lse)
+        ctx.cap, ctx.rows = cap, rows
+        return lse - picked  # per-row losses
+    @staticmethod
+    def backward(ctx, grad):
+        logits, targets, lse = ctx.saved_tensors
+        cap, rows, dlogits = ctx.cap, ctx.rows, torch.empty_like(logits)
+        for i in range(0, len(logits), rows):
+            t = torch.tanh(logits[i:i + rows].to(torch.float32, copy=True).mul_(1 / cap))
+            p = t.mul(cap).sub_(lse[i:i + rows, None]).exp_()  # softmax of the capped logits
+            p[torch.arange(len(p)), targets[i:i + rows]] -= 1
+            dlogits[i:i + rows] = p.mul_(t.mul_(t).neg_().add_(1)).mul_(grad[i:i + rows, None])  # d cap*tanh(z/cap) = 1 - tanh^2
+        return dlogits, None, None, None
+
+def softcapped_cross_entropy(logits, targets, cap, reduction="mean", rows=8):
+    """F.cross_entropy(cap * torch.tanh(logits / cap), targets) computed by _SoftcapCrossEntropy."""
+    losses = _SoftcapCrossEntropy.apply(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), float(cap), rows)
+    return losses.sum() if reduction == "sum" else losses.mean()
+
 def attention(config, ops, **kw):
     """The Attention of a block at the config's width, heads and RoPE."""
     head_dim = config.qkv_head_dim or config.n_embd // config.n_head
@@ -552,6 +602,9 @@ class Arch(nn.Module):
         return x
     def logits(self, x, lm_head):               # the last residual stream -> logits
         return lm_head(x)
+    def loss(self, x, lm_head, targets, reduction="mean"):  # the last residual stream -> cross-entropy
+        logits = self.logits(x, lm_head)
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
     def before_step(self, step):                # before training step `step` (0-based) and before each validation
         pass
     @torch.no_grad()
@@ -650,17 +703,22 @@ class GPTArch(Arch):
         c = self.config
         if c.attn_window:
             self.window_blocks.fill_(max(1, math.ceil((c.attn_window / ATTN_BLOCK - 0.5) * step / c.steps)))
+    def head(self, x, lm_head):  # the final norm and the head matmul, before the soft-cap
+        x = self.final_norm(x)
+        if self.config.fp8_head and self.training:  # the record: FP8 while training, bf16 in eval
+            return fp8_linear(x, lm_head.weight)
+        return lm_head(x)
     def logits(self, x, lm_head):
         c = self.config
-        x = self.final_norm(x)
-        if c.fp8_head and self.training:  # the record: FP8 while training, bf16 in eval
-            logits = fp8_linear(x, lm_head.weight)
-        else:
-            logits = lm_head(x)
-        cap = c.logit_softcap
+        logits, cap = self.head(x, lm_head), c.logit_softcap
         if cap > 0 and c.logit_softcap_form == "sigmoid":  # 30*sigmoid(z/7.5) at cap 15, in fp32 as the record does
             return 2 * cap * torch.sigmoid(logits.float() * (2 / cap))
         return cap * torch.tanh(logits / cap) if cap > 0 else logits
+    def loss(self, x, lm_head, targets, reduction="mean"):
+        c = self.config
+        if c.logit_softcap > 0 and c.logit_softcap_form == "tanh" and x.device.type == "cpu":
+            return softcapped_cross_entropy(self.head(x, lm_head), targets, c.logit_softcap, reduction)
+        return super().loss(x, lm_head, targets, reduction)
     @torch.no_grad()
     def init_weights(self, model):  # zero output projections: every block starts as the identity
         for block in model.blocks:
@@ -855,10 +913,9 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets=None, reduction="mean"):
         x = self.arch.run_blocks(self.blocks, self.arch.embed(self.wte(idx)), idx)
-        logits = self.arch.logits(x, self.lm_head)
         if targets is None:
-            return logits
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
+            return self.arch.logits(x, self.lm_head)
+        return self.arch.loss(x, self.lm_head, targets, reduction)
 
     def after_step(self, step):
         self.arch.after_step(self, step)
@@ -1938,6 +1995,8 @@ def log_header(log, config, d: Dist, run_id):
     log("=" * 100, console=False)
     dev = torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else platform.processor() or platform.machine()
     log(f"torch {torch.__version__} python {platform.python_version()} device {d.device.type} {dev} world_size {d.world}")
+    if d.device.type == "cpu" and cpu_matmul_times.cache_info().currsize:  # the precision was measured in parse_args
+        log("cpu precision: {} (head-shaped matmul: bf16 {bf16:.2f} ms, fp32 {fp32:.2f} ms)".format("bf16" if config.bf16 else "fp32", **cpu_matmul_times()))
     log("config: " + json.dumps({**asdict(config), "run_id": run_id, "world_size": d.world}))
 
 @dataclass

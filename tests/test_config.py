@@ -71,7 +71,8 @@ def test_malformed_flags(argv, needle):
 def cpu_defaults():
     """What --preset=cpu must give: the dataclass defaults overlaid with the cpu preset's own values (and the
     run name resolved from --arch and --seed)."""
-    return dataclasses.replace(Hyperparameters(), **PRESETS["cpu"], preset="cpu", run_name="gpt_s0")
+    return dataclasses.replace(Hyperparameters(), **PRESETS["cpu"], preset="cpu", run_name="gpt_s0",
+                               bf16=train_gpt.cpu_matmul_times()["bf16"] < train_gpt.cpu_matmul_times()["fp32"])
 
 
 def test_cpu_preset():
@@ -350,3 +351,17 @@ def test_import_has_no_side_effects(tmp_path):
                        env=cli_env(PYTHONPATH=str(ROOT)))
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cpu_precision_is_measured_unless_given(monkeypatch):
+    """Without CUDA and without --bf16/--no-bf16 the run takes whichever precision a head-shaped matmul measures
+    faster on this CPU; the flag forces either; with CUDA bf16 stays the default."""
+    for times, want in (({"bf16": 1.0, "fp32": 2.0}, True), ({"bf16": 3.0, "fp32": 2.0}, False)):
+        monkeypatch.setattr(train_gpt, "cpu_matmul_times", lambda t=times: t)
+        assert parse_args(["--preset=cpu"], cuda_available=False).bf16 is want
+        assert parse_args(["--preset=cpu", "--bf16"], cuda_available=False).bf16 is True
+        assert parse_args(["--preset=cpu", "--no-bf16"], cuda_available=False).bf16 is False
+        assert parse_args(["--preset=cpu"], cuda_available=True).bf16 is True
+    monkeypatch.undo()
+    t = train_gpt.cpu_matmul_times()
+    assert set(t) == {"bf16", "fp32"} and all(v > 0 for v in t.values())

@@ -401,3 +401,27 @@ def test_depth_scaling_scales_the_pre_norms_by_one_over_sqrt_layer():
     assert scaled.arch.final_norm.out_scale == 1.0  # the final norm is not a block's
     with pytest.raises(tg.ConfigError, match="--depth_scaling only applies to --arch=gpt"):
         tiny_config("--arch=ngpt", "--depth_scaling")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_softcapped_cross_entropy_equals_the_plain_expression(dtype, reduction):
+    """The CPU path of the GPT head's loss (cache-sized row chunks, recomputed in the backward) is
+    cross_entropy(cap * tanh(logits / cap)) in fp32: value and gradient, without touching its input."""
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(37, 1000, generator=g) * 20).to(dtype).requires_grad_()
+    t, before = torch.randint(0, 1000, (37,), generator=g), x.detach().clone()
+    ref = F.cross_entropy(30 * torch.tanh(x.float() / 30), t, reduction=reduction)
+    got = tg.softcapped_cross_entropy(x, t, 30.0, reduction, rows=8)
+    (g_ref,), (g_got,) = torch.autograd.grad(ref, x), torch.autograd.grad(got, x)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
+    bf16 = dict(rtol=1.6e-2, atol=1e-4)  # both gradients rounded to bf16, independently
+    torch.testing.assert_close(g_got.float(), g_ref.float(), **(bf16 if dtype == torch.bfloat16 else dict(rtol=1e-3, atol=1e-6)))
+    assert g_got.dtype == dtype and torch.equal(x.detach(), before)
+
+
+def test_gpt_loss_on_cpu_takes_the_chunked_softcap_path():
+    m = tiny_model("--vocab_size=1024")
+    idx, tgt = torch.randint(0, 1024, (2, 32)), torch.randint(0, 1024, (2, 32))
+    plain = F.cross_entropy(m(idx).float().view(-1, 1024), tgt.reshape(-1))
+    torch.testing.assert_close(m(idx, tgt), plain, rtol=1e-5, atol=1e-5)
