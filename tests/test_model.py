@@ -406,7 +406,7 @@ def test_depth_scaling_scales_the_pre_norms_by_one_over_sqrt_layer():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_softcapped_cross_entropy_equals_the_plain_expression(dtype, reduction):
-    """The CPU path of the GPT head's loss (cache-sized row chunks, recomputed in the backward) is
+    """The CPU path of the GPT head's loss (cache-sized row chunks, the gradient made in the forward) is
     cross_entropy(cap * tanh(logits / cap)) in fp32: value and gradient, without touching its input."""
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(37, 1000, generator=g) * 20).to(dtype).requires_grad_()
@@ -418,6 +418,18 @@ def test_softcapped_cross_entropy_equals_the_plain_expression(dtype, reduction):
     bf16 = dict(rtol=1.6e-2, atol=1e-4)  # both gradients rounded to bf16, independently
     torch.testing.assert_close(g_got.float(), g_ref.float(), **(bf16 if dtype == torch.bfloat16 else dict(rtol=1e-3, atol=1e-6)))
     assert g_got.dtype == dtype and torch.equal(x.detach(), before)
+    with torch.no_grad():  # evaluation: the same loss, no gradient made
+        torch.testing.assert_close(tg.softcapped_cross_entropy(x, t, 30.0, reduction, rows=5), ref.detach(), rtol=1e-5, atol=1e-4)
+
+
+def test_softcapped_cross_entropy_refuses_what_it_cannot_do():
+    x, t = torch.randn(4, 50, requires_grad=True), torch.randint(0, 50, (4,))
+    loss = tg.softcapped_cross_entropy(x, t, 30.0)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="cannot be backpropagated twice"):  # its saved gradient was scaled in place
+        loss.backward()
+    with pytest.raises(ValueError, match="cap 50.0 > 40"):  # exp(z - cap) would underflow
+        tg.softcapped_cross_entropy(x, t, 50.0)
 
 
 def test_gpt_loss_on_cpu_takes_the_chunked_softcap_path():
