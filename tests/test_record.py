@@ -828,7 +828,8 @@ def test_batched_muon_equals_unbatched():
 
 @pytest.mark.parametrize("flags", [[], ["--optimizer=adam"]])
 def test_adam_eps_and_fused_reach_adam(flags):
-    for extra, eps, fused in [([], 1e-10, None), (["--adam_eps=1e-8", "--fused_adam"], 1e-8, True)]:
+    # the cpu preset (tiny_config's) has fused Adam on; --no-fused_adam leaves torch its default (None)
+    for extra, eps, fused in [([], 1e-10, True), (["--no-fused_adam"], 1e-10, None), (["--adam_eps=1e-8", "--fused_adam"], 1e-8, True)]:
         c = cfg(*flags, *extra)
         torch.manual_seed(0)
         m = T.build_model(c)

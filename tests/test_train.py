@@ -84,7 +84,8 @@ def test_log_header_is_the_source_then_a_separator(single):
     rest = text[len(source):].lstrip("\n").split("\n")
     assert rest[0] == "=" * 100
     assert rest[1].startswith("torch ") and "world_size 1" in rest[1]  # versions and hardware
-    assert rest[2].startswith("config: {")
+    assert rest[2].startswith("cpu: fp32 (set by the flag), ") and rest[2].endswith(" threads")  # the CPU's precision and threads
+    assert rest[3].startswith("config: {")
 
 
 def test_config_line_is_the_flags(single):
