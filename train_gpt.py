@@ -94,6 +94,8 @@ class Hyperparameters:
     angpt_alpha_init: float = flag(0.05, "alpha_A, alpha_M init (nGPT's value)", group="angpt", ge=0)
     angpt_logit_scale: float = flag(15.0, "s_z init; at nGPT's 1 the model inflates the hidden state to reach useful logits", gt=0)
     angpt_nu_samples: int = flag(1 << 20, "Monte Carlo samples for the activation's nu", ge=1024)
+    angpt_exact_norm: bool = flag(False, "exact l2 norm of each sub-layer's input and before the head (GPT's norm sites, "
+                                  "not more norms than GPT): at 12 x 768 the nu factors alone let MLP outputs compound with depth")
     # optimizer
     optimizer: str = flag("", "'' = the arch's default (gpt: muon; ngpt, angpt: adam)", group="optimizer", choices=["", "muon", "adamw", "adam"])
     lr: float = flag(0.0, "adam/adamw lr for every parameter; 0 = the arch's default", ge=0)
@@ -873,12 +875,13 @@ class ANGPTBlock(nn.Module):
         self.mlp.down_scale = (self.mlp.hidden / d) ** 0.5
         self.alpha_attn = Scalars((d,), c.angpt_alpha_init, d ** -0.5)
         self.alpha_mlp = Scalars((d,), c.angpt_alpha_init, d ** -0.5)
+        self.exact_norm = c.angpt_exact_norm
     def alphas(self):
         return self.alpha_attn().abs(), self.alpha_mlp().abs()
     def forward(self, h):
         alpha_attn, alpha_mlp = self.alphas()
-        h = self.ops.angpt_update(h, self.attn(h), alpha_attn)
-        return self.ops.angpt_update(h, self.mlp(h), alpha_mlp)
+        h = self.ops.angpt_update(h, self.attn(self.ops.l2_norm(h) if self.exact_norm else h), alpha_attn)
+        return self.ops.angpt_update(h, self.mlp(self.ops.l2_norm(h) if self.exact_norm else h), alpha_mlp)
 
 class ANGPTArch(Arch):
     """s_z-scaled logits, every weight row kept at norm <= 1 (initialised on the sphere), Adam."""
@@ -891,7 +894,7 @@ class ANGPTArch(Arch):
     def block(self, layer):
         return ANGPTBlock(self.config, self.ops, self.nu_act)
     def logits(self, x, lm_head):
-        return scaled_logits(self, x, lm_head)
+        return scaled_logits(self, self.ops.l2_norm(x) if self.config.angpt_exact_norm else x, lm_head)
     @torch.no_grad()
     def init_weights(self, model):  # every row starts on the unit sphere, then stays inside it
         for p in model.parameters():

@@ -171,6 +171,24 @@ def test_angpt_block_matches_paper_equations():
     torch.testing.assert_close(block(h), ref_angpt_block(block, h, 0.05), atol=1e-5, rtol=1e-5)
 
 
+@torch.no_grad()
+def test_angpt_exact_norm_normalises_each_sublayer_input_and_the_head_input():
+    """--angpt_exact_norm: the block is the paper's block applied with l2-normalised sub-layer inputs, and the logits
+    are those of the normalised last stream; a stream of norm 3 (what depth builds at 12 x 768) gives the same
+    sub-layer outputs as its unit direction."""
+    m = tiny_model("--arch=angpt", "--angpt_exact_norm")
+    block, h = m.blocks[0], 3 * unit(2, 16, D, seed=2)
+    alpha_attn, alpha_mlp = block.alphas()
+    h1 = T.angpt_update_ref(h, block.attn(F.normalize(h, dim=-1)), alpha_attn)
+    expect = T.angpt_update_ref(h1, block.mlp(F.normalize(h1, dim=-1)), alpha_mlp)
+    torch.testing.assert_close(block(h), expect, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(m.arch.logits(h, m.lm_head), m.arch.logits(F.normalize(h, dim=-1), m.lm_head))
+    plain = tiny_model("--arch=angpt")  # off by default: the stream's norm reaches the logits
+    assert not torch.allclose(plain.arch.logits(h, plain.lm_head), plain.arch.logits(F.normalize(h, dim=-1), plain.lm_head))
+    with pytest.raises(T.ConfigError, match="--angpt_exact_norm only applies to --arch=angpt"):
+        tiny_config("--angpt_exact_norm")
+
+
 def test_angpt_rows_bounded_after_train_steps(tmp_path, monkeypatch, tiny_shards):
     """The real train loop: after each step every row of every weight matrix has norm <= 1."""
     saved = {}
