@@ -30,6 +30,7 @@ RUNS = {
         "--arch=ngpt", "--ngpt_alpha_schedule=downsideup_u", "--ngpt_logit_scale=10", "--ngpt_logit_scale_mode=fixed",
         "--no-ngpt_qk_norm", "--ngpt_residual=add"],
     "angpt": ["--arch=angpt"],
+    "angpt_exact_norm": ["--arch=angpt", "--angpt_exact_norm"],
     "dyt_embedscale": ["--norm=dyt", "--dyt_embed_scale"],
     "normskip_qkv16_mlpskip": ["--norm_skip_tol=0.1", "--qkv_head_dim=16", "--mlp_skip_threshold=0.15"],
 }
