@@ -44,6 +44,27 @@ def tiny_model(*flags, seed=0, ops=None) -> T.GPT:
     return T.build_model(tiny_config(*flags), ops)
 
 
+SMALL_VOCAB = 1024  # model-level tests use a small vocabulary: faster, and the loss at init is ln(SMALL_VOCAB)
+
+
+def small_vocab_config(*flags, vocab=SMALL_VOCAB) -> T.Hyperparameters:
+    return tiny_config(f"--vocab_size={vocab}", *flags)
+
+
+def small_vocab_model(*flags, vocab=SMALL_VOCAB, seed=0) -> T.GPT:
+    return tiny_model(f"--vocab_size={vocab}", *flags, seed=seed)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread in this process, as the CLI runs have (cli_env): on a small shared CPU two threads spin
+    against each other (measured ~20x slower). Modules opt in with pytestmark = pytest.mark.usefixtures("one_thread")."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tokens(b=2, t=32, vocab=50257, seed=0):
     """Random (inputs, targets) token batches."""
     g = torch.Generator().manual_seed(seed)

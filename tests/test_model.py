@@ -11,28 +11,13 @@ import torch
 import torch.nn.functional as F
 
 import train_gpt as tg
-from conftest import ROOT, step_lines, tiny_config, tiny_model, train_in_process
+from conftest import ROOT, SMALL_VOCAB as VOCAB, step_lines, tiny_config, tiny_model, train_in_process
+from conftest import small_vocab_config as args, small_vocab_model as model
 from train_gpt import Muon, build_optimizers, lr_multiplier, zeropower_via_newtonschulz5
 
 HIDDEN = ("attn.c_q.weight", "attn.c_k.weight", "attn.c_v.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-VOCAB = 1024  # model-level tests use a small vocabulary: faster, and the loss at init is ln(VOCAB)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a small shared CPU two threads spin against each other (measured ~20x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def args(*flags, vocab=VOCAB):
-    return tiny_config(f"--vocab_size={vocab}", *flags)
-
-
-def model(*flags, vocab=VOCAB, seed=0):
-    return tiny_model(f"--vocab_size={vocab}", *flags, seed=seed)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def batch(a, n=4, seed=0):

@@ -15,9 +15,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import train_gpt as T
-from conftest import ROOT, step_lines, tiny_config, tiny_model, train_in_process
+from conftest import ROOT, SMALL_VOCAB as VOCAB, step_lines, tiny_config, tiny_model, train_in_process
+from conftest import small_vocab_config as cfg, small_vocab_model as mdl
 
-VOCAB = 1024          # model-level tests: a small vocabulary
 EOT = 50256           # the record: GPT-2's <|endoftext|> starts a document
 BLOCK = 128           # the record's windows count 128-token blocks
 E4M3_MAX, E5M2_MAX = 448.0, 57344.0
@@ -38,22 +38,7 @@ COMPONENTS = {"value_embeds": 0, "unet_skips": False, "x0_mix": False, "merged_q
               "rope_half": False, "skip_attn_layers": "", "doc_mask": False, "attn_window": 0, "fp8_head": False,
               "muon_batched": False, "fused_adam": False}
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on the small shared CPU two threads spin against each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def cfg(*flags, vocab=VOCAB):
-    return tiny_config(f"--vocab_size={vocab}", *flags)
-
-
-def mdl(*flags, vocab=VOCAB, seed=0):
-    return tiny_model(f"--vocab_size={vocab}", *flags, seed=seed)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rand_idx(b, t, vocab=VOCAB, seed=0):

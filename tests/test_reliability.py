@@ -17,6 +17,8 @@ import torch
 import train_gpt
 from conftest import ROOT, TINY, cli_command, cli_env, run_cli, step_lines, train_in_process
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # in-process runs use one thread, as the CLI runs do
+
 STEPS, SAVE_EVERY, KEEP, SIGNAL_AT = 8, 2, 2, 3  # the signal goes out when step:3/8 is logged: the run stops at step 3 or 4
 RUN = "rel"
 
@@ -443,14 +445,6 @@ def small(shards, where, *extra, steps=4):
 def run_small(shards, where, *extra, steps=4):
     """A small run in this process (no CLI start-up to pay); returns its exit code."""
     return train_in_process(train_gpt.parse_args(small(shards, where, *extra, steps=steps)))
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """In-process runs use one thread, as the CLI runs do (cli_env): two threads on a shared 2-core CPU wait on each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 def snapshot(*folders):
     """{path: bytes} of every file under the folders: what a user had."""

@@ -24,15 +24,7 @@ EXPECTED_CONFIG = dict(preset="cpu", arch="gpt", n_layer=2, n_embd=64, n_head=2,
                        val_every=VAL_EVERY, val_tokens=256, sample_tokens=8, bf16=False, kernels="torch", seed=3,
                        run_name="e2e", prompt="ROMEO:", temperature=0.8)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread here (the subprocesses get OMP_NUM_THREADS=1): on a small shared CPU two threads spin
-    against each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train_cli(base, shards, *extra, world=1):
