@@ -236,8 +236,8 @@ def layer_list(text):
 @functools.lru_cache(maxsize=None)
 def cpu_matmul_times(reps=5) -> dict:
     """Best ms of a head-shaped matmul with autocast's casts (fp32 weights and activations cast to the compute dtype)
-    in bf16 and in fp32 on this CPU: bf16 autocast made nanoGPT 1.5x slower on one 2-core machine and ours 1.4x
-    faster on another (AVX512-BF16), so the CPU run takes whichever is faster here."""
+    in bf16 and in fp32 on this CPU: bf16 autocast made nanoGPT 1.5x slower on one 2-core machine (issue 17) and
+    both trainers faster on another (AVX512-BF16, records/cpu_bench), so the CPU run takes whichever is faster here."""
     g = torch.Generator().manual_seed(0)
     x, w = torch.randn(512, 256, generator=g), torch.randn(4096, 256, generator=g)
     out = {}
@@ -324,7 +324,7 @@ def setup_distributed() -> Dist:
 
 def keep_freed_memory() -> bool:
     """glibc gives every freed block above 32 MB back to the OS, so each CPU step page-faults its (tokens x vocab)
-    logits and their gradient in again: 13% of a cpu preset step. No mmap and a 1 GiB trim threshold keep freed
+    logits and their gradient in again (seen in a profile of a cpu preset step). No mmap and a 1 GiB trim threshold keep freed
     memory in the heap for the next step. Returns whether it applied (False on a C library without mallopt)."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
@@ -559,9 +559,10 @@ class MLP(nn.Module):
 class _SoftcapCrossEntropy(torch.autograd.Function):
     """cross_entropy(cap * tanh(logits / cap)) over rows of logits, a few rows at a time in fp32, with the gradient
     made in the same pass: no (tokens x vocab) fp32 intermediates and one tanh and one exp per logit. On a CPU the
-    plain expression's ten passes over 2048 x 50304 logits (soft-cap, float copy, log-softmax and their backwards)
-    are memory-bound and took 40% of the cpu preset's step; this takes a fifth of it. (On a GPU torch.compile
-    fuses the plain expression.) The capped logits are at most cap, so cap is the log-sum-exp's stabiliser."""
+    plain expression's passes over 2048 x 50304 logits (soft-cap, float copy, log-softmax and their backwards) are
+    memory-bound: after the matmuls, the largest part of the cpu preset's step when profiled. (On a GPU
+    torch.compile fuses the plain expression.) The capped logits are at most cap, so cap is the log-sum-exp's
+    stabiliser."""
     @staticmethod
     def forward(ctx, logits, targets, cap, rows):
         n, vocab = logits.shape
