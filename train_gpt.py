@@ -94,8 +94,9 @@ class Hyperparameters:
     angpt_alpha_init: float = flag(0.05, "alpha_A, alpha_M init (nGPT's value)", group="angpt", ge=0)
     angpt_logit_scale: float = flag(15.0, "s_z init; at nGPT's 1 the model inflates the hidden state to reach useful logits", gt=0)
     angpt_nu_samples: int = flag(1 << 20, "Monte Carlo samples for the activation's nu", ge=1024)
-    angpt_exact_norm: bool = flag(False, "exact l2 norm of each sub-layer's input and before the head (GPT's norm sites, "
-                                  "not more norms than GPT): at 12 x 768 the nu factors alone let MLP outputs compound with depth")
+    angpt_norm: str = flag("input", "where anGPT keeps an exact l2 norm (none of them adds to GPT's count): input = each sub-layer's input and "
+                           "before the head (GPT's sites); output = each sub-layer's output (nGPT's inner norm); none = nu factors "
+                           "only, which spikes at 12 x 768 (records/angpt_depth)", choices=["input", "output", "none"])
     # optimizer
     optimizer: str = flag("", "'' = the arch's default (gpt: muon; ngpt, angpt: adam)", group="optimizer", choices=["", "muon", "adamw", "adam"])
     lr: float = flag(0.0, "adam/adamw lr for every parameter; 0 = the arch's default", ge=0)
@@ -790,11 +791,12 @@ def logit_scale(config, init):
     mode = config.ngpt_logit_scale_mode
     return Scalars((config.vocab_size,) if mode == "vocab" else (1,), init, config.n_embd ** -0.5, trainable=mode != "fixed")
 
-def scaled_logits(arch, x, lm_head):
-    """nGPT / anGPT head: no final norm (the stream is (near) unit already), logits scaled by s_z."""
+def scaled_logits(arch, x, lm_head, norm=None):
+    """nGPT / anGPT head: logits scaled by s_z; no final norm unless given (nGPT's stream is unit already).
+    hidden_norm is the stream's norm before it."""
     if arch.probe.active:
         arch.probe("hidden_norm", x.float().norm(dim=-1).mean())
-    logits = lm_head(x)
+    logits = lm_head(norm(x) if norm is not None else x)
     return logits * arch.s_z().to(logits.dtype)
 
 def alpha_stats(model) -> dict:
@@ -859,7 +861,9 @@ def angpt_activation_nu(kind: str, coord_std: float, samples: int, seed: int = 0
     return float(y.pow(2).mean().rsqrt())
 
 class ANGPTBlock(nn.Module):
-    """anGPT: exact norms replaced by constant nu factors; h <- nu(alpha) * (h + alpha * (f(h) - h)).
+    """anGPT: nGPT's norms replaced by constant nu factors; h <- nu(alpha) * (h + alpha * (f(h) - h)), with one exact
+    norm per sub-layer kept (--angpt_norm): at the input, f(norm(h)) (default), or the output, norm(f(h)). With nu
+    factors alone the outputs outgrow them after the first Adam steps and compound with depth (records/angpt_depth).
     MLP: u = nu_up * W_up h has unit norm over d_ff coordinates; the activation sees sqrt(d) * u (per-coordinate
     std nu_up, where the paper's factors hold) and nu_act brings its output back to unit norm: for SwiGLU the
     gate silu(sqrt(d) z) gets nu_act and multiplies the unit-norm value half; a plain activation also gets
@@ -876,16 +880,21 @@ class ANGPTBlock(nn.Module):
         self.mlp.down_scale = (self.mlp.hidden / d) ** 0.5
         self.alpha_attn = Scalars((d,), c.angpt_alpha_init, d ** -0.5)
         self.alpha_mlp = Scalars((d,), c.angpt_alpha_init, d ** -0.5)
-        self.exact_norm = c.angpt_exact_norm
+        self.norm = c.angpt_norm
     def alphas(self):
         return self.alpha_attn().abs(), self.alpha_mlp().abs()
+    def sublayer(self, f, h):  # f with --angpt_norm's exact norm at its input or its output
+        if self.norm == "input":
+            return f(self.ops.l2_norm(h))
+        return self.ops.l2_norm(f(h)) if self.norm == "output" else f(h)
     def forward(self, h):
         alpha_attn, alpha_mlp = self.alphas()
-        h = self.ops.angpt_update(h, self.attn(self.ops.l2_norm(h) if self.exact_norm else h), alpha_attn)
-        return self.ops.angpt_update(h, self.mlp(self.ops.l2_norm(h) if self.exact_norm else h), alpha_mlp)
+        h = self.ops.angpt_update(h, self.sublayer(self.attn, h), alpha_attn)
+        return self.ops.angpt_update(h, self.sublayer(self.mlp, h), alpha_mlp)
 
 class ANGPTArch(Arch):
-    """s_z-scaled logits, every weight row kept at norm <= 1 (initialised on the sphere), Adam."""
+    """s_z-scaled logits (of the normalised last hidden state under --angpt_norm=input), every weight row kept at
+    norm <= 1 (initialised on the sphere), Adam."""
     optimizer, adam_lr = "adam", 2e-3
     def __init__(self, config, ops, probe):
         super().__init__(config, ops, probe)
@@ -895,7 +904,7 @@ class ANGPTArch(Arch):
     def block(self, layer):
         return ANGPTBlock(self.config, self.ops, self.nu_act)
     def logits(self, x, lm_head):
-        return scaled_logits(self, self.ops.l2_norm(x) if self.config.angpt_exact_norm else x, lm_head)
+        return scaled_logits(self, x, lm_head, self.ops.l2_norm if self.config.angpt_norm == "input" else None)
     @torch.no_grad()
     def init_weights(self, model):  # every row starts on the unit sphere, then stays inside it
         for p in model.parameters():

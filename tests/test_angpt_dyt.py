@@ -129,13 +129,16 @@ def test_angpt_activation_sees_the_papers_input_scale(kind):
     assert_unit_mean(mlp(x), f"{kind} MLP at width 768")
 
 
-def ref_angpt_block(block, h, alpha_init):
+def ref_angpt_block(block, h, alpha_init, norm="input"):
     """anGPT block from the paper: exact QK-norm (s_qk * q/||q||, softmax scale sqrt(d_h)), nu factors on v, the
-    attention output, up, activation and down; h = nu(a)(h + a(f(h) - h)), nu(a) = 1/sqrt(a^2 + (1-a)^2)."""
+    attention output, up, activation and down; h = nu(a)(h + a(f(n(h)) - h)), nu(a) = 1/sqrt(a^2 + (1-a)^2), where
+    with --angpt_norm's exact l2 norm of each sub-layer's input (f(n(h)), the default) or output (n(f(h)))."""
     B, Tn, d = h.shape
     at, mlp = block.attn, block.mlp
     nh, hd = at.n_head, at.head_dim
-    q, k, v = (lin(h).view(B, Tn, nh, hd) for lin in (at.c_q, at.c_k, at.c_v))
+    n_in, n_out = ((lambda x: F.normalize(x, dim=-1)) if norm == where else (lambda x: x) for where in ("input", "output"))
+    x = n_in(h)
+    q, k, v = (lin(x).view(B, Tn, nh, hd) for lin in (at.c_q, at.c_k, at.c_v))
     q, k = at.rotary(q), at.rotary(k)
     s_qk = (at.s_qk.s_hat * (1.0 / d ** -0.5)).reshape(nh, hd)
     q, k = s_qk * F.normalize(q, dim=-1), s_qk * F.normalize(k, dim=-1)
@@ -149,10 +152,10 @@ def ref_angpt_block(block, h, alpha_init):
         return (h + a * (x - h)) / torch.sqrt(a ** 2 + (1 - a) ** 2)
     a_A = (block.alpha_attn.s_hat * (alpha_init / d ** -0.5)).abs()
     a_M = (block.alpha_mlp.s_hat * (alpha_init / d ** -0.5)).abs()
-    h = lerp(h, attn, a_A)
-    u = mlp.c_fc(h) * math.sqrt(d / mlp.hidden)                      # unit norm over d_ff coordinates
+    h = lerp(h, n_out(attn), a_A)
+    u = mlp.c_fc(n_in(h)) * math.sqrt(d / mlp.hidden)                      # unit norm over d_ff coordinates
     act = torch.relu(math.sqrt(d) * u) ** 2 * block_nu_act(block) / math.sqrt(mlp.hidden)  # at std nu_up, back to unit norm
-    return lerp(h, mlp.c_proj(act) * math.sqrt(mlp.hidden / d), a_M)
+    return lerp(h, n_out(mlp.c_proj(act) * math.sqrt(mlp.hidden / d)), a_M)
 
 
 def block_nu_act(block):
@@ -160,33 +163,32 @@ def block_nu_act(block):
     return T.angpt_activation_nu("relu2", math.sqrt(block.mlp.c_fc.in_features / block.mlp.hidden), 1 << 20)
 
 
+@pytest.mark.parametrize("norm", ["input", "output", "none"])
 @torch.no_grad()
-def test_angpt_block_matches_paper_equations():
-    m = tiny_model("--arch=angpt")
+def test_angpt_block_matches_paper_equations(norm):
+    m = tiny_model("--arch=angpt", f"--angpt_norm={norm}")
     block = m.blocks[0]
     g = torch.Generator().manual_seed(0)
     for p in (block.alpha_attn.s_hat, block.alpha_mlp.s_hat, block.attn.s_qk.s_hat):
         p.copy_(p.abs().mean() * (0.5 + torch.rand(p.shape, generator=g)))
-    h = unit(2, 16, D, seed=2)
-    torch.testing.assert_close(block(h), ref_angpt_block(block, h, 0.05), atol=1e-5, rtol=1e-5)
+    h = 1.5 * unit(2, 16, D, seed=2)  # off the unit sphere, as a deep stream is: the exact norm shows
+    torch.testing.assert_close(block(h), ref_angpt_block(block, h, 0.05, norm), atol=1e-5, rtol=1e-5)
+    for other in {"input", "output", "none"} - {norm}:  # the three places differ on this stream
+        assert not torch.allclose(block(h), ref_angpt_block(block, h, 0.05, other), atol=1e-3)
 
 
 @torch.no_grad()
-def test_angpt_exact_norm_normalises_each_sublayer_input_and_the_head_input():
-    """--angpt_exact_norm: the block is the paper's block applied with l2-normalised sub-layer inputs, and the logits
-    are those of the normalised last stream; a stream of norm 3 (what depth builds at 12 x 768) gives the same
-    sub-layer outputs as its unit direction."""
-    m = tiny_model("--arch=angpt", "--angpt_exact_norm")
-    block, h = m.blocks[0], 3 * unit(2, 16, D, seed=2)
-    alpha_attn, alpha_mlp = block.alphas()
-    h1 = T.angpt_update_ref(h, block.attn(F.normalize(h, dim=-1)), alpha_attn)
-    expect = T.angpt_update_ref(h1, block.mlp(F.normalize(h1, dim=-1)), alpha_mlp)
-    torch.testing.assert_close(block(h), expect, atol=1e-5, rtol=1e-5)
+def test_angpt_norm_input_normalises_the_head_input():
+    """--angpt_norm=input (the default): the logits are those of the normalised last stream (a stream of norm 3,
+    what depth builds at 12 x 768, gives its unit direction's logits); the flag is anGPT's alone."""
+    m = tiny_model("--arch=angpt")
+    h = 3 * unit(2, 16, D, seed=2)
     torch.testing.assert_close(m.arch.logits(h, m.lm_head), m.arch.logits(F.normalize(h, dim=-1), m.lm_head))
-    plain = tiny_model("--arch=angpt")  # off by default: the stream's norm reaches the logits
-    assert not torch.allclose(plain.arch.logits(h, plain.lm_head), plain.arch.logits(F.normalize(h, dim=-1), plain.lm_head))
-    with pytest.raises(T.ConfigError, match="--angpt_exact_norm only applies to --arch=angpt"):
-        tiny_config("--angpt_exact_norm")
+    for norm in ("output", "none"):  # the stream is (near) unit there: its norm reaches the logits
+        plain = tiny_model("--arch=angpt", f"--angpt_norm={norm}")
+        assert not torch.allclose(plain.arch.logits(h, plain.lm_head), plain.arch.logits(F.normalize(h, dim=-1), plain.lm_head))
+    with pytest.raises(T.ConfigError, match="--angpt_norm only applies to --arch=angpt"):
+        tiny_config("--angpt_norm=none")
 
 
 def test_angpt_rows_bounded_after_train_steps(tmp_path, monkeypatch, tiny_shards):

@@ -30,7 +30,8 @@ RUNS = {
         "--arch=ngpt", "--ngpt_alpha_schedule=downsideup_u", "--ngpt_logit_scale=10", "--ngpt_logit_scale_mode=fixed",
         "--no-ngpt_qk_norm", "--ngpt_residual=add"],
     "angpt": ["--arch=angpt"],
-    "angpt_exact_norm": ["--arch=angpt", "--angpt_exact_norm"],
+    "angpt_norm_output": ["--arch=angpt", "--angpt_norm=output"],
+    "angpt_norm_none": ["--arch=angpt", "--angpt_norm=none"],
     "dyt_embedscale": ["--norm=dyt", "--dyt_embed_scale"],
     "normskip_qkv16_mlpskip": ["--norm_skip_tol=0.1", "--qkv_head_dim=16", "--mlp_skip_threshold=0.15"],
 }
@@ -59,7 +60,7 @@ def test_variant_trains(name, tmp_path):
     assert len(logs) == 1 and f"step:30/30 val_loss:{losses[-1]:.4f}" in logs[0].read_text()
 
     arch = next((f.split("=")[1] for f in flags if f.startswith("--arch=")), "gpt")
-    expect = set(NGPT_FIELDS) if arch == "ngpt" else set()
+    expect = set(NGPT_FIELDS) if arch in ("ngpt", "angpt") else set()
     if "--norm_skip_tol=0.1" in flags: expect.add("norm_skip_frac")
     if "--mlp_skip_threshold=0.15" in flags: expect.add("mlp_skip_frac")
     if "--ngpt_gated_residual" in flags: expect |= {"gate_attn", "gate_mlp"}
