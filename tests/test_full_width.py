@@ -6,7 +6,8 @@ trained fine at 128 and diverged here (../shared/gpu/2026-11-26_h200).
 The vocabulary is the 1,023 most frequent GPT-2 tokens of the Shakespeare train split (every other token folded
 into one id), so the 50k head does not dominate the cost and the data is still language. Checks per run: no
 NaN, no step's train loss above the first step's, a clear fall; for anGPT the hidden-state norm (logged at each
-validation, here every step) stays within [0.5, 2], the paper's premise that the nu factors keep it near 1.
+validation, here every step) stays within [0.5, 2], the paper's premise that the nu factors keep it near 1, where
+the stream is kept (--angpt_norm=output); under the default (input) it does not hold and the bound is 4.
 
 Two layers hide what depth does: anGPT with nu factors alone (--angpt_norm=none) passes at 2 layers and spikes at the speedrun's 12,
 where each MLP's excess output norm compounds through the next (records/angpt_depth). So anGPT also trains here
@@ -26,6 +27,7 @@ RUNS = {  # name -> flags; every --arch with both MLP kinds, and DyT
     "ngpt_swiglu": ["--arch=ngpt", "--mlp=swiglu"],
     "angpt_relu2": ["--arch=angpt", "--mlp=relu2"],
     "angpt_swiglu": ["--arch=angpt", "--mlp=swiglu"],
+    "angpt_swiglu_norm_output": ["--arch=angpt", "--mlp=swiglu", "--angpt_norm=output"],
 }
 
 
@@ -67,8 +69,12 @@ def test_trains_at_full_width(small_vocab_shards, name):
     assert np.mean(train[-3:]) < train[0] - 0.5, f"{name}: no clear fall in 20 steps: {train}"
     if a.arch == "angpt":
         assert len(hidden) == 21, hidden
-        assert 0.5 <= min(hidden) and max(hidden) <= 2.0, \
-            f"{name}: hidden-state norm left [0.5, 2] (the nu factors no longer approximate the norms): {hidden}"
+        # the paper's premise (nu factors keep the stream's norm near 1) holds where the stream itself is kept:
+        # under --angpt_norm=output (and none, at this depth). Under the default (input) the sub-layers see
+        # normalised inputs and nothing holds the stream: it grows past 2 here with SwiGLU (README, anGPT)
+        top = 4.0 if a.angpt_norm == "input" else 2.0
+        assert 0.5 <= min(hidden) and max(hidden) <= top, \
+            f"{name}: hidden-state norm left [0.5, {top}] (--angpt_norm={a.angpt_norm}): {hidden}"
 
 
 @pytest.mark.parametrize("mlp", ["relu2", "swiglu"])

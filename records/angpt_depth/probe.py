@@ -3,9 +3,11 @@
 train shard (no evaluation), printing per step the loss and the norms of blocks / MLP outputs 0, 1, 2, n/2, n-2, n-1.
 
     python records/angpt_depth/probe.py STEPS [train_gpt.py flags]     # n_layer >= 4
-    VARIANT=in|out|in,out python records/angpt_depth/probe.py ...      # exact l2 norm patched in: sub-layer inputs
-                                                                        # (in), before the head (out); in,out is
-                                                                        # what --angpt_exact_norm does
+    VARIANT=in|out python records/angpt_depth/probe.py ... --angpt_norm=none   # exact l2 norm patched in: sub-layer
+                                                                        # inputs (in) or before the head (out) alone;
+                                                                        # both is --angpt_norm=input
+For GPT the block-out norms are of its unnormalised stream; for anGPT under --angpt_norm=output the MLP-out norms
+are before the norm.
 """
 import os, sys, time
 import numpy as np
