@@ -235,21 +235,19 @@ def layer_list(text):
     return [int(x) for x in text.split(",") if x.strip()]
 
 @functools.lru_cache(maxsize=None)
-def cpu_matmul_times(reps=5) -> dict:
+def cpu_matmul_times(reps=20) -> dict:
     """Best ms of a head-shaped matmul with autocast's casts (fp32 weights and activations cast to the compute dtype)
     in bf16 and in fp32 on this CPU: bf16 autocast made nanoGPT 1.5x slower on one 2-core machine (issue 17) and
     both trainers faster on another (AVX512-BF16, records/cpu_bench), so the CPU run takes whichever is faster here."""
     g = torch.Generator().manual_seed(0)
     x, w = torch.randn(512, 256, generator=g), torch.randn(4096, 256, generator=g)
-    out = {}
-    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
-        times = []
-        for _ in range(reps + 1):
+    times = {"bf16": [], "fp32": []}
+    for _ in range(reps + 1):  # interleaved, so another process's load hits both alike (a sweep's runs flipped otherwise)
+        for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
             t0 = time.perf_counter()
             x.to(dtype) @ w.to(dtype).t()
-            times.append(time.perf_counter() - t0)
-        out[name] = min(times[1:]) * 1000
-    return out
+            times[name].append(time.perf_counter() - t0)
+    return {name: min(t[1:]) * 1000 for name, t in times.items()}
 
 BOUNDS = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"), "le": (lambda v, b: v <= b, "<="), "lt": (lambda v, b: v < b, "<")}
 
