@@ -131,7 +131,7 @@ def test_angpt_activation_sees_the_papers_input_scale(kind):
 
 def ref_angpt_block(block, h, alpha_init, norm="input"):
     """anGPT block from the paper: exact QK-norm (s_qk * q/||q||, softmax scale sqrt(d_h)), nu factors on v, the
-    attention output, up, activation and down; h = nu(a)(h + a(f(n(h)) - h)), nu(a) = 1/sqrt(a^2 + (1-a)^2), where
+    attention output, up, activation and down; h = nu(a)(h + a(f(n(h)) - h)), nu(a) = 1/sqrt(a^2 + (1-a)^2),
     with --angpt_norm's exact l2 norm of each sub-layer's input (f(n(h)), the default) or output (n(f(h)))."""
     B, Tn, d = h.shape
     at, mlp = block.attn, block.mlp

@@ -1,5 +1,5 @@
-"""anGPT at 12 x 768 (unless the flags say otherwise) in the setting of tests/test_full_width.py (1,024-token vocabulary from the Shakespeare train
-split, 64-token sequences, 8 per step, bf16, 10 steps, the real train loop): per run the train losses and the
+"""anGPT at 12 x 768 (unless the flags say otherwise) in the setting of tests/test_full_width.py (1,024-token
+vocabulary from the Shakespeare train split, 64-token sequences, 8 per step, bf16, 10 steps, the real train loop): per run the train losses and the
 stream's norm before the head (hidden_norm, logged every step). One line per run:
 
     python records/angpt_depth/full_depth.py "--angpt_norm=input" "--angpt_norm=output" ...   # flags per run
