@@ -100,6 +100,8 @@ class Hyperparameters:
     # optimizer
     optimizer: str = flag("", "'' = the arch's default (gpt: muon; ngpt, angpt: adam)", group="optimizer", choices=["", "muon", "adamw", "adam"])
     lr: float = flag(0.0, "adam/adamw lr for every parameter; 0 = the arch's default", ge=0)
+    lr_scale: float = flag(1.0, "multiplies every lr of the run (Adam's --lr or the arch's default; in muon mode --muon_lr and the "
+                                "embed/head/scalar Adam lrs alike): the one knob of an lr sweep (records/sweep.py --lr_grid)", gt=0)
     embed_lr: float = flag(0.3, "muon mode: Adam lr of the embedding (speedrun: 0.6)", ge=0)
     head_lr: float = flag(0.004, "muon mode: Adam lr of the lm_head (speedrun: 0.008)", ge=0)
     scalar_lr: float = flag(0.02, "muon mode: Adam lr of 1-D parameters (speedrun: 0.04)", ge=0)
@@ -1581,7 +1583,7 @@ def build_optimizers(model: GPT, config: Hyperparameters):
     trainable = {n: p for n, p in params.items() if p.requires_grad}
     betas, adam_kw = (config.adam_beta1, config.adam_beta2), dict(eps=config.adam_eps, fused=config.fused_adam or None)
     if kind in ("adam", "adamw"):
-        lr = config.lr or model.arch.adam_lr
+        lr = (config.lr or model.arch.adam_lr) * config.lr_scale
         wd = config.weight_decay if kind == "adamw" else 0.0
         decay = [p for n, p in trainable.items() if p.ndim >= 2]
         no_decay = [p for n, p in trainable.items() if p.ndim < 2]
@@ -1591,9 +1593,10 @@ def build_optimizers(model: GPT, config: Hyperparameters):
     embed = [p for n, p in trainable.items() if id(p) in embeddings and not (n == "wte.weight" and config.tie_embeddings)]
     scalars = [p for n, p in trainable.items() if p.ndim < 2]
     hidden = [p for n, p in trainable.items() if p.ndim >= 2 and id(p) not in embeddings and n != "lm_head.weight"]
-    adam = torch.optim.Adam([dict(params=embed, lr=config.embed_lr), dict(params=head, lr=config.head_lr), dict(params=scalars, lr=config.scalar_lr)],
-                            betas=betas, **adam_kw)
-    muon = Muon(hidden, lr=config.muon_lr, momentum=config.muon_momentum, ns_dtype=torch.bfloat16 if config.bf16 else torch.float32,
+    scale = config.lr_scale
+    adam = torch.optim.Adam([dict(params=embed, lr=config.embed_lr * scale), dict(params=head, lr=config.head_lr * scale),
+                             dict(params=scalars, lr=config.scalar_lr * scale)], betas=betas, **adam_kw)
+    muon = Muon(hidden, lr=config.muon_lr * scale, momentum=config.muon_momentum, ns_dtype=torch.bfloat16 if config.bf16 else torch.float32,
                 batched=config.muon_batched, compiled=config.compile and torch.cuda.is_available())
     return [adam, muon]
 

@@ -363,6 +363,18 @@ def one_sample_less(x, target):
         warnings.simplefilter("ignore", RuntimeWarning)
         return float(stats.ttest_1samp(x, target, alternative="less").pvalue)
 
+def pick_lr(losses_by_lr):
+    """The lr-sweep rule, used by records/sweep.py (tune phase) and here (best against best): {lr_scale: [final
+    val losses on the tuning seeds]} -> (the lr_scale of the lowest mean loss, whether it sits at an edge of the
+    grid). A diverged run (nan/inf) makes its lr's mean inf; a tie goes to the smaller lr (the safer one). An edge
+    pick means the grid should be extended past it: the optimum may lie outside."""
+    if not losses_by_lr:
+        raise ValueError("pick_lr: no lr with runs")
+    mean = lambda xs: float(np.mean(xs)) if xs and all(math.isfinite(x) for x in xs) else math.inf
+    grid = sorted(losses_by_lr)
+    best = min(grid, key=lambda lr: (mean(losses_by_lr[lr]), lr))
+    return best, len(grid) > 1 and best in (grid[0], grid[-1])
+
 def _mean(xs):
     xs = [x for x in xs if x is not None]
     return float(np.mean(xs)) if xs else None

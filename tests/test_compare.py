@@ -435,3 +435,15 @@ def test_logs_from_before_a_flag_group_with_newer_ones(tmp_path):
     write_group(tmp_path / "new", [3.20, 3.21], "ngpt", dict(new, arch="ngpt", ngpt_alpha_init=0.15))
     groups = compare.group_runs(compare.load_runs([tmp_path]))
     assert sorted((g.name, len(g.runs)) for g in groups) == [("arch=ngpt ngpt_alpha_init=0.15", 2), ("baseline", 3)]
+
+
+def test_pick_lr_takes_the_lowest_mean_and_flags_an_edge():
+    # interior optimum: 1.0 wins, not at an edge
+    assert compare.pick_lr({0.5: [3.2, 3.3], 1.0: [3.0, 3.1], 2.0: [3.4, 3.2]}) == (1.0, False)
+    # the largest lr is best: an edge, the grid should grow past it
+    assert compare.pick_lr({0.5: [3.5], 1.0: [3.3], 2.0: [3.1]}) == (2.0, True)
+    # a diverged run disqualifies its lr, even if its other seed was best
+    assert compare.pick_lr({0.5: [3.5, 3.5], 1.0: [3.3, 3.3], 2.0: [2.9, float("nan")]}) == (1.0, False)
+    # a tie goes to the smaller lr; a one-point grid has no edge to flag
+    assert compare.pick_lr({1.0: [3.0], 2.0: [3.0]}) == (1.0, True)
+    assert compare.pick_lr({1.0: [3.0]}) == (1.0, False)

@@ -251,6 +251,15 @@ def test_optimizer_kinds():
     assert all(g["weight_decay"] == 0.0 for g in adam_only.param_groups)  # plain Adam: no decay
 
 
+def test_lr_scale_multiplies_every_lr():
+    m = model()
+    lrs = lambda *f: [g["lr"] for o in build_optimizers(m, args(*f)) for g in o.param_groups]
+    for kind in ("muon", "adam"):  # muon mode: Muon's lr and the embed/head/scalar Adam groups alike
+        base, scaled = lrs(f"--optimizer={kind}"), lrs(f"--optimizer={kind}", "--lr_scale=0.5")
+        assert scaled == pytest.approx([0.5 * lr for lr in base]) and len(base) >= 2
+    assert lrs("--optimizer=adam", "--lr=0.002", "--lr_scale=3") == pytest.approx([0.006, 0.006])
+
+
 def test_muon_update_is_orthogonalised():
     m = model("--optimizer=muon")
     a = m.arch.config
