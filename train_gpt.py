@@ -39,7 +39,7 @@ class Hyperparameters:
     device_batch_size: int = flag(8, "sequences per forward pass per rank (sets grad_accum when that is 0)", ge=1)
     grad_accum: int = flag(0, "micro-steps per step; 0 = batch_size // (world * device_batch_size)", ge=0)
     # model
-    arch: str = flag("gpt", "architecture (ARCHS: gpt, ngpt, angpt)", group="model")
+    arch: str = flag("gpt", "architecture: {archs}", group="model")
     vocab_size: int = flag(50304, "GPT-2's 50257 padded to a multiple of 128; every shard token id must be below it", ge=2)
     n_layer: int = flag(4, "blocks", ge=1)
     n_embd: int = flag(256, "model width d", ge=1)
@@ -57,19 +57,21 @@ class Hyperparameters:
     norm_skip_tol: float = flag(0.0, "seed 000: RMSNorm returns x unchanged where |rms(x)-1| < tol", ge=0, archs=["gpt"])
     mlp_skip_threshold: float = flag(0.0, "seed 000: tokens with residual RMS below this skip the MLP", ge=0, archs=["gpt"])
     depth_scaling: bool = flag(False, "report 002: LN scaling ('Curse of Depth'): the pre-norms of block l (1-based) output norm(x)/sqrt(l)", archs=["gpt"])
-    # the 2025-01-16 speedrun record's components (modded-nanogpt): each off here, all on in --preset=speedrun
+    # the 2025-01-16 speedrun record's components (modded-nanogpt): each off here, all on in --preset=speedrun. The attention
+    # pattern, RoPE, merged QKV and FP8 head apply to every arch; the five that act on GPT's residual stream or logits
+    # (value embeddings, U-net skips, the x0 mix, the softmax scale, the soft-cap) are GPT's: --preset=speedrun drops them for the others
     value_embeds: int = flag(0, "N extra token embeddings mixed into V (learned lambdas) of the first and last N layers (record: 3)", group="record", ge=0, archs=["gpt"])
     unet_skips: bool = flag(False, "U-net: the second half of the blocks adds the first half's outputs, mirrored, with learned weights", archs=["gpt"])
     x0_mix: bool = flag(False, "the stream starts at x0 = norm(embedding); every block starts with lambda0*x + lambda1*x0 (learned, init 1, 0)", archs=["gpt"])
-    merged_qkv: bool = flag(False, "q, k, v from one (3, d, d) weight: one matmul, one batched Muon update", archs=["gpt"])
+    merged_qkv: bool = flag(False, "q, k, v from one (3, d, d) weight: one matmul, one batched Muon update")
     attn_scale: float = flag(0.0, "softmax scale; 0 = 1/sqrt(head_dim) (record: 0.12)", ge=0, archs=["gpt"])
-    rope_half: bool = flag(False, "half-truncated RoPE: head_dim/4 frequencies from 1 to 1/rope_base, the other pairs unrotated (record base 1024)", archs=["gpt"])
+    rope_half: bool = flag(False, "half-truncated RoPE: head_dim/4 frequencies from 1 to 1/rope_base, the other pairs unrotated (record base 1024)")
     logit_softcap_form: str = flag("tanh", "tanh: cap*tanh(z/cap); sigmoid: cap*(tanh(z/cap)+1) = 2cap*sigmoid(2z/cap) (record: cap 15, sigmoid)", choices=["tanh", "sigmoid"], archs=["gpt"])
-    skip_attn_layers: str = flag("", "comma-separated blocks without attention (record: 7)", archs=["gpt"])
-    doc_mask: bool = flag(False, "attention stays inside documents (<|endoftext|> starts one)", archs=["gpt"])
-    attn_window: int = flag(0, "sliding window (tokens, a multiple of 128) of the long layers, grown from 128 over the run; short layers get half; 0 = off (record: 1792)", ge=0, archs=["gpt"])
-    window_long_layers: str = flag("", "comma-separated layers with the long window, the others short; '' = all long (record: 0,4,7,11)", archs=["gpt"])
-    fp8_head: bool = flag(False, "lm_head matmul in FP8 while training (e4m3 forward, e5m2 gradients; torch._scaled_mm on sm_90, emulated elsewhere)", archs=["gpt"])
+    skip_attn_layers: str = flag("", "comma-separated blocks without attention (record: 7)")
+    doc_mask: bool = flag(False, "attention stays inside documents (<|endoftext|> starts one)")
+    attn_window: int = flag(0, "sliding window (tokens, a multiple of 128) of the long layers, grown from 128 over the run; short layers get half; 0 = off (record: 1792)", ge=0)
+    window_long_layers: str = flag("", "comma-separated layers with the long window, the others short; '' = all long (record: 0,4,7,11)")
+    fp8_head: bool = flag(False, "lm_head matmul in FP8 while training (e4m3 forward, e5m2 gradients; torch._scaled_mm on sm_90, emulated elsewhere)")
     # DyT (--norm=dyt)
     dyt_alpha_attn: float = flag(0.8, "DyT alpha init before attention (and QK)", group="dyt")
     dyt_alpha_mlp: float = flag(0.2, "DyT alpha init before the MLP")
@@ -98,7 +100,7 @@ class Hyperparameters:
                            "before the head (GPT's sites); output = each sub-layer's output (nGPT's inner norm); none = nu factors "
                            "only, which spikes at 12 x 768 (records/angpt_depth)", choices=["input", "output", "none"])
     # optimizer
-    optimizer: str = flag("", "'' = the arch's default (gpt: muon; ngpt, angpt: adam)", group="optimizer", choices=["", "muon", "adamw", "adam"])
+    optimizer: str = flag("", "'' = the arch's default ({arch_optimizers})", group="optimizer", choices=["", "muon", "adamw", "adam"])
     lr: float = flag(0.0, "adam/adamw lr for every parameter; 0 = the arch's default", ge=0)
     lr_scale: float = flag(1.0, "multiplies every lr of the run (Adam's --lr or the arch's default; in muon mode --muon_lr and the "
                                 "embed/head/scalar Adam lrs alike): the one knob of an lr sweep (records/sweep.py --lr_grid)", gt=0)
@@ -190,7 +192,9 @@ def usage() -> str:
             lines.append(f"{f.metadata['group']}:")
         choices = f.metadata.get("choices")
         default = f"{f.default!r}" + (f" ({'|'.join(map(str, choices))})" if choices else "")
-        lines.append(f"  --{f.name:<24} {default:<34} {f.metadata.get('help', '')}")
+        help_ = f.metadata.get("help", "").replace("{archs}", ", ".join(ARCHS)).replace(  # these two from the ARCHS table
+            "{arch_optimizers}", "; ".join(f"{name}: {arch.optimizer}" for name, arch in ARCHS.items()))
+        lines.append(f"  --{f.name:<24} {default:<34} {help_}")
     return "\n".join(lines + ["", "presets: " + ", ".join(f"--preset={k}" for k in PRESETS if k)])
 
 def parse_args(argv, cuda_available=None) -> Hyperparameters:
@@ -226,11 +230,33 @@ def parse_args(argv, cuda_available=None) -> Hyperparameters:
         preset = "speedrun" if cuda_available else "cpu"
     config = Hyperparameters(**{**PRESETS[preset], **explicit})
     config.preset = preset
+    for name in set(preset_dropped(config)) - set(explicit):  # a preset's default that does not apply to this arch is not the user's error
+        setattr(config, name, Hyperparameters.__dataclass_fields__[name].default)
     if "bf16" not in explicit and not (torch.cuda.is_available() if cuda_available is None else cuda_available):
         config.bf16 = cpu_matmul_times()["bf16"] < cpu_matmul_times()["fp32"]  # measured here, not assumed
     config.run_name = config.run_name or f"{config.arch}_s{config.seed}"
     validate(config)
     return config
+
+def flag_archs(name) -> list:
+    """The archs a flag belongs to (flag(..., archs=[...]) or an <arch>_ name prefix); [] = every arch."""
+    f = Hyperparameters.__dataclass_fields__[name]
+    return f.metadata.get("archs") or [a for a in ARCHS if name.startswith(a + "_")]
+
+def flag_applies(name, config) -> bool:
+    """Whether flag `name` acts on a run of `config` (a Hyperparameters or a logged config dict): the one rule
+    behind validate()'s "only applies to" errors, the presets' drops and records/compare.py's grouping."""
+    get = config.get if isinstance(config, dict) else lambda k, default=None: getattr(config, k, default)
+    archs = flag_archs(name)
+    if archs and get("arch", "gpt") not in archs:
+        return False
+    return not name.startswith("dyt_") or get("norm", "rmsnorm") == "dyt"
+
+def preset_dropped(config) -> list:
+    """The preset's settings that do not apply to this run's arch (and so keep the flag's default): e.g.
+    --preset=speedrun's value embeddings under --arch=ngpt. Flags the user typed are not among them: those fail validate()."""
+    return [name for name, value in PRESETS[config.preset].items()
+            if not flag_applies(name, config) and value != Hyperparameters.__dataclass_fields__[name].default]
 
 def layer_list(text):
     """'0,4,7' -> [0, 4, 7]; '' -> []."""
@@ -264,16 +290,14 @@ def validate(c: Hyperparameters):
                 need(value == value and ok(value, f.metadata[rule]), f"--{f.name}={value} must be {sign} {f.metadata[rule]}")
         need(not isinstance(value, float) or math.isfinite(value), f"--{f.name}={value} must be a finite number")
     need(c.arch in ARCHS, f"--arch={c.arch!r}: choose one of {', '.join(map(repr, ARCHS))}")
-    changed = [f for f in fields(c) if getattr(c, f.name) != f.default]
-    misplaced = {}  # a flag of some architectures (archs=..., or named <arch>_...) keeps its default under the others
-    for f in changed:
-        archs = f.metadata.get("archs") or [a for a in ARCHS if f.name.startswith(a + "_")]
-        if archs and c.arch not in archs:
-            misplaced.setdefault("/".join(archs), []).append("--" + f.name)
-    need(not misplaced, "; ".join(f"{', '.join(names)} only appl{'ies' if len(names) == 1 else 'y'} to --arch={archs}"
-                                  for archs, names in misplaced.items()) + f" (got --arch={c.arch})")
-    dyt = ["--" + f.name for f in changed if f.name.startswith("dyt_")]
-    need(c.norm == "dyt" or not dyt, f"{', '.join(dyt)} only appl{'ies' if len(dyt) == 1 else 'y'} to --norm=dyt")
+    misplaced, dyt = {}, []  # a flag that does not apply to this run (flag_applies) must keep its default
+    for name in (f.name for f in fields(c) if getattr(c, f.name) != f.default and not flag_applies(f.name, c)):
+        archs = flag_archs(name)
+        if archs and c.arch not in archs: misplaced.setdefault("/".join(archs), []).append("--" + name)
+        else: dyt.append("--" + name)
+    only = lambda names: f"{', '.join(names)} only appl{'ies' if len(names) == 1 else 'y'} to"
+    need(not misplaced, "; ".join(f"{only(names)} --arch={archs}" for archs, names in misplaced.items()) + f" (got --arch={c.arch})")
+    need(not dyt, f"{only(dyt)} --norm=dyt")
     need(c.n_embd % c.n_head == 0, f"--n_embd={c.n_embd} is not divisible by --n_head={c.n_head}")
     need((c.qkv_head_dim or c.n_embd // c.n_head) % 2 == 0 or not c.rope,
          f"--n_embd={c.n_embd} / --n_head={c.n_head} gives an odd head dim: RoPE rotates pairs (pick an even head dim, or --no-rope)")
@@ -610,26 +634,45 @@ def attention(config, ops, **kw):
 
 class Arch(nn.Module):
     """The defaults of the GPT baseline; subclasses override what differs. Arch-level parameters (final norm,
-    logit scale) live here, so GPT's parameters are wte, arch, blocks, lm_head."""
+    logit scale) live here, so GPT's parameters are wte, arch, blocks, lm_head. The record's attention pattern
+    (document mask, sliding windows and their warm-up) and FP8 head live here too: every arch has them."""
     optimizer, adam_lr = "muon", 3e-3           # used when --optimizer / --lr are not given
     def __init__(self, config, ops, probe):
         super().__init__()
         self.config, self.ops, self.probe = config, ops, probe
+        self.long_layers = set(layer_list(config.window_long_layers) or range(config.n_layer))
+        self.register_buffer("window_blocks", torch.tensor(1, dtype=torch.int32), persistent=False)  # grown by before_step
     def block(self, layer) -> nn.Module:
         raise NotImplementedError
     def embed(self, x):                         # token embeddings -> the residual stream
         return x
-    def run_blocks(self, blocks, x, idx):       # the residual stream through the blocks
-        for block in blocks:
-            x = block(x)
+    def run_blocks(self, blocks, x, idx):       # the residual stream through the blocks (each under its layer's mask)
+        masks = self.attention_masks(idx)
+        for i, block in enumerate(blocks):
+            x = block(x, mask=masks[i in self.long_layers])
         return x
+    def attention_masks(self, idx):
+        """{True: the long layers' mask, False: the short layers'} (None = plain causal)."""
+        c = self.config
+        if not (c.doc_mask or c.attn_window):
+            return {True: None, False: None}
+        # FlexAttention's blocks need whole 128-token blocks; a short sampling context takes the dense form
+        build = block_attention_mask if idx.is_cuda and idx.size(1) % ATTN_BLOCK == 0 else dense_attention_mask
+        long_blocks = self.window_blocks if c.attn_window else None
+        short_blocks = torch.clamp_min(self.window_blocks // 2, 1) if c.attn_window else None
+        return {True: build(idx, long_blocks, c.doc_mask), False: build(idx, short_blocks, c.doc_mask)}
+    def head_matmul(self, x, lm_head):          # the head's matmul: FP8 while training under --fp8_head (the record), else bf16/fp32
+        return fp8_linear(x, lm_head.weight) if self.config.fp8_head and self.training else lm_head(x)
     def logits(self, x, lm_head):               # the last residual stream -> logits
-        return lm_head(x)
+        return self.head_matmul(x, lm_head)
     def loss(self, x, lm_head, targets, reduction="mean"):  # the last residual stream -> cross-entropy
         logits = self.logits(x, lm_head)
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
     def before_step(self, step):                # before training step `step` (0-based) and before each validation
-        pass
+        """The record's window warm-up: the long window grows linearly from one block to --attn_window over the run."""
+        c = self.config
+        if c.attn_window:
+            self.window_blocks.fill_(max(1, math.ceil((c.attn_window / ATTN_BLOCK - 0.5) * step / c.steps)))
     @torch.no_grad()
     def init_weights(self, model):              # after GPT's common init (uniform matrices, normal embedding)
         pass
@@ -690,8 +733,6 @@ class GPTArch(Arch):
         self.embed_scale = nn.Parameter(torch.full((1,), c.n_embd ** 0.5)) if c.dyt_embed_scale else None
         self.value_embeds = nn.ModuleList([nn.Embedding(c.vocab_size, c.n_embd) for _ in range(min(c.value_embeds, c.n_layer))])
         self.skip_weights = nn.Parameter(torch.ones(c.n_layer - c.n_layer // 2)) if c.unet_skips else None
-        self.long_layers = set(layer_list(c.window_long_layers) or range(c.n_layer))
-        self.register_buffer("window_blocks", torch.tensor(1, dtype=torch.int32), persistent=False)  # grown by before_step
     def block(self, layer):
         return GPTBlock(self.config, self.ops, self.probe, layer)
     def embed(self, x):
@@ -711,26 +752,8 @@ class GPTArch(Arch):
             if self.skip_weights is not None and i < n // 2:
                 skips.append(x)
         return x
-    def attention_masks(self, idx):
-        """{True: the long layers' mask, False: the short layers'} (None = plain causal)."""
-        c = self.config
-        if not (c.doc_mask or c.attn_window):
-            return {True: None, False: None}
-        # FlexAttention's blocks need whole 128-token blocks; a short sampling context takes the dense form
-        build = block_attention_mask if idx.is_cuda and idx.size(1) % ATTN_BLOCK == 0 else dense_attention_mask
-        long_blocks = self.window_blocks if c.attn_window else None
-        short_blocks = torch.clamp_min(self.window_blocks // 2, 1) if c.attn_window else None
-        return {True: build(idx, long_blocks, c.doc_mask), False: build(idx, short_blocks, c.doc_mask)}
-    def before_step(self, step):
-        """The record's window warm-up: the long window grows linearly from one block to --attn_window over the run."""
-        c = self.config
-        if c.attn_window:
-            self.window_blocks.fill_(max(1, math.ceil((c.attn_window / ATTN_BLOCK - 0.5) * step / c.steps)))
     def head(self, x, lm_head):  # the final norm and the head matmul, before the soft-cap
-        x = self.final_norm(x)
-        if self.config.fp8_head and self.training:  # the record: FP8 while training, bf16 in eval
-            return fp8_linear(x, lm_head.weight)
-        return lm_head(x)
+        return self.head_matmul(self.final_norm(x), lm_head)
     def logits(self, x, lm_head):
         c = self.config
         logits, cap = self.head(x, lm_head), c.logit_softcap
@@ -770,7 +793,8 @@ class NGPTBlock(nn.Module):
         super().__init__()
         c, d = config, config.n_embd
         self.ops = ops
-        self.attn = attention(c, ops, qk="l2" if c.ngpt_qk_norm else "none")
+        self.attn = (attention(c, ops, qk="l2" if c.ngpt_qk_norm else "none", merged_qkv=c.merged_qkv)
+                     if layer not in layer_list(c.skip_attn_layers) else None)
         self.mlp = MLP(d, mlp_hidden(c), c.mlp, ngpt_scalars=True)
         mult = float(ngpt_alpha_multipliers(c.ngpt_alpha_schedule, c.n_layer)[layer])
         shape = (1,) if c.ngpt_scalar_alpha else (d,)
@@ -781,9 +805,10 @@ class NGPTBlock(nn.Module):
         self.residual, self.d = c.ngpt_residual, d
     def alphas(self):
         return self.alpha_attn().abs().expand(self.d), self.alpha_mlp().abs().expand(self.d)
-    def forward(self, h):
+    def forward(self, h, mask=None):
         alpha_attn, alpha_mlp = self.alphas()
-        h = self.ops.ngpt_update(h, self.attn(h), alpha_attn, self.gate_attn, self.residual)
+        if self.attn is not None:
+            h = self.ops.ngpt_update(h, self.attn(h, mask=mask), alpha_attn, self.gate_attn, self.residual)
         return self.ops.ngpt_update(h, self.mlp(h), alpha_mlp, self.gate_mlp, self.residual)
 
 def logit_scale(config, init):
@@ -796,7 +821,11 @@ def scaled_logits(arch, x, lm_head, norm=None):
     hidden_norm is the stream's norm before it."""
     if arch.probe.active:
         arch.probe("hidden_norm", x.float().norm(dim=-1).mean())
-    logits = lm_head(norm(x) if norm is not None else x)
+    x = norm(x) if norm is not None else x
+    if arch.config.fp8_head and arch.training:  # FP8's scales assume GPT's head: O(1) activations and logit gradients
+        d = x.size(-1)                          # <= 1/tokens. So the unit stream is scaled by sqrt(d) and s_z goes into the weight
+        return fp8_linear(x * d ** 0.5, lm_head.weight * (arch.s_z().view(-1, 1) / d ** 0.5).to(lm_head.weight.dtype))
+    logits = lm_head(x)
     return logits * arch.s_z().to(logits.dtype)
 
 def alpha_stats(model) -> dict:
@@ -824,8 +853,11 @@ class NGPTArch(Arch):
         if model.lm_head.weight is not model.wte.weight:
             yield model.lm_head.weight, 1
         for b in model.blocks:
-            yield from ((b.attn.c_q.weight, 1), (b.attn.c_k.weight, 1), (b.attn.c_v.weight, 1), (b.mlp.c_fc.weight, 1))
-            yield from ((b.attn.c_proj.weight, 0), (b.mlp.c_proj.weight, 0))
+            if b.attn is not None and hasattr(b.attn, "qkv_w"):  # merged (3, H*D, d): rows along d, as c_q's
+                yield from ((b.attn.qkv_w, 2), (b.attn.c_proj.weight, 0))
+            elif b.attn is not None:
+                yield from ((b.attn.c_q.weight, 1), (b.attn.c_k.weight, 1), (b.attn.c_v.weight, 1), (b.attn.c_proj.weight, 0))
+            yield from ((b.mlp.c_fc.weight, 1), (b.mlp.c_proj.weight, 0))
     @torch.no_grad()
     def project(self, model, radius=1.0, ball=False):
         """Every matrix back to norm `radius` along the embedding dim (ball: only the vectors longer than that)."""
@@ -868,12 +900,13 @@ class ANGPTBlock(nn.Module):
     std nu_up, where the paper's factors hold) and nu_act brings its output back to unit norm: for SwiGLU the
     gate silu(sqrt(d) z) gets nu_act and multiplies the unit-norm value half; a plain activation also gets
     1/sqrt(d_ff). Then nu_down * W_down."""
-    def __init__(self, config, ops, nu_act):
+    def __init__(self, config, ops, nu_act, layer=0):
         super().__init__()
         c, d = config, config.n_embd
         hd = c.qkv_head_dim or d // c.n_head
         self.ops = ops
-        self.attn = attention(c, ops, qk="l2", v_scale=(d / hd) ** 0.5, out_scale=(hd / d) ** 0.5)
+        self.attn = (attention(c, ops, qk="l2", v_scale=(d / hd) ** 0.5, out_scale=(hd / d) ** 0.5, merged_qkv=c.merged_qkv)
+                     if layer not in layer_list(c.skip_attn_layers) else None)
         self.mlp = MLP(d, mlp_hidden(c), c.mlp)
         self.mlp.up_scale, self.mlp.act_in_scale = (d / self.mlp.hidden) ** 0.5, d ** 0.5
         self.mlp.act_scale = nu_act if c.mlp == "swiglu" else nu_act / self.mlp.hidden ** 0.5
@@ -887,9 +920,10 @@ class ANGPTBlock(nn.Module):
         if self.norm == "input":
             return f(self.ops.l2_norm(h))
         return self.ops.l2_norm(f(h)) if self.norm == "output" else f(h)
-    def forward(self, h):
+    def forward(self, h, mask=None):
         alpha_attn, alpha_mlp = self.alphas()
-        h = self.ops.angpt_update(h, self.sublayer(self.attn, h), alpha_attn)
+        if self.attn is not None:
+            h = self.ops.angpt_update(h, self.sublayer(functools.partial(self.attn, mask=mask), h), alpha_attn)
         return self.ops.angpt_update(h, self.sublayer(self.mlp, h), alpha_mlp)
 
 class ANGPTArch(Arch):
@@ -902,17 +936,17 @@ class ANGPTArch(Arch):
         self.nu_act = angpt_activation_nu(config.mlp, self.nu_up, config.angpt_nu_samples)
         self.s_z = logit_scale(config, config.angpt_logit_scale)
     def block(self, layer):
-        return ANGPTBlock(self.config, self.ops, self.nu_act)
+        return ANGPTBlock(self.config, self.ops, self.nu_act, layer)
     def logits(self, x, lm_head):
         return scaled_logits(self, x, lm_head, self.ops.l2_norm if self.config.angpt_norm == "input" else None)
     @torch.no_grad()
-    def init_weights(self, model):  # every row starts on the unit sphere, then stays inside it
+    def init_weights(self, model):  # every row starts on the unit sphere, then stays inside it (a merged QKV's too)
         for p in model.parameters():
-            if p.ndim == 2: p.div_(p.norm(dim=1, keepdim=True).clamp_min(1e-12))
+            if p.ndim >= 2: p.div_(p.norm(dim=-1, keepdim=True).clamp_min(1e-12))
     @torch.no_grad()
     def after_step(self, model, step):
         for p in model.parameters():
-            if p.ndim == 2: p.div_(p.norm(dim=1, keepdim=True).clamp_min(1.0))
+            if p.ndim >= 2: p.div_(p.norm(dim=-1, keepdim=True).clamp_min(1.0))
     def stats(self, model):
         return alpha_stats(model)
     def summary(self):
@@ -2147,6 +2181,9 @@ def start(config: Hyperparameters, d: Dist, held: Optional[contextlib.ExitStack]
         except ConfigError:
             with contextlib.suppress(OSError): os.remove(log.path)  # a header cut short is no log
             raise
+        dropped = [f"--{k}" if PRESETS[config.preset][k] is True else f"--{k}={PRESETS[config.preset][k]}" for k in preset_dropped(config)]
+        if dropped:  # one line: what of the preset this arch does not take
+            log(f"preset {config.preset}: not applied to --arch={config.arch} (they act on GPT's residual stream or logits): {' '.join(dropped)}")
     else:
         log(f"resumed from {resumed_path} at step {ckpt['step']}")
     for note in notes + loaded_notes:

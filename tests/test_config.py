@@ -365,3 +365,43 @@ def test_cpu_precision_is_measured_unless_given(monkeypatch):
     monkeypatch.undo()
     t = train_gpt.cpu_matmul_times()
     assert set(t) == {"bf16", "fp32"} and all(v > 0 for v in t.values())
+
+
+@pytest.mark.parametrize("argv", [["--arch=ngpt", "--ngpt_alpha_init=0.15"], ["--arch=angpt"], ["--norm=dyt"]])
+def test_speedrun_preset_takes_every_arch(argv):
+    """Issue 22: on a GPU node the default preset is speedrun, and the README's own examples must parse there. The
+    record's attention pattern, RoPE, merged QKV, FP8 head, batch and schedule apply to every arch; what acts on
+    GPT's residual stream or logits keeps its default under nGPT / anGPT (the preset's default, not the user's flag)."""
+    c = parse_args(argv, cuda_available=True)
+    assert c.preset == "speedrun"
+    shared = ("seq_len", "batch_size", "steps", "min_lr_frac", "doc_mask", "attn_window", "window_long_layers",
+              "merged_qkv", "rope_half", "rope_base", "skip_attn_layers", "fp8_head", "muon_batched", "fused_adam")
+    assert {k: getattr(c, k) for k in shared} == {k: PRESETS["speedrun"][k] for k in shared}
+    gpt_only = ("value_embeds", "unet_skips", "x0_mix", "attn_scale", "logit_softcap", "logit_softcap_form")
+    if c.arch == "gpt":  # DyT is the GPT baseline with another norm: it keeps all of the record
+        assert train_gpt.preset_dropped(c) == [] and all(getattr(c, k) == PRESETS["speedrun"][k] for k in gpt_only)
+    else:
+        assert sorted(train_gpt.preset_dropped(c)) == sorted(gpt_only)
+        assert all(getattr(c, k) == Hyperparameters.__dataclass_fields__[k].default for k in gpt_only)
+
+
+def test_a_typed_flag_that_does_not_apply_still_fails():
+    with pytest.raises(ConfigError, match=r"--value_embeds only applies to --arch=gpt \(got --arch=ngpt\)"):
+        parse_args(["--arch=ngpt", "--value_embeds=3"], cuda_available=True)
+    with pytest.raises(ConfigError, match="--dyt_qk only applies to --norm=dyt"):
+        parse_args(["--preset=speedrun", "--no-dyt_qk"])
+
+
+def test_flag_ownership_is_one_rule_for_configs_and_logged_dicts():
+    c = parse_args(["--preset=cpu", "--arch=ngpt"])
+    for name in ("value_embeds", "ngpt_alpha_init", "angpt_norm", "dyt_qk", "doc_mask", "lr"):
+        assert train_gpt.flag_applies(name, c) == train_gpt.flag_applies(name, dataclasses.asdict(c)), name
+    assert not train_gpt.flag_applies("value_embeds", c) and train_gpt.flag_applies("ngpt_alpha_init", c)
+    assert train_gpt.flag_applies("doc_mask", c) and not train_gpt.flag_applies("dyt_qk", c)
+    assert train_gpt.flag_applies("dyt_qk", {"arch": "gpt", "norm": "dyt"})
+
+
+def test_arch_and_optimizer_help_come_from_the_archs_table(monkeypatch):
+    monkeypatch.setitem(train_gpt.ARCHS, "myarch", type("MyArch", (train_gpt.Arch,), {"optimizer": "adamw"}))
+    text = train_gpt.usage()
+    assert "architecture: gpt, ngpt, angpt, myarch" in text and "myarch: adamw" in text and "gpt: muon" in text

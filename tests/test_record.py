@@ -924,3 +924,81 @@ def test_reduced_speedrun_preset_learns(speedrun_shards, monkeypatch):
     windows = {int(w) for w, _ in masks}                                   # long and short layers, warming up
     assert {1, 2, 7, 14} <= windows and windows <= set(range(1, 15)), windows
     assert all(doc for _, doc in masks)
+
+
+# ----------------------------------------------------------------------------- 14. every arch under the speedrun preset (issue 22)
+
+@pytest.mark.parametrize("arch", ["ngpt", "angpt"])
+def test_normalised_archs_take_the_records_attention_pattern(arch, monkeypatch):
+    """nGPT / anGPT under the record's document mask and windows: a token's output depends only on its own document
+    (changing an earlier document changes nothing after the EOT), layer 7 has no attention, and a merged QKV's rows
+    are kept on (nGPT) or inside (anGPT) the unit sphere after a step, as separate q, k, v rows are."""
+    monkeypatch.setattr(T, "EOT_TOKEN", 5)
+    c = T.parse_args(REDUCED + [f"--arch={arch}", "--n_layer=8", "--n_embd=64", "--optimizer=adam"], cuda_available=True)
+    assert c.doc_mask and c.attn_window and c.merged_qkv and c.skip_attn_layers == "7"
+    torch.manual_seed(0)
+    m = T.build_model(c)
+    m.arch.before_step(c.steps // 2)
+    assert [b.attn is None for b in m.blocks] == [i == 7 for i in range(8)]
+    idx = rand_idx(1, 256, seed=3)
+    idx[0, 100] = 5                                      # a document starts at token 100
+    other = idx.clone()
+    other[0, :100] = rand_idx(1, 100, seed=4)[0]         # a different first document
+    with torch.no_grad():
+        a, b = m(idx), m(other)
+    assert torch.allclose(a[0, 100:], b[0, 100:], atol=1e-5) and not torch.allclose(a[0, :100], b[0, :100])
+    (opt,) = T.build_optimizers(m, c)
+    m(idx[:, :-1], idx[:, 1:]).backward()
+    opt.step()
+    m.after_step(0)
+    norms = torch.cat([b.attn.qkv_w.norm(dim=-1).flatten() for b in m.blocks if b.attn is not None])
+    if arch == "ngpt":
+        assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
+    else:
+        assert norms.max() <= 1 + 1e-5
+
+
+@pytest.mark.parametrize("flags", [["--arch=ngpt", "--ngpt_alpha_init=0.15"], ["--arch=angpt"], ["--norm=dyt"]])
+def test_every_arch_trains_under_the_speedrun_preset(flags, speedrun_shards, monkeypatch):
+    """Issue 22's first command: `./run.sh --arch=ngpt ...` on a GPU node is --preset=speedrun. Here at 8 layers x 64,
+    seq 256, 6 steps through the real train loop: it starts, trains, and the log names what the preset dropped."""
+    d = speedrun_shards
+    monkeypatch.setattr(T, "EOT_TOKEN", RUN_EOT)
+    name = "sr_" + flags[0].split("=")[1]
+    c = T.parse_args(["--n_layer=8", "--n_embd=64", "--n_head=2", f"--vocab_size={RUN_VOCAB}", "--seq_len=256",
+                      "--batch_size=4", "--device_batch_size=4", "--steps=6", "--val_every=6", "--val_tokens=2048",
+                      "--no-compile", "--kernels=torch", "--sample_tokens=0", "--bf16=false", *flags,
+                      f"--train_files={d}/sr_train_*.bin", f"--val_files={d}/sr_val_*.bin",
+                      f"--log_dir={d}/logs", f"--run_name={name}", f"--checkpoint_dir={d}/ck"], cuda_available=True)
+    assert train_in_process(c) == 0
+    (log,) = (d / "logs").glob(f"{name}_*.txt")
+    text = log.read_text()
+    lines = step_lines(text)
+    assert len(lines["train"]) == 6 and all(np.isfinite(list(lines["train"].values())))
+    assert lines["val"][6][0] < lines["val"][0][0], lines["val"]
+    dropped = [l for l in text.splitlines() if l.startswith("preset speedrun: not applied")]
+    if c.arch == "gpt":
+        assert dropped == []
+    else:
+        assert dropped == [f"preset speedrun: not applied to --arch={c.arch} (they act on GPT's residual stream or logits): "
+                           "--value_embeds=3 --unet_skips --x0_mix --attn_scale=0.12 --logit_softcap=15.0 --logit_softcap_form=sigmoid"]
+
+
+@pytest.mark.parametrize("arch", ["ngpt", "angpt"])
+def test_fp8_head_of_the_normalised_archs_keeps_its_gradients_in_range(arch):
+    """nGPT / anGPT scale their logits by s_z (anGPT's starts at 15): through the FP8 head unchanged, the logit
+    gradient would be s_z times GPT's and overflow e5m2 (NaN at the first step; this test found it). s_z goes into
+    the weight and the unit stream is scaled by sqrt(d): logits as without FP8 (within its precision), finite grads."""
+    m = mdl(f"--arch={arch}", "--fp8_head", "--optimizer=adam")
+    with torch.no_grad():
+        m.arch.s_z.s_hat.mul_(2.0)                       # s_z beyond its init, as training makes it
+    idx = rand_idx(2, 32, seed=5)
+    m.eval()
+    with torch.no_grad():
+        exact = m(idx).float()
+    m.train()
+    fp8 = m(idx).float()
+    assert (fp8 - exact).norm() / exact.norm() < 0.1
+    m(idx[:, :-1], idx[:, 1:]).backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+    assert m.arch.s_z.s_hat.grad.abs().sum() > 0
