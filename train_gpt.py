@@ -1585,33 +1585,65 @@ def zeropower_via_newtonschulz5(G, steps=5, dtype=torch.bfloat16):
         X = a * X + (b * A + c * A @ A) @ X
     return X.mT if transposed else X
 
+def muon_owners(counts, world):
+    """Which rank orthogonalises each matrix: `counts` matrices per shape group, in order. Round-robin within a group
+    (same-shape matrices cost the same) from where the previous group stopped, so every rank gets within one matrix
+    of its share of each shape and the groups' remainders land on different ranks. -> one list of ranks per group."""
+    owners, start = [], 0
+    for n in counts:
+        owners.append([(start + i) % world for i in range(n)])
+        start = (start + n) % world
+    return owners
+
 class Muon(torch.optim.Optimizer):
     """SGD-momentum (Nesterov) whose update is orthogonalised; for hidden weight matrices (a 3-D weight is a stack
     of matrices). batched: same-shape updates are orthogonalised as one batch (one launch per shape, not per
-    matrix); compiled: the Newton-Schulz iteration goes through torch.compile (CUDA)."""
-    def __init__(self, params, lr=0.05, momentum=0.95, nesterov=True, ns_steps=5, ns_dtype=torch.bfloat16, batched=False, compiled=False):
+    matrix); compiled: the Newton-Schulz iteration goes through torch.compile (CUDA).
+    Over several ranks (world > 1) each rank orthogonalises its share of every shape group (muon_owners) and the
+    updates are all-gathered, asynchronously, one group's gather overlapping the next group's Newton-Schulz, as the
+    record does; every rank then applies every update, so the parameters stay identical. The momentum (elementwise)
+    stays on every rank: each rank's optimizer state, and so a checkpoint, is whole, whatever the world size."""
+    def __init__(self, params, lr=0.05, momentum=0.95, nesterov=True, ns_steps=5, ns_dtype=torch.bfloat16, batched=False,
+                 compiled=False, rank=0, world=1):
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps))
-        self.ns_dtype, self.batched = ns_dtype, batched
+        self.ns_dtype, self.batched, self.rank, self.world = ns_dtype, batched, rank, world
         self.orthogonalise = torch.compile(zeropower_via_newtonschulz5) if compiled else zeropower_via_newtonschulz5
     @torch.no_grad()
     def step(self):
         for group in self.param_groups:
-            updates = {}  # shape -> [(param, nesterov momentum)]
+            by_shape = {}  # shape -> [(param, nesterov momentum)], in parameter order: the same on every rank
             for p in group["params"]:
-                if p.grad is None: continue
+                if p.grad is None: continue  # the same on every rank: DDP all-reduces a gradient or none
                 g, state = p.grad, self.state[p]
                 buf = state.setdefault("momentum_buffer", torch.zeros_like(g))
                 buf.lerp_(g, 1 - group["momentum"])
-                updates.setdefault(p.shape if self.batched else id(p), []).append((p, g.lerp(buf, group["momentum"]) if group["nesterov"] else buf))
-            for pairs in updates.values():
-                ortho = (self.orthogonalise(torch.stack([g for _, g in pairs]), group["ns_steps"], self.ns_dtype) if len(pairs) > 1
-                         else [self.orthogonalise(pairs[0][1], group["ns_steps"], self.ns_dtype)])
-                for (p, _), u in zip(pairs, ortho):
-                    p.add_(u.to(p.dtype), alpha=-group["lr"] * max(1, p.size(-2) / p.size(-1)) ** 0.5)
+                by_shape.setdefault(p.shape, []).append((p, g.lerp(buf, group["momentum"]) if group["nesterov"] else buf))
+            apply = lambda p, u: p.add_(u.to(p.dtype), alpha=-group["lr"] * max(1, p.size(-2) / p.size(-1)) ** 0.5)
+            pending = []  # (pairs, owners, gathered buffer, work handle) of the groups being gathered
+            for pairs, owners in zip(by_shape.values(), muon_owners([len(v) for v in by_shape.values()], self.world)):
+                mine = [u for (_, u), r in zip(pairs, owners) if r == self.rank]
+                if self.batched and len(mine) > 1:
+                    ortho = list(self.orthogonalise(torch.stack(mine), group["ns_steps"], self.ns_dtype))
+                else:
+                    ortho = [self.orthogonalise(u, group["ns_steps"], self.ns_dtype) for u in mine]
+                if self.world == 1:
+                    for (p, _), u in zip(pairs, ortho): apply(p, u)
+                    continue
+                slots = -(-len(pairs) // self.world)  # each rank sends `slots` matrices (zero-padded)
+                send = pairs[0][1].new_zeros((slots, *pairs[0][1].shape), dtype=self.ns_dtype)
+                for k, u in enumerate(ortho): send[k] = u
+                gathered = send.new_empty((self.world, *send.shape))
+                pending.append((pairs, owners, gathered, dist.all_gather(list(gathered.unbind(0)), send, async_op=True)))
+            for pairs, owners, gathered, work in pending:
+                work.wait()
+                sent = [0] * self.world
+                for (p, _), r in zip(pairs, owners):
+                    apply(p, gathered[r, sent[r]]); sent[r] += 1
 
-def build_optimizers(model: GPT, config: Hyperparameters):
+def build_optimizers(model: GPT, config: Hyperparameters, rank=0, world=1):
     """Muon for the hidden matrices and Adam for embedding, head and 1-D parameters; or Adam/AdamW for all.
-    Without --optimizer / --lr the model's Arch says which, and Adam's lr."""
+    Without --optimizer / --lr the model's Arch says which, and Adam's lr. Over `world` ranks Muon splits its
+    Newton-Schulz work (Muon's docstring). Each param group keeps its lr as initial_lr: the schedules scale that."""
     kind = config.optimizer or model.arch.optimizer
     params = dict(model.named_parameters())  # de-duplicates a tied embedding/head
     trainable = {n: p for n, p in params.items() if p.requires_grad}
@@ -1621,7 +1653,8 @@ def build_optimizers(model: GPT, config: Hyperparameters):
         wd = config.weight_decay if kind == "adamw" else 0.0
         decay = [p for n, p in trainable.items() if p.ndim >= 2]
         no_decay = [p for n, p in trainable.items() if p.ndim < 2]
-        return [torch.optim.AdamW([dict(params=decay, weight_decay=wd), dict(params=no_decay, weight_decay=0.0)], lr=lr, betas=betas, **adam_kw)]
+        return with_initial_lr([torch.optim.AdamW([dict(params=decay, weight_decay=wd), dict(params=no_decay, weight_decay=0.0)],
+                                                  lr=lr, betas=betas, **adam_kw)])
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}  # wte and the value embeddings
     head = [p for n, p in trainable.items() if n == "lm_head.weight" or (n == "wte.weight" and config.tie_embeddings)]
     embed = [p for n, p in trainable.items() if id(p) in embeddings and not (n == "wte.weight" and config.tie_embeddings)]
@@ -1631,8 +1664,13 @@ def build_optimizers(model: GPT, config: Hyperparameters):
     adam = torch.optim.Adam([dict(params=embed, lr=config.embed_lr * scale), dict(params=head, lr=config.head_lr * scale),
                              dict(params=scalars, lr=config.scalar_lr * scale)], betas=betas, **adam_kw)
     muon = Muon(hidden, lr=config.muon_lr * scale, momentum=config.muon_momentum, ns_dtype=torch.bfloat16 if config.bf16 else torch.float32,
-                batched=config.muon_batched, compiled=config.compile and torch.cuda.is_available())
-    return [adam, muon]
+                batched=config.muon_batched, compiled=config.compile and torch.cuda.is_available(), rank=rank, world=world)
+    return with_initial_lr([adam, muon])
+
+def with_initial_lr(optimizers):
+    for opt in optimizers:
+        for g in opt.param_groups: g["initial_lr"] = g["lr"]
+    return optimizers
 
 def muon_momentum(step, config: Hyperparameters):
     """The record's momentum warm-up: 0.85 -> --muon_momentum over the first --muon_momentum_warmup steps."""
@@ -1652,6 +1690,20 @@ def lr_multiplier(step, config: Hyperparameters):
         return 1.0
     w = (config.steps - step) / max(config.steps * config.cooldown_frac, 1e-9)
     return config.min_lr_frac + (1 - config.min_lr_frac) * w
+
+def optimizer_step(model: GPT, optimizers, config: Hyperparameters, step):
+    """The end of training step `step`, after the backward: clip → the lr and Muon-momentum schedules → each optimizer's
+    step → drop the gradients → the arch's after_step (nGPT's projection, anGPT's clamp). train_step calls it."""
+    if config.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    mult, momentum = lr_multiplier(step, config), muon_momentum(step, config)
+    for opt in optimizers:
+        for g in opt.param_groups:
+            g["lr"] = g["initial_lr"] * mult
+            if isinstance(opt, Muon): g["momentum"] = momentum
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    model.after_step(step)
 
 # -----------------------------------------------------------------------------
 # Data: modded-nanogpt shards (256 int32 header, then uint16 tokens) and the GPT-2 tokenizer from data/gpt2
@@ -2067,6 +2119,22 @@ def log_header(log, config, d: Dist, run_id):
         log(f"cpu: {'bf16' if config.bf16 else 'fp32'}{measured}, {torch.get_num_threads()} threads")
     log("config: " + json.dumps({**asdict(config), "run_id": run_id, "world_size": d.world}))
 
+def train_step(model, raw_model: GPT, optimizers, batches, config: Hyperparameters, step, device) -> torch.Tensor:
+    """One training step, the only one: the arch's before_step (the window warm-up) → forward and backward of each
+    micro-batch (under DDP the gradients are all-reduced in buckets during the last one's backward, overlapping it)
+    → optimizer_step. model: raw_model, or it wrapped in DDP / compiled. Returns the step's mean loss on `device`
+    (no host sync). The Trainer, tests/bench_variants.py and records/angpt_depth/probe.py all step through here."""
+    raw_model.arch.before_step(step)
+    loss_sum = torch.zeros((), device=device)
+    for i, (x, y) in enumerate(batches):
+        no_sync = model.no_sync() if hasattr(model, "no_sync") and i < len(batches) - 1 else contextlib.nullcontext()
+        with no_sync, model_autocast(config, device):
+            loss = model(x.to(device, non_blocking=True), y.to(device, non_blocking=True)) / len(batches)
+        loss.backward()
+        loss_sum += loss.detach()
+    optimizer_step(raw_model, optimizers, config, step)
+    return loss_sum
+
 @dataclass
 class Trainer:
     """One training job's state: what a checkpoint saves and the loop advances."""
@@ -2128,27 +2196,8 @@ class Trainer:
         """One optimizer step over grad_accum micro-batches; returns the mean train loss over all ranks. Its one
         host sync is that loss, at the end (the log line needs it): a non-finite loss stops the run there, and the
         weights it made are never checkpointed."""
-        c, d = self.config, self.d
-        self.raw_model.arch.before_step(self.step)
-        batches = self.loader.next_batch()
-        loss_sum = torch.zeros((), device=d.device)
-        for i, (x, y) in enumerate(batches):
-            no_sync = self.model.no_sync() if d.world > 1 and i < len(batches) - 1 else contextlib.nullcontext()
-            with no_sync, model_autocast(c, d.device):
-                loss = self.model(x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)) / len(batches)
-            loss.backward()
-            loss_sum += loss.detach()
-        if c.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), c.grad_clip)
-        mult, momentum = lr_multiplier(self.step, c), muon_momentum(self.step, c)
-        for opt in self.optimizers:
-            for g in opt.param_groups:
-                g["lr"] = g["initial_lr"] * mult
-                if isinstance(opt, Muon): g["momentum"] = momentum
-            opt.step()
-        self.raw_model.zero_grad(set_to_none=True)
-        self.raw_model.after_step(self.step)
-        return all_reduce_mean(loss_sum).item()
+        loss = train_step(self.model, self.raw_model, self.optimizers, self.loader.next_batch(), self.config, self.step, self.d.device)
+        return all_reduce_mean(loss).item()
 
 def start(config: Hyperparameters, d: Dist, held: Optional[contextlib.ExitStack] = None) -> Trainer:
     """Everything that can fail on bad input fails here, before the model is built; then model, optimizers,
@@ -2192,14 +2241,14 @@ def start(config: Hyperparameters, d: Dist, held: Optional[contextlib.ExitStack]
 
     torch.manual_seed(config.seed)
     raw_model = build_model(config, ops).to(d.device)
-    optimizers = build_optimizers(raw_model, config)
-    for opt in optimizers:
-        for g in opt.param_groups: g["initial_lr"] = g["lr"]
+    optimizers = build_optimizers(raw_model, config, d.rank, d.world)
     loader = DataLoader(train_files, config.seq_len, config.batch_size, micro, d.rank, d.world, pin=d.device.type == "cuda")
     val = load_val_tokens(val_files, config.val_tokens // config.seq_len * config.seq_len) if config.val_tokens else None
     model = raw_model
     if d.world > 1:
-        # with the MLP skip rule a whole micro-batch may skip an MLP, leaving its weights without a gradient
+        # DDP all-reduces the gradients in buckets while the backward still runs (the record of 2025-01 all-reduces each
+        # one after it), then each rank's Muon orthogonalises its share. With the MLP skip rule a whole micro-batch
+        # may skip an MLP, leaving its weights without a gradient
         model = nn.parallel.DistributedDataParallel(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
                                                     find_unused_parameters=config.mlp_skip_threshold > 0)
     if config.compile and d.device.type == "cuda":

@@ -33,7 +33,7 @@ class Arm:
         self.opts = T.build_optimizers(self.model, self.a)
         for opt in self.opts:
             for g in opt.param_groups:
-                g["lr"] *= 0.1  # small steps: the timing must not depend on the model blowing up
+                g["initial_lr"] *= 0.1  # small steps: the timing must not depend on the model blowing up
         B, L = self.a.device_batch_size, self.a.seq_len
         buf = torch.as_tensor(tokens[: B * L + 1].astype(np.int64), device=device)
         self.x, self.y = buf[:-1].view(B, L), buf[1:].view(B, L)
@@ -42,13 +42,8 @@ class Arm:
     def step(self):
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         sync(); t0 = time.perf_counter()
-        with T.model_autocast(self.a, self.device):
-            loss = self.model(self.x, self.y)
-        loss.backward()
-        for opt in self.opts:
-            opt.step()
-        self.model.zero_grad(set_to_none=True)
-        self.model.after_step(self.n_steps % self.a.steps)  # the train loop's projection / clamp rule
+        # the train loop's step (window warm-up, schedules, projection / clamp) on one fixed batch
+        T.train_step(self.model, self.model, self.opts, [(self.x, self.y)], self.a, self.n_steps % self.a.steps, self.device)
         self.n_steps += 1
         sync()
         return (time.perf_counter() - t0) * 1000

@@ -30,8 +30,6 @@ steps, config = int(sys.argv[1]), T.parse_args(sys.argv[2:], cuda_available=Fals
 torch.manual_seed(config.seed)
 model = T.build_model(config, T.Ops(config.kernels, torch.device("cpu")))
 optimizers = T.build_optimizers(model, config)
-for opt in optimizers:
-    for g in opt.param_groups: g["initial_lr"] = g["lr"]
 tokens = np.asarray(T.read_shard(T.find_shards(config.train_files, "train_files")[0]))
 B, L = config.batch_size, config.seq_len
 block_norm, mlp_norm = {}, {}
@@ -44,12 +42,6 @@ for step in range(steps):
     buf = torch.as_tensor(tokens[step * B * L: (step + 1) * B * L + 1].astype(np.int64))
     x, y = buf[:-1].view(B, L), buf[1:].view(B, L)
     t0 = time.time()
-    with T.model_autocast(config, torch.device("cpu")):
-        loss = model(x, y)
-    loss.backward()
-    for opt in optimizers:
-        for g in opt.param_groups: g["lr"] = g["initial_lr"] * T.lr_multiplier(step, config)
-        opt.step()
-    model.zero_grad(set_to_none=True); model.after_step(step)
+    loss = T.train_step(model, model, optimizers, [(x, y)], config, step, torch.device("cpu"))  # the train loop's step
     print(f"step {step + 1} loss {loss.item():8.3f} ({time.time() - t0:.1f}s) block-out norms "
           + " ".join(f"L{i}:{block_norm[i]:.2f}" for i in shown) + " | mlp-out " + " ".join(f"L{i}:{mlp_norm[i]:.2f}" for i in shown), flush=True)
