@@ -87,12 +87,23 @@ class Run:
     def finite(self):
         return math.isfinite(self.final_val_loss)
 
+    def _last_timed(self):
+        """(step, train_time ms) of the last step line with a finite train_time, or None."""
+        lines = {**self.val, **self.train}  # the train line wins at a shared step
+        steps = [s for s in lines if s > 0 and isinstance(t := lines[s].get("train_time"), float) and math.isfinite(t)]
+        return (max(steps), lines[max(steps)]["train_time"]) if steps else None
+
     @property
     def step_ms(self):
         """train_time/step of the last step line with a train_time (ms), None if unknown."""
-        lines = {**self.val, **self.train}  # the train line wins at a shared step
-        steps = [s for s in lines if s > 0 and isinstance(lines[s].get("train_time"), float)]
-        return lines[max(steps)]["train_time"] / max(steps) if steps else None
+        last = self._last_timed()
+        return last[1] / last[0] if last else None
+
+    @property
+    def time_s(self):
+        """The run's training time (s): the train_time of its last step line, None if unknown."""
+        last = self._last_timed()
+        return last[1] / 1000 if last else None
 
     def reach(self, target):
         """(step, train_time ms) of the first val line with val_loss <= target, or None."""
@@ -139,22 +150,28 @@ def foreign_keys(cfg):
     return out
 
 def parse_log(path):
-    """Parse one log. Returns a Run, or None (with a warning) when it has no step or no val line."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        text = f.read()
+    """Parse one log. Returns a Run, or None (with a warning) when it cannot be read or has no step or no val line."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError as e:  # permissions, a vanished file
+        warn(f"skipping {path}: cannot read it ({e.strerror or e})")
+        return None
     lines = text.split("\n")
     seps = [i for i, l in enumerate(lines) if l.rstrip("\r") == SEP]
-    skip = set(range(seps[0] + 1 if seps else 0))  # the source code header
-    for j in seps[1:]:  # a resumed run that re-dumps source + separator + config into the same log
+    # the source code header ends at the first separator, or at the second when the log starts with one
+    # (modded-nanogpt's logs of Oct-Nov 2024: separator, code, separator, versions, separator, step lines)
+    head = seps[1] if len(seps) > 1 and seps[0] == 0 else seps[0] if seps else -1
+    skip = set(range(head + 1))
+    for j in [i for i in seps if i > head]:  # a resumed run that re-dumps source + separator + config into the same log
         if any(CONFIG_RE.match(l) for l in lines[j + 1:j + 50]):
             prev = max(i for i in seps if i < j)
             k = next((k for k in range(prev + 1, j) if lines[k:k + 2] == lines[:2]), j)
             skip.update(range(k, j))
     body = [l.rstrip("\r") for i, l in enumerate(lines) if i not in skip]
-    complete = any(l.startswith("peak memory") for l in body)
-    if not complete and not text.endswith("\n"):
+    if not text.endswith("\n"):
         body = body[:-1]  # a truncated log: its last line may be cut mid-way
-    run = Run(path=str(path), config=None, incomplete=not complete)
+    run = Run(path=str(path), config=None)
     for line in body:
         if m := CONFIG_RE.match(line):
             try:
@@ -174,30 +191,68 @@ def parse_log(path):
     if not run.val:
         warn(f"skipping {path}: no val_loss line")
         return None
+    # complete = it reached its last step (a val line at step N of N), whatever trailer follows or is missing:
+    # modded-nanogpt's logs before 2025 end at that line, later ones add 'peak memory ...', ours a sample too
+    run.incomplete = run.total_steps not in run.val
     if run.incomplete:
-        warn(f"{path}: incomplete log (no final 'peak memory' line), last val step {max(run.val)}")
+        warn(f"{path}: incomplete log (no val line at its last step {run.total_steps}), last val step {max(run.val)}")
     if not run.finite:  # a diverged run: one nan would turn its whole group's mean/std/p into n/a
         warn(f"{path}: final val_loss is {run.final_val_loss}; left out of the statistics")
     return run
 
+def _walk_logs(folder):
+    """*.txt under folder, recursively (not our compare.txt). A symlinked folder is followed unless its target was
+    walked already or contains it (a loop); real folders go first, so a file keeps its real path."""
+    walked, out = set(), []
+    onerror = lambda e: warn(f"cannot read folder {e.filename} ({e.strerror}): its logs are left out")
+    for root, dirs, files in os.walk(folder, followlinks=True, onerror=onerror):
+        real = os.path.realpath(root)
+        walked.add(real)
+        inside = lambda t: t == real or real.startswith(t.rstrip(os.sep) + os.sep)  # t is real or an ancestor of it
+        dirs[:] = [d for d in sorted(dirs, key=lambda d: (os.path.islink(os.path.join(root, d)), d))
+                   if (t := os.path.realpath(os.path.join(root, d))) not in walked and not inside(t)]
+        out += [os.path.join(root, f) for f in sorted(files) if f.endswith(".txt") and f != "compare.txt"]
+    return out
+
 def expand_paths(paths):
-    """Files, folders (all *.txt inside, recursively) and globs -> sorted unique file list."""
-    out = []
-    for p in paths:
+    """Files, folders (all *.txt inside, recursively) and globs -> sorted list of distinct files: a file reached
+    twice (a folder given twice or by two spellings, a symlink to it) is counted once, by its identity."""
+    found = []
+    for p in map(str, paths):
         if os.path.isdir(p):
-            out += [f for f in glob.glob(os.path.join(p, "**", "*.txt"), recursive=True)
-                    if os.path.basename(f) != "compare.txt"]  # our own table output
+            found += _walk_logs(p)
         elif os.path.isfile(p):
-            out.append(p)
+            found.append(p)
         else:
             hits = glob.glob(p, recursive=True)
             if not hits:
                 warn(f"no such file: {p}")
-            out += [h for h in hits if os.path.isfile(h)]
-    return sorted(dict.fromkeys(os.path.normpath(f) for f in out))
+            found += [h for h in hits if os.path.isfile(h)]
+    out = {}
+    for f in found:
+        try:
+            st = os.stat(f)
+        except OSError as e:  # a dangling symlink
+            warn(f"skipping {f}: {e.strerror}")
+            continue
+        out.setdefault((st.st_dev, st.st_ino), os.path.normpath(f))
+    return sorted(out.values())
 
 def load_runs(paths):
-    return [r for r in map(parse_log, expand_paths(paths)) if r is not None]
+    """Parsed runs of the logs under paths. Two files of one run (the same run_id in their config: a copied log)
+    count once, the one that got further (a warning names both)."""
+    runs, by_id = [], {}
+    for r in map(parse_log, expand_paths(paths)):
+        rid = r and r.config and r.config.get("run_id")
+        if rid and (first := by_id.get(rid)):
+            keep, drop = (r, first) if max(r.val) > max(first.val) else (first, r)
+            warn(f"{drop.path} and {keep.path} are one run (run_id {rid}): counted once, as {keep.path}")
+            runs[runs.index(first)] = by_id[rid] = keep
+        elif r is not None:
+            runs.append(r)
+            if rid:
+                by_id[rid] = r
+    return runs
 
 # -----------------------------------------------------------------------------
 # grouping
@@ -225,14 +280,24 @@ def _fmt_value(v):
     s = ",".join(map(str, v)) if isinstance(v, list) else str(v)
     return s if len(s) <= 40 else s[:39] + "…"
 
-def _folder(path):
-    return os.path.basename(os.path.dirname(os.path.abspath(path))) or "runs"
+def _dir(path):
+    return os.path.dirname(os.path.abspath(path))
 
-def _stem_group(run):
-    return RUN_ID_RE.sub("", run.name) or _folder(run.path)  # "baseline_3f2a9c1e-...-..." -> "baseline"
+def folder_names(runs):
+    """{folder's full path: its shortest distinguishing suffix}: a/runs and b/runs stay two folders, named
+    'a/runs' and 'b/runs'; a folder whose name is unique is named by it alone."""
+    parts = {d: d.split(os.sep) for d in {_dir(r.path) for r in runs}}
+    names = {}
+    for d, p in parts.items():
+        k = next((k for k in range(1, len(p)) if all(q[-k:] != p[-k:] for e, q in parts.items() if e != d)), None)
+        names[d] = os.path.join(*p[-k:]) if k else d
+    return names
 
-def _by_value(run, k):
-    return _folder(run.path) if k == "folder" else _stem_group(run) if k == "stem" else run.config.get(k)
+def _stem_group(run, folders):
+    return RUN_ID_RE.sub("", run.name) or folders[_dir(run.path)]  # "baseline_3f2a9c1e-...-..." -> "baseline"
+
+def _by_value(run, k, folders):
+    return folders[_dir(run.path)] if k == "folder" else _stem_group(run, folders) if k == "stem" else run.config.get(k)
 
 def check_group_by(runs, group_by):
     """Raise GroupByError for a --group_by key that is neither in some run's config nor a pseudo key."""
@@ -252,26 +317,24 @@ def group_runs(runs, group_by=None):
     group_by = list(group_by or [])
     check_group_by(runs, group_by)
     pseudo_only = bool(group_by) and all(k in PSEUDO_KEYS for k in group_by)
+    folders = folder_names(runs)  # one name per folder path: same-named folders stay apart
     buckets = {}
     for r in runs:
         if pseudo_only:
-            key = ("pseudo", tuple(_by_value(r, k) for k in group_by))
+            key = ("pseudo", tuple(_by_value(r, k, folders) for k in group_by))
         elif r.config is None:  # no config keys to go by: its folder is its record (modded-nanogpt)
-            key = ("folder", os.path.dirname(os.path.abspath(r.path)))
+            key = ("folder", folders[_dir(r.path)])
         elif group_by:
-            key = ("by", tuple(_js(_by_value(r, k)) for k in group_by))
+            key = ("by", tuple(_js(_by_value(r, k, folders)) for k in group_by))
         else:
             key = ("cfg", _js(_config_key(r.config)))
         buckets.setdefault(key, []).append(r)
     groups = []
     for key, rs in buckets.items():
-        cfg = ({k: _by_value(rs[0], k) for k in group_by} if key[0] == "by" else
+        cfg = ({k: _by_value(rs[0], k, folders) for k in group_by} if key[0] == "by" else
                _config_key(rs[0].config) if key[0] == "cfg" else None)
-        name = "/".join(key[1]) if key[0] == "pseudo" else _folder(rs[0].path) if key[0] == "folder" else ""
+        name = "/".join(key[1]) if key[0] == "pseudo" else key[1] if key[0] == "folder" else ""
         groups.append(Group(name=name, runs=rs, config=cfg))
-    folders = [g for g in groups if g.config is None and not pseudo_only]
-    for g in [g for g in folders if sum(h.name == g.name for h in folders) > 1]:  # a/logs, b/logs: add the parent
-        g.name = os.path.join(_folder(os.path.dirname(os.path.abspath(g.runs[0].path))), g.name)
     _name_groups([g for g in groups if g.config is not None])
     return groups
 

@@ -34,13 +34,14 @@ def make_config(seed=0, run_name="run", **over):
     cfg.update(over)
     return cfg
 
-def log_text(final, steps=100, val_every=25, step_ms=10.0, config=None, complete=True, extra=True):
-    """The body of a log in train_gpt.py's format (no source header); val loss decays to `final`."""
+def log_text(final, steps=100, val_every=25, step_ms=10.0, config=None, complete=True, extra=True, trailer=True):
+    """The body of a log in train_gpt.py's format (no source header); val loss decays to `final`. complete=False:
+    the run stopped at 3/4 of its steps (no last val line); trailer=False: no 'peak memory' line after it."""
     loss = lambda s: final + (10.8 - final) * (1 - s / steps) ** 2
     out = ["torch 2.13.0 python 3.11.7 device cpu world_size 1"]
     if config is not None:
         out.append("config: " + json.dumps(config))
-    for s in range(steps + 1):
+    for s in range(steps + 1 if complete else steps * 3 // 4 + 1):
         if s % val_every == 0 or s == steps:
             x = " hidden_norm:1.0000 alpha_attn:0.0500" if extra else ""
             out.append(f"step:{s}/{steps} val_loss:{loss(s):.4f} train_time:{s * step_ms:.0f}ms "
@@ -50,7 +51,7 @@ def log_text(final, steps=100, val_every=25, step_ms=10.0, config=None, complete
                        f"step_avg:{step_ms:.2f}ms tok/s:5043")
         if s == steps // 2:
             out += ["nu_act: 3.74", "sample: To be or not to be"]
-    if complete:
+    if complete and trailer:
         out.append("peak memory allocated: 1234 MiB reserved: 1300 MiB")
     return "\n".join(out) + "\n"
 
@@ -116,11 +117,14 @@ def test_parse_modded_nanogpt_log(tmp_path):
 
 def test_parse_truncated_log(tmp_path, capsys):
     p = tmp_path / "t.txt"
-    text = SOURCE + SEP + "\n" + log_text(3.5, config=make_config(), complete=False)
+    text = SOURCE + SEP + "\n" + log_text(3.5, config=make_config(), trailer=False)
     p.write_text(text + "step:95/100 val_loss:3.9")  # last line cut mid-way: not trusted
+    r = compare.parse_log(p)  # it reached its last step: complete, without the 'peak memory' trailer
+    assert not r.incomplete and "warning" not in capsys.readouterr().err
+    assert max(r.val) == 100 and 95 not in r.val and r.final_val_loss == pytest.approx(3.5)
+    p.write_text(text[:text.index("step:100/100 val_loss")] + "step:100/100 val_loss:3.5")  # the last val line cut
     r = compare.parse_log(p)
-    assert r.incomplete and "incomplete" in capsys.readouterr().err
-    assert max(r.val) == 100 and r.final_val_loss == pytest.approx(3.5)
+    assert r.incomplete and "incomplete" in capsys.readouterr().err and max(r.val) == 75
     cut = text[:text.index("step:75/100 val_loss")] + "step:75/100 val_loss:4.6"
     p.write_text(cut)
     r = compare.parse_log(p)
@@ -447,3 +451,110 @@ def test_pick_lr_takes_the_lowest_mean_and_flags_an_edge():
     # a tie goes to the smaller lr; a one-point grid has no edge to flag
     assert compare.pick_lr({1.0: [3.0], 2.0: [3.0]}) == (1.0, True)
     assert compare.pick_lr({1.0: [3.0]}) == (1.0, False)
+
+# -----------------------------------------------------------------------------
+# issue 23: results you can trust
+
+def sweep_2x2(folder):
+    """A 2-config x 2-seed sweep: truth n=2 per group."""
+    write_group(folder, [3.30, 3.31], "gpt")
+    write_group(folder, [3.20, 3.21], "ngpt", dict(arch="ngpt"))
+
+def counts(paths, **kw):
+    return sorted((g.name, len(g.runs)) for g in compare.group_runs(compare.load_runs(paths), **kw))
+
+def test_a_run_reached_twice_counts_once(tmp_path, monkeypatch, capsys):
+    """A folder given twice (two spellings), a symlink to a folder beside it, a symlink loop, a symlinked file: each
+    log counts once (by its identity, not its path text); a copied log (same run_id) counts once and is named."""
+    sweep_2x2(tmp_path / "sw1")
+    monkeypatch.chdir(tmp_path)
+    truth = [("arch=ngpt", 2), ("baseline", 2)]
+    assert counts(["sw1", str(tmp_path / "sw1")]) == truth  # was n=4
+    assert counts(["sw1", "sw1/../sw1", "sw1/*.txt"]) == truth
+    rec = tmp_path / "rec"
+    (rec / "runs").mkdir(parents=True)
+    for f in (tmp_path / "sw1").iterdir():
+        os.link(f, rec / "runs" / f.name)  # hard links: one file, two names
+    os.symlink("runs", rec / "latest")
+    os.symlink(".", rec / "runs" / "loop")  # a loop: must neither hang nor crash
+    os.symlink("..", rec / "runs" / "up")   # a link to an ancestor: a loop too
+    os.symlink(str(rec / "runs" / "gpt_s0.txt"), rec / "alias.txt")
+    assert counts(["rec"]) == truth and counts(["rec", "sw1"]) == truth
+    assert all("/latest/" not in r.path and "/loop/" not in r.path for r in compare.load_runs(["rec"]))  # real paths
+    capsys.readouterr()
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "gpt_s0_copy.txt").write_text((tmp_path / "sw1" / "gpt_s0.txt").read_text())
+    assert counts(["sw1", "copy"]) == truth
+    err = capsys.readouterr().err
+    assert "copy/gpt_s0_copy.txt" in err and "sw1/gpt_s0.txt" in err and "counted once" in err
+
+def test_symlink_to_an_outside_folder_is_followed(tmp_path):
+    sweep_2x2(tmp_path / "elsewhere")
+    (tmp_path / "rec").mkdir()
+    os.symlink(str(tmp_path / "elsewhere"), tmp_path / "rec" / "runs")
+    assert counts([tmp_path / "rec"]) == [("arch=ngpt", 2), ("baseline", 2)]
+
+def test_group_by_folder_keeps_same_named_folders_apart(tmp_path):
+    """a/runs and b/runs are two folders (were pooled as 'runs', n=4): grouped by full path, named by the
+    shortest suffix that tells them apart."""
+    write_group(tmp_path / "a" / "runs", [3.30, 3.31], "gpt")
+    write_group(tmp_path / "b" / "runs", [3.20, 3.21], "gpt", dict(n_layer=8))
+    write_group(tmp_path / "c" / "other", [3.25, 3.26], "gpt")
+    paths = [tmp_path / "a" / "runs", tmp_path / "b" / "runs", tmp_path / "c" / "other"]
+    assert counts(paths, group_by=["folder"]) == [("a/runs", 2), ("b/runs", 2), ("other", 2)]
+    assert counts(paths, group_by=["folder", "stem"]) == [("a/runs/gpt", 2), ("b/runs/gpt", 2), ("other/gpt", 2)]
+    by = counts(paths, group_by=["n_layer", "folder"])
+    assert by == [("baseline", 2), ("folder=other", 2), ("n_layer=8 folder=b/runs", 2)]
+    assert compare.folder_names(compare.load_runs([tmp_path / "x"])) == {}
+
+# modded-nanogpt's record logs, in each format its records have used (written from their structure, not copied):
+# the code header (2024-10/11: a separator first), versions / nvidia-smi, more separators; step lines with or
+# without train_loss; 'step_avg:nanms' on the first steps; and the trailer: none (2024), 'peak memory
+# consumption: N MiB' (2024-12), 'peak memory allocated: N MiB reserved: N MiB' (2025 on).
+CODE = ('import os\nwith open(sys.argv[0]) as f:\n    code = f.read()\n'
+        'print0(f"step:{step}/{args.num_iterations} val_loss:{val_loss:.4f}")\nstep:7/8 val_loss:0.5 decoy\n')
+SMI = ("Running pytorch 2.4.1+cu121 compiled for CUDA 12.1\nnvidia-smi:\nThu Oct 10 23:58:24 2024\n"
+       "+-----------------------+\n|=======================|\n|    0   N/A  N/A      6718      C   python3  5776MiB |\n"
+       "+-----------------------+\n\n")
+
+def modded_format(fmt, final=3.2785, steps=40, cut=False):
+    train_loss = fmt in ("oct2024", "nov2024")
+    val = lambda s: final + (10.8 - final) * (1 - s / steps) ** 2
+    out = []
+    for s in range(steps + 1 if not cut else steps - 5):
+        t = s * 200
+        avg = "nan" if s < 11 else f"{t / (s - 10):.2f}"
+        if s:
+            out.append(f"step:{s}/{steps} " + (f"train_loss:{val(s) + 0.05:.4f} " if train_loss else "")
+                       + f"train_time:{t}ms step_avg:{avg}ms")
+        if s % 10 == 0:
+            out.append(f"step:{s}/{steps} val_loss:{val(s):.4f} train_time:{t + 2}ms step_avg:{avg}ms")
+    steps_text = "\n".join(out) + "\n"
+    if fmt in ("oct2024", "nov2024"):  # separator, code, separator, versions, separator, steps; no trailer
+        return SEP + "\n" + CODE + SEP + "\n" + SMI + SEP + "\n" + steps_text
+    if fmt == "dec2024":  # code, separator, versions, separator, data loader lines, separator, steps
+        head = CODE + SEP + "\n" + SMI + SEP + "\nTraining DataLoader: total number of tokens: 3200000000\n" + SEP + "\n"
+        return head + steps_text + ("" if cut else "peak memory consumption: 34239 MiB\n")
+    head = CODE + SEP + "\n" + SMI + SEP + "\n" + ("Resetting Model\n" if fmt == "2026" else "")
+    return head + steps_text + ("" if cut else "peak memory allocated: 34217 MiB reserved: 49936 MiB\n")
+
+@pytest.mark.parametrize("fmt", ["oct2024", "nov2024", "dec2024", "2025", "2026"])
+def test_modded_nanogpt_record_formats(tmp_path, fmt, capsys):
+    """A log that reached its last step is complete whatever trailer follows or is missing (2024's logs have none
+    and counted as '0 (+38 inc)'); one cut before its last step is incomplete; the code is never parsed."""
+    rec = tmp_path / f"rec_{fmt}"
+    rec.mkdir()
+    for i, final in enumerate([3.2785, 3.2801, 3.2770]):
+        (rec / f"{uuid.uuid4()}.txt").write_text(modded_format(fmt, final))
+    (rec / f"{uuid.uuid4()}.txt").write_text(modded_format(fmt, 3.5, cut=True))
+    runs = compare.load_runs([rec])
+    assert len(runs) == 4 and sum(r.incomplete for r in runs) == 1
+    assert all(7 not in r.val and r.config is None for r in runs)  # the decoy in the code header
+    full = [r for r in runs if not r.incomplete]
+    assert sorted(r.final_val_loss for r in full) == [3.2770, 3.2785, 3.2801]
+    assert all(r.time_s == pytest.approx(8.0) and r.total_steps == 40 for r in full)
+    row = compare.compare(compare.group_runs(runs))[0]
+    assert (row["n"], row["n_incomplete"]) == (3, 1) and row["mean"] == pytest.approx(np.mean([3.2785, 3.2801, 3.277]))
+    err = capsys.readouterr().err
+    assert err.count("incomplete log") == 1 and "last step 40" in err
