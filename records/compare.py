@@ -178,6 +178,9 @@ def parse_log(path):
                 run.config = {**flag_defaults(), **json.loads(m.group(1))}  # a resumed run logs it again: the later one wins
             except json.JSONDecodeError:
                 warn(f"{path}: unreadable config line")
+                continue
+            if not isinstance(run.config.get("seed", 0), int) or isinstance(run.config.get("seed"), bool):
+                warn(f"{path}: config seed {run.config.pop('seed')!r} is not an integer: this run pairs with none")
         elif m := STEP_RE.match(line):
             fields = {k: _value(v) for k, v in FIELD_RE.findall(m.group(3))}
             step, run.total_steps = int(m.group(1)), int(m.group(2))
@@ -451,6 +454,8 @@ def compare(groups, baseline=None, target=None, alpha=0.01, include_incomplete=F
     b_by_seed = {r.config.get("seed"): r.final_val_loss for r in used(base) if r.config and "seed" in r.config}
     b_steps = [r.step_ms for r in base.runs if r.step_ms]
     b_step = _mean(b_steps)
+    times = lambda g: [r.time_s for r in counted(g) if r.time_s is not None]  # a cut run's time is not the run's
+    b_times = times(base)
     rows = []
     for g in [base] + [g for g in groups if g is not base]:  # baseline first
         runs = used(g)
@@ -466,6 +471,8 @@ def compare(groups, baseline=None, target=None, alpha=0.01, include_incomplete=F
         row["n_pairs"] = len(pairs)
         row["step_ratio"] = row["step_ms"] / b_step if row["step_ms"] and b_step else None
         row["p_step"] = welch([r.step_ms for r in g.runs if r.step_ms], b_steps)[3]  # speed claims need a test too
+        t = times(g)
+        row.update(time_s=_mean(t), time_std=_std(t) if t else float("nan"), p_time=welch(t, b_times)[3])
         if target is not None:
             p1 = one_sample_less(loss, target)
             row.update(target=target, p_target=p1,
@@ -491,7 +498,7 @@ def format_table(rows, markdown=False):
     if has_target:
         t = next(r["target"] for r in rows if "target" in r)
         head += [f"p(<{t:g})", "record", f"steps→{t:g}", f"time→{t:g}"]
-    head += ["step ms", "×base", "p(step)"]
+    head += ["time s", "p(time)", "step ms", "×base", "p(step)"]
     body = []
     for r in rows:
         left = [f"+{k} {what}" for k, what in ((r["n_incomplete"], "inc"), (r.get("n_nonfinite"), "nan/inf")) if k]
@@ -508,7 +515,9 @@ def format_table(rows, markdown=False):
             cells += [_p(r["p_target"]), "n/a" if r["record"] is None else ("yes" if r["record"] else "no"),
                       "-" if r["steps_to_target"] is None else f"{r['steps_to_target']:.0f}{reached}",
                       "-" if r["time_to_target_ms"] is None else f"{r['time_to_target_ms'] / 1000:.1f}s{reached}"]
-        cells += [_f(r["step_ms"], ".1f"), _f(r["step_ratio"], ".3f"), "-" if r["baseline"] else _p(r["p_step"])]
+        time = "n/a" if r["time_s"] is None else f"{r['time_s']:.1f} ± {_f(r['time_std'], '.1f')}"
+        cells += [time, "-" if r["baseline"] else _p(r["p_time"]),
+                  _f(r["step_ms"], ".1f"), _f(r["step_ratio"], ".3f"), "-" if r["baseline"] else _p(r["p_step"])]
         body.append(cells)
     if markdown:
         esc = lambda c: c.replace("|", "\\|")
@@ -520,9 +529,10 @@ def format_table(rows, markdown=False):
         lines = [fmt(head), "  ".join("-" * x for x in w)] + [fmt(c) for c in body]
     return "\n".join(lines) + ("\n\n\\* baseline\n" if markdown else "\n* baseline\n")
 
-def plot(groups, path, target=None, include_incomplete=False):
-    """Val loss vs step: per group the mean over its runs at the steps they all share, ± std band.
-    Left: the whole run; right: the second half, where the groups separate."""
+def plot(groups, path, target=None, include_incomplete=False, x="step"):
+    """Val loss vs step (x="step") or training time in s (x="time": the mean train_time of the runs at each val
+    step): per group the mean over its runs at the steps they all share, ± std band. Left: the whole run;
+    right: the second half, where the groups separate."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -534,26 +544,36 @@ def plot(groups, path, target=None, include_incomplete=False):
         if not steps:
             warn(f"group {g.name!r}: its runs share no val step, not plotted")
             continue
+        if x == "time":
+            ms = [[r.val[s].get("train_time") for s in steps] for r in runs]
+            if not all(isinstance(t, float) and math.isfinite(t) for row in ms for t in row):
+                warn(f"group {g.name!r}: a val line without train_time, not plotted against time")
+                continue
+            xs = np.mean(ms, axis=0) / 1000
+        else:
+            xs = np.asarray(steps, float)
         y = np.array([[r.val[s]["val_loss"] for s in steps] for r in runs])
         mean, std = y.mean(0), (y.std(0, ddof=1) if len(runs) > 1 else np.zeros(len(steps)))
-        last = max(last, steps[-1])
+        last = max(last, xs[-1])
         for a in (ax, zoom):
-            line, = a.plot(steps, mean, label=f"{g.name} (n={len(runs)})", lw=1.5,
+            line, = a.plot(xs, mean, label=f"{g.name} (n={len(runs)})", lw=1.5,
                            marker="." if len(steps) < 30 else None)
-            a.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
-    zoom.set_xlim(last / 2, last * 1.02)
-    ys = [y for l in zoom.get_lines() for x, y in zip(*l.get_data()) if x >= last / 2 and math.isfinite(y)]
+            a.fill_between(xs, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
+    if last > 0:  # nothing plotted, or one point at 0: matplotlib's own limits
+        zoom.set_xlim(last / 2, last * 1.02)
+    ys = [y for l in zoom.get_lines() for u, y in zip(*l.get_data()) if u >= last / 2 and math.isfinite(y)]
     if ys:
         pad = 0.05 * (max(ys) - min(ys)) + 1e-3
         zoom.set_ylim(min(ys + [target or min(ys)]) - pad, max(ys) + pad)
     for a in (ax, zoom):
         if target is not None:
             a.axhline(target, color="k", ls="--", lw=0.8, label=f"target {target:g}")
-        a.set(xlabel="step", ylabel="val loss")
+        a.set(xlabel="training time (s)" if x == "time" else "step", ylabel="val loss")
         a.grid(alpha=0.3)
     ax.set_title("val loss (mean ± std over runs)")
     zoom.set_title("second half")
-    zoom.legend(fontsize=8)
+    if zoom.get_legend_handles_labels()[0]:
+        zoom.legend(fontsize=8)
     fig.tight_layout()
     if not os.path.exists(os.path.dirname(os.path.abspath(path))):  # a file in its place: "Not a directory"
         os.makedirs(os.path.dirname(os.path.abspath(path)))
@@ -574,6 +594,7 @@ def main(argv=None):
     ap.add_argument("--plot", help="PNG path (default <first folder>/compare.png or compare.png); 'none' skips")
     ap.add_argument("--group_by", help="comma-separated config keys to group by instead of the whole config; "
                                        "'folder' or 'stem' group any log (also those without a config line)")
+    ap.add_argument("--x", choices=["step", "time"], default="step", help="the plot's x axis: step or training time")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
     ap.add_argument("--include_incomplete", action="store_true", help="count truncated logs in the loss stats")
     args = ap.parse_args(argv)
@@ -593,7 +614,7 @@ def main(argv=None):
         folder = next((p for p in args.paths if os.path.isdir(p)), None)
         path = args.plot or (os.path.join(folder, "compare.png") if folder else "compare.png")
         try:
-            print(f"plot: {plot(groups, path, args.target, args.include_incomplete)}")
+            print(f"plot: {plot(groups, path, args.target, args.include_incomplete, args.x)}")
         except OSError as e:  # read-only folder, a file where a folder should be, full disk
             print(f"compare: error: cannot write the plot to {path} ({e.strerror or e}): "
                   f"pass --plot=<writable path> or --plot=none", file=sys.stderr)

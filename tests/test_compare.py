@@ -558,3 +558,40 @@ def test_modded_nanogpt_record_formats(tmp_path, fmt, capsys):
     assert (row["n"], row["n_incomplete"]) == (3, 1) and row["mean"] == pytest.approx(np.mean([3.2785, 3.2801, 3.277]))
     err = capsys.readouterr().err
     assert err.count("incomplete log") == 1 and "last step 40" in err
+
+def test_total_time_column_and_time_axis(tmp_path):
+    """The record's speed claim: each group's training time (train_time of its last step line, s), mean ± std,
+    with Welch's p against the baseline; the plot can put training time on its x axis."""
+    base_ms, new_ms = [10.0, 10.4, 9.8], [8.1, 8.5, 8.0]
+    for i, ms in enumerate(base_ms):
+        write_log(tmp_path / f"gpt_s{i}.txt", 3.3, seed=i, step_ms=ms)
+    for i, ms in enumerate(new_ms):
+        write_log(tmp_path / f"dyt_s{i}.txt", 3.3, seed=i, config_over=dict(norm="dyt"), step_ms=ms)
+    write_log(tmp_path / "dyt_s9.txt", 3.3, seed=9, config_over=dict(norm="dyt"), step_ms=1.0, complete=False)
+    groups = compare.group_runs(compare.load_runs([tmp_path]))
+    base, dyt = compare.compare(groups, baseline=next(g for g in groups if g.config["norm"] == "rmsnorm"))
+    t_base, t_new = [100 * ms / 1000 for ms in base_ms], [100 * ms / 1000 for ms in new_ms]  # 100 steps
+    assert base["time_s"] == pytest.approx(np.mean(t_base), abs=1e-3)
+    assert dyt["time_s"] == pytest.approx(np.mean(t_new), abs=1e-3)  # the cut run's time is not a run's time
+    assert dyt["time_std"] == pytest.approx(np.std(t_new, ddof=1), abs=1e-3)
+    assert dyt["p_time"] == pytest.approx(stats.ttest_ind(t_new, t_base, equal_var=False).pvalue, rel=1e-6)
+    table = compare.format_table([base, dyt])
+    assert "time s" in table.splitlines()[0] and "p(time)" in table.splitlines()[0]
+    assert f"{np.mean(t_new):.1f} ± {np.std(t_new, ddof=1):.1f}" in table and compare._p(dyt["p_time"]) in table
+    png = compare.plot(groups, tmp_path / "t.png", x="time")
+    assert Path(png).read_bytes()[:4] == b"\x89PNG"
+    assert compare.main([str(tmp_path), "--x=time", f"--plot={tmp_path / 'u.png'}"]) == 0
+
+def test_bad_inputs_give_one_line_not_a_traceback(tmp_path, capsys):
+    """A config whose seed is not an integer (was: TypeError unhashable), a folder named *.txt, binary junk, a
+    log whose val lines have no train_time under --x=time: warnings naming the file, a table, exit 0."""
+    write_group(tmp_path, [3.30, 3.31], "gpt")
+    bad = write_log(tmp_path / "gpt_s5.txt", 3.32, seed=5)
+    bad.write_text(bad.read_text().replace('"seed": 5', '"seed": [5]'))
+    (tmp_path / "d.txt").mkdir()
+    (tmp_path / "bin.txt").write_bytes(b"\x00\x01\xff\xfe")
+    (tmp_path / "nt.txt").write_text('config: {"seed": 1, "norm": "dyt"}\nstep:0/2 val_loss:5.0\nstep:2/2 val_loss:4.0\n')
+    assert compare.main([str(tmp_path), "--x=time", f"--plot={tmp_path / 'p.png'}"]) == 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and "baseline *" in out
+    assert f"{bad}: config seed [5] is not an integer" in err and "bin.txt" in err and "not plotted against time" in err
