@@ -263,7 +263,10 @@ def load_runs(paths):
 # --group_by keys that need no config line (a config key of the same name would be shadowed: none exists)
 PSEUDO_KEYS = ("folder", "stem")
 
-class GroupByError(ValueError):
+class CompareError(ValueError):
+    """Bad input the user can fix: main prints it as one line and exits 2."""
+
+class GroupByError(CompareError):
     """--group_by names a key that no run has: grouping by it would silently merge every run."""
 
 @dataclass
@@ -271,6 +274,9 @@ class Group:
     name: str
     runs: list
     config: dict | None = None  # the group's shared config (ignored keys removed)
+    # --best_lr: the arm's pick: lr_scale, lr (effective, None if unknown), edge (True/False; None: a one-lr arm),
+    # tuning ({lr_scale: mean final val loss on the tuning seeds, inf if one diverged})
+    pick: dict | None = None
 
 def _config_key(cfg):
     foreign = foreign_keys(cfg)
@@ -441,6 +447,83 @@ def pick_lr(losses_by_lr):
     best = min(grid, key=lambda lr: (mean(losses_by_lr[lr]), lr))
     return best, len(grid) > 1 and best in (grid[0], grid[-1])
 
+def effective_lr(cfg, lr_scale):
+    """The lr an arm ran at: Adam arms (lr or the arch's adam_lr) x lr_scale, Muon arms muon_lr x lr_scale (the
+    embed/head/scalar Adam lrs scale alike). None when train_gpt.py or the arch is unknown."""
+    tg = _train_gpt()
+    arch = tg.ARCHS.get(cfg.get("arch")) if tg else None
+    if arch is None:
+        return None
+    if (cfg.get("optimizer") or arch.optimizer) in ("adam", "adamw"):
+        return (cfg.get("lr") or arch.adam_lr) * lr_scale
+    return cfg["muon_lr"] * lr_scale if isinstance(cfg.get("muon_lr"), (int, float)) else None
+
+def best_against_best(runs, tune_seeds):
+    """Each arm at its own best lr. Arms: runs whose configs differ only in lr_scale (and IGNORE_KEYS). Per arm,
+    pick_lr over the final val losses of its tuning-seed runs (a tuning run cut before its last step counts as
+    diverged: train_gpt.py stops a run at a non-finite loss); the arm's Group holds its runs at that lr_scale on
+    the other (confirm) seeds, so the pick's luck on the tuning seeds does not flatter its row. An arm run at one
+    lr_scale has no pick to make: that lr is its pick, edge None (n/a), and its row is its confirm seeds too, so
+    every row stands on the same seeds. Returns Groups named like group_runs', each with .pick."""
+    tune, arms = set(tune_seeds), {}
+    for r in runs:
+        if r.config is None or not isinstance(r.config.get("lr_scale", 1.0), (int, float)):
+            warn(f"{r.path}: no config line or no numeric lr_scale in it: left out of --best_lr")
+            continue
+        arms.setdefault(_js({k: v for k, v in _config_key(r.config).items() if k != "lr_scale"}), []).append(r)
+    groups = []
+    for key, rs in arms.items():
+        by_lr = {}
+        for r in rs:
+            by_lr.setdefault(float(r.config.get("lr_scale", 1.0)), []).append(r)
+        tuning = {lr: [math.inf if r.incomplete else r.final_val_loss for r in xs if r.config.get("seed") in tune]
+                  for lr, xs in by_lr.items()}
+        tuning = {lr: losses for lr, losses in tuning.items() if losses}
+        cfg = json.loads(key)
+        if len(by_lr) == 1:
+            best, edge = next(iter(by_lr)), None
+        elif not tuning:
+            warn(f"arm {cfg.get('arch')} with lr_scales {sorted(by_lr)}: no run on the tuning seeds "
+                 f"{sorted(tune)}, no lr to pick: left out")
+            continue
+        else:
+            if len(tuning) < len(by_lr):
+                warn(f"arm {cfg.get('arch')}: lr_scales {sorted(set(by_lr) - set(tuning))} have no tuning run: "
+                     f"not in the pick")
+            best, edge = pick_lr(tuning)
+        confirm = [r for r in by_lr[best] if r.config.get("seed") not in tune]
+        means = {lr: float(np.mean(v)) if all(map(math.isfinite, v)) else math.inf for lr, v in tuning.items()}
+        groups.append(Group("", confirm, cfg, pick=dict(lr_scale=best, lr=effective_lr(cfg, best), edge=edge,
+                                                         tuning=means)))
+    _name_groups(groups)
+    for g in groups:
+        if g.pick["edge"]:
+            warn(f"{g.name}: its best lr_scale {g.pick['lr_scale']:g} sits at the edge of the grid "
+                 f"{sorted(g.pick['tuning'])}: extend the grid past it (the optimum may lie outside)")
+        if not g.runs:
+            warn(f"{g.name}: no confirm-seed run at its pick lr_scale={g.pick['lr_scale']:g}")
+    return groups
+
+def tune_seeds_of(paths):
+    """The tuning seeds recorded by records/sweep.py in <folder>/sweep.json of the folders given, or None.
+    Folders that disagree are an error: one comparison has one set of tuning seeds."""
+    found = {}
+    for p in map(str, paths):
+        f = os.path.join(p, "sweep.json")
+        if not os.path.isfile(f):
+            continue
+        try:
+            with open(f) as fh:
+                seeds = json.load(fh).get("tune_seeds")
+        except (OSError, ValueError, AttributeError) as e:
+            raise CompareError(f"{f} is unreadable ({e}): fix it, or give the seeds with --tune_seeds=0,1")
+        if seeds:
+            found[f] = tuple(sorted(seeds))
+    if len(set(found.values())) > 1:
+        raise CompareError("the sweep.json files disagree on tune_seeds (" + "; ".join(
+            f"{f}: {list(v)}" for f, v in found.items()) + "): compare them apart or pass --tune_seeds")
+    return list(next(iter(found.values()))) if found else None
+
 def _mean(xs):
     xs = [x for x in xs if x is not None]
     return float(np.mean(xs)) if xs else None
@@ -464,7 +547,7 @@ def compare(groups, baseline=None, target=None, alpha=0.01, include_incomplete=F
         row = dict(group=g.name, baseline=g is base, n=len(loss), n_incomplete=sum(r.incomplete for r in g.runs),
                    n_nonfinite=sum(not r.finite for r in counted(g)),
                    mean=_mean(loss), std=_std(loss) if loss else float("nan"), delta=delta, ci_low=lo, ci_high=hi,
-                   p=p, step_ms=_mean(r.step_ms for r in g.runs))
+                   p=p, step_ms=_mean(r.step_ms for r in g.runs), pick=g.pick)
         pairs = [(r.final_val_loss, b_by_seed[r.config["seed"]]) for r in runs
                  if r.config and r.config.get("seed") in b_by_seed]
         _, row["pair_low"], row["pair_high"], row["p_paired"] = paired(pairs)
@@ -493,7 +576,9 @@ def _p(p):
     return "n/a" if p is None or math.isnan(p) else (f"{p:.1e}" if 0 < p < 1e-3 else f"{p:.3f}")
 
 def format_table(rows, markdown=False):
-    head = ["group", "n", "val_loss", "Δ vs base", "95% CI", "p", "pairs", "paired 95% CI", "p paired"]
+    picks = any(r.get("pick") for r in rows)
+    head = ["group"] + (["lr", "lr_scale", "edge"] if picks else []) + [
+        "n", "val_loss", "Δ vs base", "95% CI", "p", "pairs", "paired 95% CI", "p paired"]
     has_target = any("target" in r for r in rows)
     if has_target:
         t = next(r["target"] for r in rows if "target" in r)
@@ -518,6 +603,10 @@ def format_table(rows, markdown=False):
         time = "n/a" if r["time_s"] is None else f"{r['time_s']:.1f} ± {_f(r['time_std'], '.1f')}"
         cells += [time, "-" if r["baseline"] else _p(r["p_time"]),
                   _f(r["step_ms"], ".1f"), _f(r["step_ratio"], ".3f"), "-" if r["baseline"] else _p(r["p_step"])]
+        if picks:
+            pk = r.get("pick") or {}
+            edge = {True: "EDGE", False: "no", None: "n/a"}[pk.get("edge")]
+            cells[1:1] = [_f(pk.get("lr"), ".3g"), _f(pk.get("lr_scale"), "g"), edge]
         body.append(cells)
     if markdown:
         esc = lambda c: c.replace("|", "\\|")
@@ -584,6 +673,21 @@ def plot(groups, path, target=None, include_incomplete=False, x="step"):
 # -----------------------------------------------------------------------------
 # CLI
 
+def _tune_seeds(args):
+    """--best_lr's tuning seeds: --tune_seeds, else sweep.json's, else an error saying how to give them."""
+    if args.group_by:
+        raise CompareError("--best_lr groups runs into arms by config (all but lr_scale): drop --group_by")
+    if args.tune_seeds:
+        try:
+            return [int(s) for s in args.tune_seeds.split(",") if s.strip()]
+        except ValueError:
+            raise CompareError(f"--tune_seeds={args.tune_seeds}: give integer seeds, e.g. --tune_seeds=0,1") from None
+    seeds = tune_seeds_of(p for p in args.paths if os.path.isdir(p))
+    if seeds is None:
+        raise CompareError("--best_lr needs the tuning seeds: pass --tune_seeds=0,1 (the seeds the lr was picked on), "
+                           "or give a sweep folder whose sweep.json has tune_seeds")
+    return seeds
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -597,6 +701,9 @@ def main(argv=None):
     ap.add_argument("--x", choices=["step", "time"], default="step", help="the plot's x axis: step or training time")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
     ap.add_argument("--include_incomplete", action="store_true", help="count truncated logs in the loss stats")
+    ap.add_argument("--best_lr", action="store_true", help="each arm (configs that differ only in lr_scale) at the "
+                    "lr_scale pick_lr finds best on the tuning seeds, compared on the other (confirm) seeds")
+    ap.add_argument("--tune_seeds", help="--best_lr's tuning seeds, e.g. 0,1 (default: sweep.json's tune_seeds)")
     args = ap.parse_args(argv)
     runs = load_runs(args.paths)
     if not runs:
@@ -604,8 +711,13 @@ def main(argv=None):
               file=sys.stderr)
         return 1
     try:
-        groups = group_runs(runs, [k.strip() for k in (args.group_by or "").split(",") if k.strip()])
-    except GroupByError as e:
+        if args.best_lr:
+            groups = best_against_best(runs, _tune_seeds(args))
+        else:
+            groups = group_runs(runs, [k.strip() for k in (args.group_by or "").split(",") if k.strip()])
+        if not groups:
+            raise CompareError("no arm left to compare (see the warnings above)")
+    except CompareError as e:
         print(f"compare: error: {e}", file=sys.stderr)
         return 2
     rows = compare(groups, args.baseline, args.target, args.alpha, args.include_incomplete)

@@ -595,3 +595,61 @@ def test_bad_inputs_give_one_line_not_a_traceback(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "Traceback" not in err and "baseline *" in out
     assert f"{bad}: config seed [5] is not an integer" in err and "bin.txt" in err and "not plotted against time" in err
+
+# -----------------------------------------------------------------------------
+# issue 24: best against best
+
+SEED_LUCK = [0.00, 0.03, -0.02, 0.05, 0.01]  # a seed's init luck, shared by every arm at that seed
+
+def lr_sweep(folder, arm, over, curve, seeds=range(5), lrs=(0.5, 1.0, 2.0)):
+    """Logs of one arm over an lr_scale grid: final loss curve[lr] + the seed's luck."""
+    for lr in lrs:
+        for s in seeds:
+            write_log(Path(folder) / f"{arm}_lr{lr:g}_s{s}.txt", curve[lr] + SEED_LUCK[s], seed=s,
+                      config_over=dict(over, lr_scale=lr))
+
+def test_best_against_best_picks_on_tuning_seeds_and_compares_on_confirm_seeds(tmp_path, capsys):
+    lr_sweep(tmp_path, "gpt", dict(arch="gpt"), {0.5: 3.40, 1.0: 3.30, 2.0: 3.35})       # interior best: 1.0
+    lr_sweep(tmp_path, "ngpt", dict(arch="ngpt"), {0.5: 3.40, 1.0: 3.30, 2.0: 3.25})     # best at the edge: 2.0
+    lr_sweep(tmp_path, "dyt", dict(arch="gpt", norm="dyt"), {1.0: 3.32}, lrs=(1.0,))    # one lr: its own pick
+    groups = {g.config["arch"] + g.config.get("norm", ""): g for g in compare.best_against_best(
+        compare.load_runs([tmp_path]), tune_seeds=[0, 1])}
+    gpt, ngpt, dyt = groups["gptrmsnorm"], groups["ngpt"], groups["gptdyt"]
+    assert (gpt.pick["lr_scale"], gpt.pick["edge"]) == (1.0, False)
+    assert (ngpt.pick["lr_scale"], ngpt.pick["edge"]) == (2.0, True)
+    assert (dyt.pick["lr_scale"], dyt.pick["edge"]) == (1.0, None)
+    assert gpt.pick["tuning"][0.5] == pytest.approx(3.40 + np.mean(SEED_LUCK[:2]))
+    import train_gpt
+    assert gpt.pick["lr"] == pytest.approx(train_gpt.Hyperparameters().muon_lr)  # Muon arm: muon_lr x scale
+    assert ngpt.pick["lr"] == pytest.approx(train_gpt.ARCHS["ngpt"].adam_lr * 2.0)  # Adam arm: the arch's lr x scale
+    for g in (gpt, ngpt, dyt):  # rows on the confirm seeds only, at the pick
+        assert sorted(r.config["seed"] for r in g.runs) == [2, 3, 4]
+        assert {r.config["lr_scale"] for r in g.runs} == {g.pick["lr_scale"]}
+    assert "sits at the edge of the grid [0.5, 1.0, 2.0]: extend the grid" in capsys.readouterr().err
+    rows = {r["group"]: r for r in compare.compare(list(groups.values()), baseline=gpt)}
+    row = rows[ngpt.name]
+    assert row["delta"] == pytest.approx(-0.05) and row["n_pairs"] == 3 and row["p_paired"] == 0.0  # same luck per seed
+    table = compare.format_table(list(rows.values()))
+    head = table.splitlines()[0].split()
+    assert head[:4] == ["group", "lr", "lr_scale", "edge"] and "EDGE" in table and "n/a" in table
+    # a diverged (cut) tuning run disqualifies its lr: 2.0 loses to 1.0 for ngpt
+    cut = tmp_path / "ngpt_lr2_s1.txt"
+    cut.write_text(SOURCE + SEP + "\n" + log_text(3.1, config=make_config(seed=1, arch="ngpt", lr_scale=2.0),
+                                                complete=False))
+    g = next(g for g in compare.best_against_best(compare.load_runs([tmp_path]), [0, 1]) if g.config["arch"] == "ngpt")
+    assert g.pick["lr_scale"] == 1.0 and g.pick["tuning"][2.0] == math.inf
+
+def test_best_lr_cli_tuning_seeds_from_flag_or_sweep_json(tmp_path, capsys):
+    lr_sweep(tmp_path, "gpt", dict(arch="gpt"), {0.5: 3.40, 1.0: 3.30, 2.0: 3.35})
+    lr_sweep(tmp_path, "ngpt", dict(arch="ngpt"), {0.5: 3.40, 1.0: 3.30, 2.0: 3.25})
+    assert compare.main([str(tmp_path), "--best_lr", "--plot=none"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--tune_seeds=0,1" in err and "sweep.json" in err
+    assert compare.main([str(tmp_path), "--best_lr", "--tune_seeds=0,x", "--plot=none"]) == 2
+    assert "integer seeds" in capsys.readouterr().err
+    assert compare.main([str(tmp_path), "--best_lr", "--tune_seeds=0,1", "--plot=none"]) == 0
+    by_flag = capsys.readouterr().out
+    (tmp_path / "sweep.json").write_text(json.dumps(dict(tune_seeds=[0, 1], confirm_seeds=[2, 3, 4], runs=[])))
+    assert compare.main([str(tmp_path), "--best_lr", "--plot=none"]) == 0
+    assert capsys.readouterr().out == by_flag and "EDGE" in by_flag
+    assert compare.main([str(tmp_path), "--best_lr", "--group_by=arch", "--plot=none"]) == 2
