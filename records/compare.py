@@ -4,33 +4,50 @@ Compare training logs: group runs by config, test final val losses, plot the cur
     python records/compare.py logs/ records/ngpt_sweep/*.txt --target=3.28 --markdown
     python records/compare.py records/ngpt_sweep --baseline=norm=dyt --plot=curves.png --group_by=arch,norm
 
-PATHS are files, folders (every *.txt inside, recursively) or globs. Per group the table shows n,
+PATHS are files, folders (every *.txt inside, recursively; a symlinked folder is followed unless that would
+walk a folder twice or loop) or globs; a file reached twice (two spellings of a folder, a symlink) counts once,
+and two files of one run (the same run_id in their config: a copied log) count once, with a warning naming
+both. Per group the table shows n,
 mean ± std (ddof=1) of the final val loss, Δ vs the baseline group with a Welch 95% CI and Welch's
 t-test p-value, the paired test over the seeds both groups ran (same seed = same init; every run reads
 the same token stream: scipy.stats.ttest_rel, 95% CI of the mean per-seed difference), with --target the
 one-sided one-sample test (modded-nanogpt's record rule: mean < target and p < alpha), mean steps /
 training time to first reach the target, and the mean step time (train_time/step of the last step line)
-with its ratio to the baseline's and Welch's p-value of the step-time difference.
+with its ratio to the baseline's and Welch's p-value of the step-time difference, and the training time (the
+train_time of each run's last step line, s; mean ± std over complete runs) with Welch's p against the baseline.
 
-Logs: the source of train_gpt.py, a line of 100 '=', versions, `config: {json}`, then step lines
+Logs: the source of train_gpt.py (between the first two lines of 100 '=' when the log starts with one, as
+modded-nanogpt's logs of Oct-Nov 2024 do), a line of 100 '=', versions, `config: {json}`, then step lines
 `step:N/T key:value ...` (val lines carry val_loss). A repeated step (resumed run) keeps the later line.
 Runs are grouped by their config minus the keys that differ between seeds of one config (IGNORE_KEYS);
 a group is named by how its config differs from the reference group (the default baseline), which is
 named `baseline`. Logs without a config line (modded-nanogpt's records: one folder per record, runs named
 by uuid) are grouped by their folder, one group per folder named after it, whatever their file names.
 --group_by=KEY,... groups by those config keys instead (a key no run has is an error, exit 2), and two
-keys that need no config line work for every log: `folder` (the log's folder) and `stem` (the file name
-minus a trailing uuid / run id / seed, or the folder's name when nothing is left); with config keys, logs
-without a config line stay grouped by folder.
-Runs without step lines or without a val line are skipped with a warning; logs with no final
-`peak memory` line are flagged incomplete and left out of the final-loss statistics unless
---include_incomplete (their curves still count for time-to-target and step time). A run whose final val
+keys that need no config line work for every log: `folder` (the log's folder, by its full path, named by the
+shortest suffix that tells it from the others: a/runs, b/runs) and `stem` (the file name minus a trailing
+uuid / run id / seed, or the folder's name when nothing is left); with config keys, logs without a config line
+stay grouped by folder.
+Runs without step lines or without a val line are skipped with a warning. A log is complete when it reached
+its last step (a val line at step N of N), whatever trailer follows or is missing (modded-nanogpt's logs before
+2025 have none, later ones `peak memory ...`); a log cut before it is flagged incomplete and left out of the
+final-loss and training-time statistics unless --include_incomplete (its curve still counts for time-to-target
+and step time). An unterminated last line is dropped (it may be cut mid-way). A run whose final val
 loss is nan or inf (a diverged run) is named in a warning and left out of the loss statistics and the
 plot; the n column counts it as `+k nan/inf`, so the rest of its group still gets numbers.
 Zero variance (identical final losses): Δ=0 gives p=1 and CI [0, 0]; Δ≠0 gives p=0 and CI [Δ, Δ];
 with n < 2 on either side std/CI/p print as n/a.
+--x=time plots val loss against training time (s) instead of step.
+--best_lr [--tune_seeds=0,1]: best against best (best_against_best): arms are groups of runs whose configs differ
+only in lr_scale; each arm takes the lr_scale pick_lr finds best on the tuning seeds' final losses, and its row
+is its runs at that lr_scale on the other (confirm) seeds; extra columns lr (effective: Adam arms (lr or the
+arch's adam_lr) × lr_scale, Muon arms muon_lr × lr_scale), lr_scale and edge (EDGE: the pick sits at an end
+of the grid, with a warning to extend it; n/a: an arm run at one lr_scale, which is its own pick and is also
+shown on its confirm seeds). Tuning seeds: --tune_seeds, else sweep.json's tune_seeds in the folders given,
+else an error (exit 2) saying how to give them.
 The table is printed before the plot is drawn: a plot path that cannot be written (a read-only folder)
-is an error (exit 2) after the table, never a loss of it.
+is an error (exit 2) after the table, never a loss of it. Bad input the user can fix is one line naming the
+file or flag (a warning and the run left out, or exit 2), never a traceback.
 """
 import argparse
 import difflib
