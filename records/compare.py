@@ -4,33 +4,50 @@ Compare training logs: group runs by config, test final val losses, plot the cur
     python records/compare.py logs/ records/ngpt_sweep/*.txt --target=3.28 --markdown
     python records/compare.py records/ngpt_sweep --baseline=norm=dyt --plot=curves.png --group_by=arch,norm
 
-PATHS are files, folders (every *.txt inside, recursively) or globs. Per group the table shows n,
+PATHS are files, folders (every *.txt inside, recursively; a symlinked folder is followed unless that would
+walk a folder twice or loop) or globs; a file reached twice (two spellings of a folder, a symlink) counts once,
+and two files of one run (the same run_id in their config: a copied log) count once, with a warning naming
+both. Per group the table shows n,
 mean ± std (ddof=1) of the final val loss, Δ vs the baseline group with a Welch 95% CI and Welch's
 t-test p-value, the paired test over the seeds both groups ran (same seed = same init; every run reads
 the same token stream: scipy.stats.ttest_rel, 95% CI of the mean per-seed difference), with --target the
 one-sided one-sample test (modded-nanogpt's record rule: mean < target and p < alpha), mean steps /
 training time to first reach the target, and the mean step time (train_time/step of the last step line)
-with its ratio to the baseline's and Welch's p-value of the step-time difference.
+with its ratio to the baseline's and Welch's p-value of the step-time difference, and the training time (the
+train_time of each run's last step line, s; mean ± std over complete runs) with Welch's p against the baseline.
 
-Logs: the source of train_gpt.py, a line of 100 '=', versions, `config: {json}`, then step lines
+Logs: the source of train_gpt.py (between the first two lines of 100 '=' when the log starts with one, as
+modded-nanogpt's logs of Oct-Nov 2024 do), a line of 100 '=', versions, `config: {json}`, then step lines
 `step:N/T key:value ...` (val lines carry val_loss). A repeated step (resumed run) keeps the later line.
 Runs are grouped by their config minus the keys that differ between seeds of one config (IGNORE_KEYS);
 a group is named by how its config differs from the reference group (the default baseline), which is
 named `baseline`. Logs without a config line (modded-nanogpt's records: one folder per record, runs named
 by uuid) are grouped by their folder, one group per folder named after it, whatever their file names.
 --group_by=KEY,... groups by those config keys instead (a key no run has is an error, exit 2), and two
-keys that need no config line work for every log: `folder` (the log's folder) and `stem` (the file name
-minus a trailing uuid / run id / seed, or the folder's name when nothing is left); with config keys, logs
-without a config line stay grouped by folder.
-Runs without step lines or without a val line are skipped with a warning; logs with no final
-`peak memory` line are flagged incomplete and left out of the final-loss statistics unless
---include_incomplete (their curves still count for time-to-target and step time). A run whose final val
+keys that need no config line work for every log: `folder` (the log's folder, by its full path, named by the
+shortest suffix that tells it from the others: a/runs, b/runs) and `stem` (the file name minus a trailing
+uuid / run id / seed, or the folder's name when nothing is left); with config keys, logs without a config line
+stay grouped by folder.
+Runs without step lines or without a val line are skipped with a warning. A log is complete when it reached
+its last step (a val line at step N of N), whatever trailer follows or is missing (modded-nanogpt's logs before
+2025 have none, later ones `peak memory ...`); a log cut before it is flagged incomplete and left out of the
+final-loss and training-time statistics unless --include_incomplete (its curve still counts for time-to-target
+and step time). An unterminated last line is dropped (it may be cut mid-way). A run whose final val
 loss is nan or inf (a diverged run) is named in a warning and left out of the loss statistics and the
 plot; the n column counts it as `+k nan/inf`, so the rest of its group still gets numbers.
 Zero variance (identical final losses): Δ=0 gives p=1 and CI [0, 0]; Δ≠0 gives p=0 and CI [Δ, Δ];
 with n < 2 on either side std/CI/p print as n/a.
+--x=time plots val loss against training time (s) instead of step.
+--best_lr [--tune_seeds=0,1]: best against best (best_against_best): arms are groups of runs whose configs differ
+only in lr_scale; each arm takes the lr_scale pick_lr finds best on the tuning seeds' final losses, and its row
+is its runs at that lr_scale on the other (confirm) seeds; extra columns lr (effective: Adam arms (lr or the
+arch's adam_lr) × lr_scale, Muon arms muon_lr × lr_scale), lr_scale and edge (EDGE: the pick sits at an end
+of the grid, with a warning to extend it; n/a: an arm run at one lr_scale, which is its own pick and is also
+shown on its confirm seeds). Tuning seeds: --tune_seeds, else sweep.json's tune_seeds in the folders given,
+else an error (exit 2) saying how to give them.
 The table is printed before the plot is drawn: a plot path that cannot be written (a read-only folder)
-is an error (exit 2) after the table, never a loss of it.
+is an error (exit 2) after the table, never a loss of it. Bad input the user can fix is one line naming the
+file or flag (a warning and the run left out, or exit 2), never a traceback.
 """
 import argparse
 import difflib
@@ -87,12 +104,23 @@ class Run:
     def finite(self):
         return math.isfinite(self.final_val_loss)
 
+    def _last_timed(self):
+        """(step, train_time ms) of the last step line with a finite train_time, or None."""
+        lines = {**self.val, **self.train}  # the train line wins at a shared step
+        steps = [s for s in lines if s > 0 and isinstance(t := lines[s].get("train_time"), float) and math.isfinite(t)]
+        return (max(steps), lines[max(steps)]["train_time"]) if steps else None
+
     @property
     def step_ms(self):
         """train_time/step of the last step line with a train_time (ms), None if unknown."""
-        lines = {**self.val, **self.train}  # the train line wins at a shared step
-        steps = [s for s in lines if s > 0 and isinstance(lines[s].get("train_time"), float)]
-        return lines[max(steps)]["train_time"] / max(steps) if steps else None
+        last = self._last_timed()
+        return last[1] / last[0] if last else None
+
+    @property
+    def time_s(self):
+        """The run's training time (s): the train_time of its last step line, None if unknown."""
+        last = self._last_timed()
+        return last[1] / 1000 if last else None
 
     def reach(self, target):
         """(step, train_time ms) of the first val line with val_loss <= target, or None."""
@@ -139,28 +167,37 @@ def foreign_keys(cfg):
     return out
 
 def parse_log(path):
-    """Parse one log. Returns a Run, or None (with a warning) when it has no step or no val line."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        text = f.read()
+    """Parse one log. Returns a Run, or None (with a warning) when it cannot be read or has no step or no val line."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError as e:  # permissions, a vanished file
+        warn(f"skipping {path}: cannot read it ({e.strerror or e})")
+        return None
     lines = text.split("\n")
     seps = [i for i, l in enumerate(lines) if l.rstrip("\r") == SEP]
-    skip = set(range(seps[0] + 1 if seps else 0))  # the source code header
-    for j in seps[1:]:  # a resumed run that re-dumps source + separator + config into the same log
+    # the source code header ends at the first separator, or at the second when the log starts with one
+    # (modded-nanogpt's logs of Oct-Nov 2024: separator, code, separator, versions, separator, step lines)
+    head = seps[1] if len(seps) > 1 and seps[0] == 0 else seps[0] if seps else -1
+    skip = set(range(head + 1))
+    for j in [i for i in seps if i > head]:  # a resumed run that re-dumps source + separator + config into the same log
         if any(CONFIG_RE.match(l) for l in lines[j + 1:j + 50]):
             prev = max(i for i in seps if i < j)
             k = next((k for k in range(prev + 1, j) if lines[k:k + 2] == lines[:2]), j)
             skip.update(range(k, j))
     body = [l.rstrip("\r") for i, l in enumerate(lines) if i not in skip]
-    complete = any(l.startswith("peak memory") for l in body)
-    if not complete and not text.endswith("\n"):
+    if not text.endswith("\n"):
         body = body[:-1]  # a truncated log: its last line may be cut mid-way
-    run = Run(path=str(path), config=None, incomplete=not complete)
+    run = Run(path=str(path), config=None)
     for line in body:
         if m := CONFIG_RE.match(line):
             try:
                 run.config = {**flag_defaults(), **json.loads(m.group(1))}  # a resumed run logs it again: the later one wins
             except json.JSONDecodeError:
                 warn(f"{path}: unreadable config line")
+                continue
+            if not isinstance(run.config.get("seed", 0), int) or isinstance(run.config.get("seed"), bool):
+                warn(f"{path}: config seed {run.config.pop('seed')!r} is not an integer: this run pairs with none")
         elif m := STEP_RE.match(line):
             fields = {k: _value(v) for k, v in FIELD_RE.findall(m.group(3))}
             step, run.total_steps = int(m.group(1)), int(m.group(2))
@@ -174,30 +211,68 @@ def parse_log(path):
     if not run.val:
         warn(f"skipping {path}: no val_loss line")
         return None
+    # complete = it reached its last step (a val line at step N of N), whatever trailer follows or is missing:
+    # modded-nanogpt's logs before 2025 end at that line, later ones add 'peak memory ...', ours a sample too
+    run.incomplete = run.total_steps not in run.val
     if run.incomplete:
-        warn(f"{path}: incomplete log (no final 'peak memory' line), last val step {max(run.val)}")
+        warn(f"{path}: incomplete log (no val line at its last step {run.total_steps}), last val step {max(run.val)}")
     if not run.finite:  # a diverged run: one nan would turn its whole group's mean/std/p into n/a
         warn(f"{path}: final val_loss is {run.final_val_loss}; left out of the statistics")
     return run
 
+def _walk_logs(folder):
+    """*.txt under folder, recursively (not our compare.txt). A symlinked folder is followed unless its target was
+    walked already or contains it (a loop); real folders go first, so a file keeps its real path."""
+    walked, out = set(), []
+    onerror = lambda e: warn(f"cannot read folder {e.filename} ({e.strerror}): its logs are left out")
+    for root, dirs, files in os.walk(folder, followlinks=True, onerror=onerror):
+        real = os.path.realpath(root)
+        walked.add(real)
+        inside = lambda t: t == real or real.startswith(t.rstrip(os.sep) + os.sep)  # t is real or an ancestor of it
+        dirs[:] = [d for d in sorted(dirs, key=lambda d: (os.path.islink(os.path.join(root, d)), d))
+                   if (t := os.path.realpath(os.path.join(root, d))) not in walked and not inside(t)]
+        out += [os.path.join(root, f) for f in sorted(files) if f.endswith(".txt") and f != "compare.txt"]
+    return out
+
 def expand_paths(paths):
-    """Files, folders (all *.txt inside, recursively) and globs -> sorted unique file list."""
-    out = []
-    for p in paths:
+    """Files, folders (all *.txt inside, recursively) and globs -> sorted list of distinct files: a file reached
+    twice (a folder given twice or by two spellings, a symlink to it) is counted once, by its identity."""
+    found = []
+    for p in map(str, paths):
         if os.path.isdir(p):
-            out += [f for f in glob.glob(os.path.join(p, "**", "*.txt"), recursive=True)
-                    if os.path.basename(f) != "compare.txt"]  # our own table output
+            found += _walk_logs(p)
         elif os.path.isfile(p):
-            out.append(p)
+            found.append(p)
         else:
             hits = glob.glob(p, recursive=True)
             if not hits:
                 warn(f"no such file: {p}")
-            out += [h for h in hits if os.path.isfile(h)]
-    return sorted(dict.fromkeys(os.path.normpath(f) for f in out))
+            found += [h for h in hits if os.path.isfile(h)]
+    out = {}
+    for f in found:
+        try:
+            st = os.stat(f)
+        except OSError as e:  # a dangling symlink
+            warn(f"skipping {f}: {e.strerror}")
+            continue
+        out.setdefault((st.st_dev, st.st_ino), os.path.normpath(f))
+    return sorted(out.values())
 
 def load_runs(paths):
-    return [r for r in map(parse_log, expand_paths(paths)) if r is not None]
+    """Parsed runs of the logs under paths. Two files of one run (the same run_id in their config: a copied log)
+    count once, the one that got further (a warning names both)."""
+    runs, by_id = [], {}
+    for r in map(parse_log, expand_paths(paths)):
+        rid = r and r.config and r.config.get("run_id")
+        if rid and (first := by_id.get(rid)):
+            keep, drop = (r, first) if max(r.val) > max(first.val) else (first, r)
+            warn(f"{drop.path} and {keep.path} are one run (run_id {rid}): counted once, as {keep.path}")
+            runs[runs.index(first)] = by_id[rid] = keep
+        elif r is not None:
+            runs.append(r)
+            if rid:
+                by_id[rid] = r
+    return runs
 
 # -----------------------------------------------------------------------------
 # grouping
@@ -205,7 +280,10 @@ def load_runs(paths):
 # --group_by keys that need no config line (a config key of the same name would be shadowed: none exists)
 PSEUDO_KEYS = ("folder", "stem")
 
-class GroupByError(ValueError):
+class CompareError(ValueError):
+    """Bad input the user can fix: main prints it as one line and exits 2."""
+
+class GroupByError(CompareError):
     """--group_by names a key that no run has: grouping by it would silently merge every run."""
 
 @dataclass
@@ -213,6 +291,9 @@ class Group:
     name: str
     runs: list
     config: dict | None = None  # the group's shared config (ignored keys removed)
+    # --best_lr: the arm's pick: lr_scale, lr (effective, None if unknown), edge (True/False; None: a one-lr arm),
+    # tuning ({lr_scale: mean final val loss on the tuning seeds, inf if one diverged})
+    pick: dict | None = None
 
 def _config_key(cfg):
     foreign = foreign_keys(cfg)
@@ -225,14 +306,24 @@ def _fmt_value(v):
     s = ",".join(map(str, v)) if isinstance(v, list) else str(v)
     return s if len(s) <= 40 else s[:39] + "…"
 
-def _folder(path):
-    return os.path.basename(os.path.dirname(os.path.abspath(path))) or "runs"
+def _dir(path):
+    return os.path.dirname(os.path.abspath(path))
 
-def _stem_group(run):
-    return RUN_ID_RE.sub("", run.name) or _folder(run.path)  # "baseline_3f2a9c1e-...-..." -> "baseline"
+def folder_names(runs):
+    """{folder's full path: its shortest distinguishing suffix}: a/runs and b/runs stay two folders, named
+    'a/runs' and 'b/runs'; a folder whose name is unique is named by it alone."""
+    parts = {d: d.split(os.sep) for d in {_dir(r.path) for r in runs}}
+    names = {}
+    for d, p in parts.items():
+        k = next((k for k in range(1, len(p)) if all(q[-k:] != p[-k:] for e, q in parts.items() if e != d)), None)
+        names[d] = os.path.join(*p[-k:]) if k else d
+    return names
 
-def _by_value(run, k):
-    return _folder(run.path) if k == "folder" else _stem_group(run) if k == "stem" else run.config.get(k)
+def _stem_group(run, folders):
+    return RUN_ID_RE.sub("", run.name) or folders[_dir(run.path)]  # "baseline_3f2a9c1e-...-..." -> "baseline"
+
+def _by_value(run, k, folders):
+    return folders[_dir(run.path)] if k == "folder" else _stem_group(run, folders) if k == "stem" else run.config.get(k)
 
 def check_group_by(runs, group_by):
     """Raise GroupByError for a --group_by key that is neither in some run's config nor a pseudo key."""
@@ -252,26 +343,24 @@ def group_runs(runs, group_by=None):
     group_by = list(group_by or [])
     check_group_by(runs, group_by)
     pseudo_only = bool(group_by) and all(k in PSEUDO_KEYS for k in group_by)
+    folders = folder_names(runs)  # one name per folder path: same-named folders stay apart
     buckets = {}
     for r in runs:
         if pseudo_only:
-            key = ("pseudo", tuple(_by_value(r, k) for k in group_by))
+            key = ("pseudo", tuple(_by_value(r, k, folders) for k in group_by))
         elif r.config is None:  # no config keys to go by: its folder is its record (modded-nanogpt)
-            key = ("folder", os.path.dirname(os.path.abspath(r.path)))
+            key = ("folder", folders[_dir(r.path)])
         elif group_by:
-            key = ("by", tuple(_js(_by_value(r, k)) for k in group_by))
+            key = ("by", tuple(_js(_by_value(r, k, folders)) for k in group_by))
         else:
             key = ("cfg", _js(_config_key(r.config)))
         buckets.setdefault(key, []).append(r)
     groups = []
     for key, rs in buckets.items():
-        cfg = ({k: _by_value(rs[0], k) for k in group_by} if key[0] == "by" else
+        cfg = ({k: _by_value(rs[0], k, folders) for k in group_by} if key[0] == "by" else
                _config_key(rs[0].config) if key[0] == "cfg" else None)
-        name = "/".join(key[1]) if key[0] == "pseudo" else _folder(rs[0].path) if key[0] == "folder" else ""
+        name = "/".join(key[1]) if key[0] == "pseudo" else key[1] if key[0] == "folder" else ""
         groups.append(Group(name=name, runs=rs, config=cfg))
-    folders = [g for g in groups if g.config is None and not pseudo_only]
-    for g in [g for g in folders if sum(h.name == g.name for h in folders) > 1]:  # a/logs, b/logs: add the parent
-        g.name = os.path.join(_folder(os.path.dirname(os.path.abspath(g.runs[0].path))), g.name)
     _name_groups([g for g in groups if g.config is not None])
     return groups
 
@@ -375,6 +464,83 @@ def pick_lr(losses_by_lr):
     best = min(grid, key=lambda lr: (mean(losses_by_lr[lr]), lr))
     return best, len(grid) > 1 and best in (grid[0], grid[-1])
 
+def effective_lr(cfg, lr_scale):
+    """The lr an arm ran at: Adam arms (lr or the arch's adam_lr) x lr_scale, Muon arms muon_lr x lr_scale (the
+    embed/head/scalar Adam lrs scale alike). None when train_gpt.py or the arch is unknown."""
+    tg = _train_gpt()
+    arch = tg.ARCHS.get(cfg.get("arch")) if tg else None
+    if arch is None:
+        return None
+    if (cfg.get("optimizer") or arch.optimizer) in ("adam", "adamw"):
+        return (cfg.get("lr") or arch.adam_lr) * lr_scale
+    return cfg["muon_lr"] * lr_scale if isinstance(cfg.get("muon_lr"), (int, float)) else None
+
+def best_against_best(runs, tune_seeds):
+    """Each arm at its own best lr. Arms: runs whose configs differ only in lr_scale (and IGNORE_KEYS). Per arm,
+    pick_lr over the final val losses of its tuning-seed runs (a tuning run cut before its last step counts as
+    diverged: train_gpt.py stops a run at a non-finite loss); the arm's Group holds its runs at that lr_scale on
+    the other (confirm) seeds, so the pick's luck on the tuning seeds does not flatter its row. An arm run at one
+    lr_scale has no pick to make: that lr is its pick, edge None (n/a), and its row is its confirm seeds too, so
+    every row stands on the same seeds. Returns Groups named like group_runs', each with .pick."""
+    tune, arms = set(tune_seeds), {}
+    for r in runs:
+        if r.config is None or not isinstance(r.config.get("lr_scale", 1.0), (int, float)):
+            warn(f"{r.path}: no config line or no numeric lr_scale in it: left out of --best_lr")
+            continue
+        arms.setdefault(_js({k: v for k, v in _config_key(r.config).items() if k != "lr_scale"}), []).append(r)
+    groups = []
+    for key, rs in arms.items():
+        by_lr = {}
+        for r in rs:
+            by_lr.setdefault(float(r.config.get("lr_scale", 1.0)), []).append(r)
+        tuning = {lr: [math.inf if r.incomplete else r.final_val_loss for r in xs if r.config.get("seed") in tune]
+                  for lr, xs in by_lr.items()}
+        tuning = {lr: losses for lr, losses in tuning.items() if losses}
+        cfg = json.loads(key)
+        if len(by_lr) == 1:
+            best, edge = next(iter(by_lr)), None
+        elif not tuning:
+            warn(f"arm {cfg.get('arch')} with lr_scales {sorted(by_lr)}: no run on the tuning seeds "
+                 f"{sorted(tune)}, no lr to pick: left out")
+            continue
+        else:
+            if len(tuning) < len(by_lr):
+                warn(f"arm {cfg.get('arch')}: lr_scales {sorted(set(by_lr) - set(tuning))} have no tuning run: "
+                     f"not in the pick")
+            best, edge = pick_lr(tuning)
+        confirm = [r for r in by_lr[best] if r.config.get("seed") not in tune]
+        means = {lr: float(np.mean(v)) if all(map(math.isfinite, v)) else math.inf for lr, v in tuning.items()}
+        groups.append(Group("", confirm, cfg, pick=dict(lr_scale=best, lr=effective_lr(cfg, best), edge=edge,
+                                                         tuning=means)))
+    _name_groups(groups)
+    for g in groups:
+        if g.pick["edge"]:
+            warn(f"{g.name}: its best lr_scale {g.pick['lr_scale']:g} sits at the edge of the grid "
+                 f"{sorted(g.pick['tuning'])}: extend the grid past it (the optimum may lie outside)")
+        if not g.runs:
+            warn(f"{g.name}: no confirm-seed run at its pick lr_scale={g.pick['lr_scale']:g}")
+    return groups
+
+def tune_seeds_of(paths):
+    """The tuning seeds recorded by records/sweep.py in <folder>/sweep.json of the folders given, or None.
+    Folders that disagree are an error: one comparison has one set of tuning seeds."""
+    found = {}
+    for p in map(str, paths):
+        f = os.path.join(p, "sweep.json")
+        if not os.path.isfile(f):
+            continue
+        try:
+            with open(f) as fh:
+                seeds = json.load(fh).get("tune_seeds")
+        except (OSError, ValueError, AttributeError) as e:
+            raise CompareError(f"{f} is unreadable ({e}): fix it, or give the seeds with --tune_seeds=0,1")
+        if seeds:
+            found[f] = tuple(sorted(seeds))
+    if len(set(found.values())) > 1:
+        raise CompareError("the sweep.json files disagree on tune_seeds (" + "; ".join(
+            f"{f}: {list(v)}" for f, v in found.items()) + "): compare them apart or pass --tune_seeds")
+    return list(next(iter(found.values()))) if found else None
+
 def _mean(xs):
     xs = [x for x in xs if x is not None]
     return float(np.mean(xs)) if xs else None
@@ -388,6 +554,8 @@ def compare(groups, baseline=None, target=None, alpha=0.01, include_incomplete=F
     b_by_seed = {r.config.get("seed"): r.final_val_loss for r in used(base) if r.config and "seed" in r.config}
     b_steps = [r.step_ms for r in base.runs if r.step_ms]
     b_step = _mean(b_steps)
+    times = lambda g: [r.time_s for r in counted(g) if r.time_s is not None]  # a cut run's time is not the run's
+    b_times = times(base)
     rows = []
     for g in [base] + [g for g in groups if g is not base]:  # baseline first
         runs = used(g)
@@ -396,13 +564,15 @@ def compare(groups, baseline=None, target=None, alpha=0.01, include_incomplete=F
         row = dict(group=g.name, baseline=g is base, n=len(loss), n_incomplete=sum(r.incomplete for r in g.runs),
                    n_nonfinite=sum(not r.finite for r in counted(g)),
                    mean=_mean(loss), std=_std(loss) if loss else float("nan"), delta=delta, ci_low=lo, ci_high=hi,
-                   p=p, step_ms=_mean(r.step_ms for r in g.runs))
+                   p=p, step_ms=_mean(r.step_ms for r in g.runs), pick=g.pick)
         pairs = [(r.final_val_loss, b_by_seed[r.config["seed"]]) for r in runs
                  if r.config and r.config.get("seed") in b_by_seed]
         _, row["pair_low"], row["pair_high"], row["p_paired"] = paired(pairs)
         row["n_pairs"] = len(pairs)
         row["step_ratio"] = row["step_ms"] / b_step if row["step_ms"] and b_step else None
         row["p_step"] = welch([r.step_ms for r in g.runs if r.step_ms], b_steps)[3]  # speed claims need a test too
+        t = times(g)
+        row.update(time_s=_mean(t), time_std=_std(t) if t else float("nan"), p_time=welch(t, b_times)[3])
         if target is not None:
             p1 = one_sample_less(loss, target)
             row.update(target=target, p_target=p1,
@@ -423,12 +593,14 @@ def _p(p):
     return "n/a" if p is None or math.isnan(p) else (f"{p:.1e}" if 0 < p < 1e-3 else f"{p:.3f}")
 
 def format_table(rows, markdown=False):
-    head = ["group", "n", "val_loss", "Δ vs base", "95% CI", "p", "pairs", "paired 95% CI", "p paired"]
+    picks = any(r.get("pick") for r in rows)
+    head = ["group"] + (["lr", "lr_scale", "edge"] if picks else []) + [
+        "n", "val_loss", "Δ vs base", "95% CI", "p", "pairs", "paired 95% CI", "p paired"]
     has_target = any("target" in r for r in rows)
     if has_target:
         t = next(r["target"] for r in rows if "target" in r)
         head += [f"p(<{t:g})", "record", f"steps→{t:g}", f"time→{t:g}"]
-    head += ["step ms", "×base", "p(step)"]
+    head += ["time s", "p(time)", "step ms", "×base", "p(step)"]
     body = []
     for r in rows:
         left = [f"+{k} {what}" for k, what in ((r["n_incomplete"], "inc"), (r.get("n_nonfinite"), "nan/inf")) if k]
@@ -445,7 +617,13 @@ def format_table(rows, markdown=False):
             cells += [_p(r["p_target"]), "n/a" if r["record"] is None else ("yes" if r["record"] else "no"),
                       "-" if r["steps_to_target"] is None else f"{r['steps_to_target']:.0f}{reached}",
                       "-" if r["time_to_target_ms"] is None else f"{r['time_to_target_ms'] / 1000:.1f}s{reached}"]
-        cells += [_f(r["step_ms"], ".1f"), _f(r["step_ratio"], ".3f"), "-" if r["baseline"] else _p(r["p_step"])]
+        time = "n/a" if r["time_s"] is None else f"{r['time_s']:.1f} ± {_f(r['time_std'], '.1f')}"
+        cells += [time, "-" if r["baseline"] else _p(r["p_time"]),
+                  _f(r["step_ms"], ".1f"), _f(r["step_ratio"], ".3f"), "-" if r["baseline"] else _p(r["p_step"])]
+        if picks:
+            pk = r.get("pick") or {}
+            edge = {True: "EDGE", False: "no", None: "n/a"}[pk.get("edge")]
+            cells[1:1] = [_f(pk.get("lr"), ".3g"), _f(pk.get("lr_scale"), "g"), edge]
         body.append(cells)
     if markdown:
         esc = lambda c: c.replace("|", "\\|")
@@ -457,9 +635,10 @@ def format_table(rows, markdown=False):
         lines = [fmt(head), "  ".join("-" * x for x in w)] + [fmt(c) for c in body]
     return "\n".join(lines) + ("\n\n\\* baseline\n" if markdown else "\n* baseline\n")
 
-def plot(groups, path, target=None, include_incomplete=False):
-    """Val loss vs step: per group the mean over its runs at the steps they all share, ± std band.
-    Left: the whole run; right: the second half, where the groups separate."""
+def plot(groups, path, target=None, include_incomplete=False, x="step"):
+    """Val loss vs step (x="step") or training time in s (x="time": the mean train_time of the runs at each val
+    step): per group the mean over its runs at the steps they all share, ± std band. Left: the whole run;
+    right: the second half, where the groups separate."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -471,26 +650,36 @@ def plot(groups, path, target=None, include_incomplete=False):
         if not steps:
             warn(f"group {g.name!r}: its runs share no val step, not plotted")
             continue
+        if x == "time":
+            ms = [[r.val[s].get("train_time") for s in steps] for r in runs]
+            if not all(isinstance(t, float) and math.isfinite(t) for row in ms for t in row):
+                warn(f"group {g.name!r}: a val line without train_time, not plotted against time")
+                continue
+            xs = np.mean(ms, axis=0) / 1000
+        else:
+            xs = np.asarray(steps, float)
         y = np.array([[r.val[s]["val_loss"] for s in steps] for r in runs])
         mean, std = y.mean(0), (y.std(0, ddof=1) if len(runs) > 1 else np.zeros(len(steps)))
-        last = max(last, steps[-1])
+        last = max(last, xs[-1])
         for a in (ax, zoom):
-            line, = a.plot(steps, mean, label=f"{g.name} (n={len(runs)})", lw=1.5,
+            line, = a.plot(xs, mean, label=f"{g.name} (n={len(runs)})", lw=1.5,
                            marker="." if len(steps) < 30 else None)
-            a.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
-    zoom.set_xlim(last / 2, last * 1.02)
-    ys = [y for l in zoom.get_lines() for x, y in zip(*l.get_data()) if x >= last / 2 and math.isfinite(y)]
+            a.fill_between(xs, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
+    if last > 0:  # nothing plotted, or one point at 0: matplotlib's own limits
+        zoom.set_xlim(last / 2, last * 1.02)
+    ys = [y for l in zoom.get_lines() for u, y in zip(*l.get_data()) if u >= last / 2 and math.isfinite(y)]
     if ys:
         pad = 0.05 * (max(ys) - min(ys)) + 1e-3
         zoom.set_ylim(min(ys + [target or min(ys)]) - pad, max(ys) + pad)
     for a in (ax, zoom):
         if target is not None:
             a.axhline(target, color="k", ls="--", lw=0.8, label=f"target {target:g}")
-        a.set(xlabel="step", ylabel="val loss")
+        a.set(xlabel="training time (s)" if x == "time" else "step", ylabel="val loss")
         a.grid(alpha=0.3)
     ax.set_title("val loss (mean ± std over runs)")
     zoom.set_title("second half")
-    zoom.legend(fontsize=8)
+    if zoom.get_legend_handles_labels()[0]:
+        zoom.legend(fontsize=8)
     fig.tight_layout()
     if not os.path.exists(os.path.dirname(os.path.abspath(path))):  # a file in its place: "Not a directory"
         os.makedirs(os.path.dirname(os.path.abspath(path)))
@@ -500,6 +689,21 @@ def plot(groups, path, target=None, include_incomplete=False):
 
 # -----------------------------------------------------------------------------
 # CLI
+
+def _tune_seeds(args):
+    """--best_lr's tuning seeds: --tune_seeds, else sweep.json's, else an error saying how to give them."""
+    if args.group_by:
+        raise CompareError("--best_lr groups runs into arms by config (all but lr_scale): drop --group_by")
+    if args.tune_seeds:
+        try:
+            return [int(s) for s in args.tune_seeds.split(",") if s.strip()]
+        except ValueError:
+            raise CompareError(f"--tune_seeds={args.tune_seeds}: give integer seeds, e.g. --tune_seeds=0,1") from None
+    seeds = tune_seeds_of(p for p in args.paths if os.path.isdir(p))
+    if seeds is None:
+        raise CompareError("--best_lr needs the tuning seeds: pass --tune_seeds=0,1 (the seeds the lr was picked on), "
+                           "or give a sweep folder whose sweep.json has tune_seeds")
+    return seeds
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
@@ -511,8 +715,12 @@ def main(argv=None):
     ap.add_argument("--plot", help="PNG path (default <first folder>/compare.png or compare.png); 'none' skips")
     ap.add_argument("--group_by", help="comma-separated config keys to group by instead of the whole config; "
                                        "'folder' or 'stem' group any log (also those without a config line)")
+    ap.add_argument("--x", choices=["step", "time"], default="step", help="the plot's x axis: step or training time")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
     ap.add_argument("--include_incomplete", action="store_true", help="count truncated logs in the loss stats")
+    ap.add_argument("--best_lr", action="store_true", help="each arm (configs that differ only in lr_scale) at the "
+                    "lr_scale pick_lr finds best on the tuning seeds, compared on the other (confirm) seeds")
+    ap.add_argument("--tune_seeds", help="--best_lr's tuning seeds, e.g. 0,1 (default: sweep.json's tune_seeds)")
     args = ap.parse_args(argv)
     runs = load_runs(args.paths)
     if not runs:
@@ -520,8 +728,13 @@ def main(argv=None):
               file=sys.stderr)
         return 1
     try:
-        groups = group_runs(runs, [k.strip() for k in (args.group_by or "").split(",") if k.strip()])
-    except GroupByError as e:
+        if args.best_lr:
+            groups = best_against_best(runs, _tune_seeds(args))
+        else:
+            groups = group_runs(runs, [k.strip() for k in (args.group_by or "").split(",") if k.strip()])
+        if not groups:
+            raise CompareError("no arm left to compare (see the warnings above)")
+    except CompareError as e:
         print(f"compare: error: {e}", file=sys.stderr)
         return 2
     rows = compare(groups, args.baseline, args.target, args.alpha, args.include_incomplete)
@@ -530,7 +743,7 @@ def main(argv=None):
         folder = next((p for p in args.paths if os.path.isdir(p)), None)
         path = args.plot or (os.path.join(folder, "compare.png") if folder else "compare.png")
         try:
-            print(f"plot: {plot(groups, path, args.target, args.include_incomplete)}")
+            print(f"plot: {plot(groups, path, args.target, args.include_incomplete, args.x)}")
         except OSError as e:  # read-only folder, a file where a folder should be, full disk
             print(f"compare: error: cannot write the plot to {path} ({e.strerror or e}): "
                   f"pass --plot=<writable path> or --plot=none", file=sys.stderr)

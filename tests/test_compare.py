@@ -34,13 +34,14 @@ def make_config(seed=0, run_name="run", **over):
     cfg.update(over)
     return cfg
 
-def log_text(final, steps=100, val_every=25, step_ms=10.0, config=None, complete=True, extra=True):
-    """The body of a log in train_gpt.py's format (no source header); val loss decays to `final`."""
+def log_text(final, steps=100, val_every=25, step_ms=10.0, config=None, complete=True, extra=True, trailer=True):
+    """The body of a log in train_gpt.py's format (no source header); val loss decays to `final`. complete=False:
+    the run stopped at 3/4 of its steps (no last val line); trailer=False: no 'peak memory' line after it."""
     loss = lambda s: final + (10.8 - final) * (1 - s / steps) ** 2
     out = ["torch 2.13.0 python 3.11.7 device cpu world_size 1"]
     if config is not None:
         out.append("config: " + json.dumps(config))
-    for s in range(steps + 1):
+    for s in range(steps + 1 if complete else steps * 3 // 4 + 1):
         if s % val_every == 0 or s == steps:
             x = " hidden_norm:1.0000 alpha_attn:0.0500" if extra else ""
             out.append(f"step:{s}/{steps} val_loss:{loss(s):.4f} train_time:{s * step_ms:.0f}ms "
@@ -50,7 +51,7 @@ def log_text(final, steps=100, val_every=25, step_ms=10.0, config=None, complete
                        f"step_avg:{step_ms:.2f}ms tok/s:5043")
         if s == steps // 2:
             out += ["nu_act: 3.74", "sample: To be or not to be"]
-    if complete:
+    if complete and trailer:
         out.append("peak memory allocated: 1234 MiB reserved: 1300 MiB")
     return "\n".join(out) + "\n"
 
@@ -116,11 +117,14 @@ def test_parse_modded_nanogpt_log(tmp_path):
 
 def test_parse_truncated_log(tmp_path, capsys):
     p = tmp_path / "t.txt"
-    text = SOURCE + SEP + "\n" + log_text(3.5, config=make_config(), complete=False)
+    text = SOURCE + SEP + "\n" + log_text(3.5, config=make_config(), trailer=False)
     p.write_text(text + "step:95/100 val_loss:3.9")  # last line cut mid-way: not trusted
+    r = compare.parse_log(p)  # it reached its last step: complete, without the 'peak memory' trailer
+    assert not r.incomplete and "warning" not in capsys.readouterr().err
+    assert max(r.val) == 100 and 95 not in r.val and r.final_val_loss == pytest.approx(3.5)
+    p.write_text(text[:text.index("step:100/100 val_loss")] + "step:100/100 val_loss:3.5")  # the last val line cut
     r = compare.parse_log(p)
-    assert r.incomplete and "incomplete" in capsys.readouterr().err
-    assert max(r.val) == 100 and r.final_val_loss == pytest.approx(3.5)
+    assert r.incomplete and "incomplete" in capsys.readouterr().err and max(r.val) == 75
     cut = text[:text.index("step:75/100 val_loss")] + "step:75/100 val_loss:4.6"
     p.write_text(cut)
     r = compare.parse_log(p)
@@ -447,3 +451,205 @@ def test_pick_lr_takes_the_lowest_mean_and_flags_an_edge():
     # a tie goes to the smaller lr; a one-point grid has no edge to flag
     assert compare.pick_lr({1.0: [3.0], 2.0: [3.0]}) == (1.0, True)
     assert compare.pick_lr({1.0: [3.0]}) == (1.0, False)
+
+# -----------------------------------------------------------------------------
+# issue 23: results you can trust
+
+def sweep_2x2(folder):
+    """A 2-config x 2-seed sweep: truth n=2 per group."""
+    write_group(folder, [3.30, 3.31], "gpt")
+    write_group(folder, [3.20, 3.21], "ngpt", dict(arch="ngpt"))
+
+def counts(paths, **kw):
+    return sorted((g.name, len(g.runs)) for g in compare.group_runs(compare.load_runs(paths), **kw))
+
+def test_a_run_reached_twice_counts_once(tmp_path, monkeypatch, capsys):
+    """A folder given twice (two spellings), a symlink to a folder beside it, a symlink loop, a symlinked file: each
+    log counts once (by its identity, not its path text); a copied log (same run_id) counts once and is named."""
+    sweep_2x2(tmp_path / "sw1")
+    monkeypatch.chdir(tmp_path)
+    truth = [("arch=ngpt", 2), ("baseline", 2)]
+    assert counts(["sw1", str(tmp_path / "sw1")]) == truth  # was n=4
+    assert counts(["sw1", "sw1/../sw1", "sw1/*.txt"]) == truth
+    rec = tmp_path / "rec"
+    (rec / "runs").mkdir(parents=True)
+    for f in (tmp_path / "sw1").iterdir():
+        os.link(f, rec / "runs" / f.name)  # hard links: one file, two names
+    os.symlink("runs", rec / "latest")
+    os.symlink(".", rec / "runs" / "loop")  # a loop: must neither hang nor crash
+    os.symlink("..", rec / "runs" / "up")   # a link to an ancestor: a loop too
+    os.symlink(str(rec / "runs" / "gpt_s0.txt"), rec / "alias.txt")
+    assert counts(["rec"]) == truth and counts(["rec", "sw1"]) == truth
+    assert all("/latest/" not in r.path and "/loop/" not in r.path for r in compare.load_runs(["rec"]))  # real paths
+    capsys.readouterr()
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "gpt_s0_copy.txt").write_text((tmp_path / "sw1" / "gpt_s0.txt").read_text())
+    assert counts(["sw1", "copy"]) == truth
+    err = capsys.readouterr().err
+    assert "copy/gpt_s0_copy.txt" in err and "sw1/gpt_s0.txt" in err and "counted once" in err
+
+def test_symlink_to_an_outside_folder_is_followed(tmp_path):
+    sweep_2x2(tmp_path / "elsewhere")
+    (tmp_path / "rec").mkdir()
+    os.symlink(str(tmp_path / "elsewhere"), tmp_path / "rec" / "runs")
+    assert counts([tmp_path / "rec"]) == [("arch=ngpt", 2), ("baseline", 2)]
+
+def test_group_by_folder_keeps_same_named_folders_apart(tmp_path):
+    """a/runs and b/runs are two folders (were pooled as 'runs', n=4): grouped by full path, named by the
+    shortest suffix that tells them apart."""
+    write_group(tmp_path / "a" / "runs", [3.30, 3.31], "gpt")
+    write_group(tmp_path / "b" / "runs", [3.20, 3.21], "gpt", dict(n_layer=8))
+    write_group(tmp_path / "c" / "other", [3.25, 3.26], "gpt")
+    paths = [tmp_path / "a" / "runs", tmp_path / "b" / "runs", tmp_path / "c" / "other"]
+    assert counts(paths, group_by=["folder"]) == [("a/runs", 2), ("b/runs", 2), ("other", 2)]
+    assert counts(paths, group_by=["folder", "stem"]) == [("a/runs/gpt", 2), ("b/runs/gpt", 2), ("other/gpt", 2)]
+    by = counts(paths, group_by=["n_layer", "folder"])
+    assert by == [("baseline", 2), ("folder=other", 2), ("n_layer=8 folder=b/runs", 2)]
+    assert compare.folder_names(compare.load_runs([tmp_path / "x"])) == {}
+
+# modded-nanogpt's record logs, in each format its records have used (written from their structure, not copied):
+# the code header (2024-10/11: a separator first), versions / nvidia-smi, more separators; step lines with or
+# without train_loss; 'step_avg:nanms' on the first steps; and the trailer: none (2024), 'peak memory
+# consumption: N MiB' (2024-12), 'peak memory allocated: N MiB reserved: N MiB' (2025 on).
+CODE = ('import os\nwith open(sys.argv[0]) as f:\n    code = f.read()\n'
+        'print0(f"step:{step}/{args.num_iterations} val_loss:{val_loss:.4f}")\nstep:7/8 val_loss:0.5 decoy\n')
+SMI = ("Running pytorch 2.4.1+cu121 compiled for CUDA 12.1\nnvidia-smi:\nThu Oct 10 23:58:24 2024\n"
+       "+-----------------------+\n|=======================|\n|    0   N/A  N/A      6718      C   python3  5776MiB |\n"
+       "+-----------------------+\n\n")
+
+def modded_format(fmt, final=3.2785, steps=40, cut=False):
+    train_loss = fmt in ("oct2024", "nov2024")
+    val = lambda s: final + (10.8 - final) * (1 - s / steps) ** 2
+    out = []
+    for s in range(steps + 1 if not cut else steps - 5):
+        t = s * 200
+        avg = "nan" if s < 11 else f"{t / (s - 10):.2f}"
+        if s:
+            out.append(f"step:{s}/{steps} " + (f"train_loss:{val(s) + 0.05:.4f} " if train_loss else "")
+                       + f"train_time:{t}ms step_avg:{avg}ms")
+        if s % 10 == 0:
+            out.append(f"step:{s}/{steps} val_loss:{val(s):.4f} train_time:{t + 2}ms step_avg:{avg}ms")
+    steps_text = "\n".join(out) + "\n"
+    if fmt in ("oct2024", "nov2024"):  # separator, code, separator, versions, separator, steps; no trailer
+        return SEP + "\n" + CODE + SEP + "\n" + SMI + SEP + "\n" + steps_text
+    if fmt == "dec2024":  # code, separator, versions, separator, data loader lines, separator, steps
+        head = CODE + SEP + "\n" + SMI + SEP + "\nTraining DataLoader: total number of tokens: 3200000000\n" + SEP + "\n"
+        return head + steps_text + ("" if cut else "peak memory consumption: 34239 MiB\n")
+    head = CODE + SEP + "\n" + SMI + SEP + "\n" + ("Resetting Model\n" if fmt == "2026" else "")
+    return head + steps_text + ("" if cut else "peak memory allocated: 34217 MiB reserved: 49936 MiB\n")
+
+@pytest.mark.parametrize("fmt", ["oct2024", "nov2024", "dec2024", "2025", "2026"])
+def test_modded_nanogpt_record_formats(tmp_path, fmt, capsys):
+    """A log that reached its last step is complete whatever trailer follows or is missing (2024's logs have none
+    and counted as '0 (+38 inc)'); one cut before its last step is incomplete; the code is never parsed."""
+    rec = tmp_path / f"rec_{fmt}"
+    rec.mkdir()
+    for i, final in enumerate([3.2785, 3.2801, 3.2770]):
+        (rec / f"{uuid.uuid4()}.txt").write_text(modded_format(fmt, final))
+    (rec / f"{uuid.uuid4()}.txt").write_text(modded_format(fmt, 3.5, cut=True))
+    runs = compare.load_runs([rec])
+    assert len(runs) == 4 and sum(r.incomplete for r in runs) == 1
+    assert all(7 not in r.val and r.config is None for r in runs)  # the decoy in the code header
+    full = [r for r in runs if not r.incomplete]
+    assert sorted(r.final_val_loss for r in full) == [3.2770, 3.2785, 3.2801]
+    assert all(r.time_s == pytest.approx(8.0) and r.total_steps == 40 for r in full)
+    row = compare.compare(compare.group_runs(runs))[0]
+    assert (row["n"], row["n_incomplete"]) == (3, 1) and row["mean"] == pytest.approx(np.mean([3.2785, 3.2801, 3.277]))
+    err = capsys.readouterr().err
+    assert err.count("incomplete log") == 1 and "last step 40" in err
+
+def test_total_time_column_and_time_axis(tmp_path):
+    """The record's speed claim: each group's training time (train_time of its last step line, s), mean ± std,
+    with Welch's p against the baseline; the plot can put training time on its x axis."""
+    base_ms, new_ms = [10.0, 10.4, 9.8], [8.1, 8.5, 8.0]
+    for i, ms in enumerate(base_ms):
+        write_log(tmp_path / f"gpt_s{i}.txt", 3.3, seed=i, step_ms=ms)
+    for i, ms in enumerate(new_ms):
+        write_log(tmp_path / f"dyt_s{i}.txt", 3.3, seed=i, config_over=dict(norm="dyt"), step_ms=ms)
+    write_log(tmp_path / "dyt_s9.txt", 3.3, seed=9, config_over=dict(norm="dyt"), step_ms=1.0, complete=False)
+    groups = compare.group_runs(compare.load_runs([tmp_path]))
+    base, dyt = compare.compare(groups, baseline=next(g for g in groups if g.config["norm"] == "rmsnorm"))
+    t_base, t_new = [100 * ms / 1000 for ms in base_ms], [100 * ms / 1000 for ms in new_ms]  # 100 steps
+    assert base["time_s"] == pytest.approx(np.mean(t_base), abs=1e-3)
+    assert dyt["time_s"] == pytest.approx(np.mean(t_new), abs=1e-3)  # the cut run's time is not a run's time
+    assert dyt["time_std"] == pytest.approx(np.std(t_new, ddof=1), abs=1e-3)
+    assert dyt["p_time"] == pytest.approx(stats.ttest_ind(t_new, t_base, equal_var=False).pvalue, rel=1e-6)
+    table = compare.format_table([base, dyt])
+    assert "time s" in table.splitlines()[0] and "p(time)" in table.splitlines()[0]
+    assert f"{np.mean(t_new):.1f} ± {np.std(t_new, ddof=1):.1f}" in table and compare._p(dyt["p_time"]) in table
+    png = compare.plot(groups, tmp_path / "t.png", x="time")
+    assert Path(png).read_bytes()[:4] == b"\x89PNG"
+    assert compare.main([str(tmp_path), "--x=time", f"--plot={tmp_path / 'u.png'}"]) == 0
+
+def test_bad_inputs_give_one_line_not_a_traceback(tmp_path, capsys):
+    """A config whose seed is not an integer (was: TypeError unhashable), a folder named *.txt, binary junk, a
+    log whose val lines have no train_time under --x=time: warnings naming the file, a table, exit 0."""
+    write_group(tmp_path, [3.30, 3.31], "gpt")
+    bad = write_log(tmp_path / "gpt_s5.txt", 3.32, seed=5)
+    bad.write_text(bad.read_text().replace('"seed": 5', '"seed": [5]'))
+    (tmp_path / "d.txt").mkdir()
+    (tmp_path / "bin.txt").write_bytes(b"\x00\x01\xff\xfe")
+    (tmp_path / "nt.txt").write_text('config: {"seed": 1, "norm": "dyt"}\nstep:0/2 val_loss:5.0\nstep:2/2 val_loss:4.0\n')
+    assert compare.main([str(tmp_path), "--x=time", f"--plot={tmp_path / 'p.png'}"]) == 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and "baseline *" in out
+    assert f"{bad}: config seed [5] is not an integer" in err and "bin.txt" in err and "not plotted against time" in err
+
+# -----------------------------------------------------------------------------
+# issue 24: best against best
+
+SEED_LUCK = [0.00, 0.03, -0.02, 0.05, 0.01]  # a seed's init luck, shared by every arm at that seed
+
+def lr_sweep(folder, arm, over, curve, seeds=range(5), lrs=(0.5, 1.0, 2.0)):
+    """Logs of one arm over an lr_scale grid: final loss curve[lr] + the seed's luck."""
+    for lr in lrs:
+        for s in seeds:
+            write_log(Path(folder) / f"{arm}_lr{lr:g}_s{s}.txt", curve[lr] + SEED_LUCK[s], seed=s,
+                      config_over=dict(over, lr_scale=lr))
+
+def test_best_against_best_picks_on_tuning_seeds_and_compares_on_confirm_seeds(tmp_path, capsys):
+    lr_sweep(tmp_path, "gpt", dict(arch="gpt"), {0.5: 3.40, 1.0: 3.30, 2.0: 3.35})       # interior best: 1.0
+    lr_sweep(tmp_path, "ngpt", dict(arch="ngpt"), {0.5: 3.40, 1.0: 3.30, 2.0: 3.25})     # best at the edge: 2.0
+    lr_sweep(tmp_path, "dyt", dict(arch="gpt", norm="dyt"), {1.0: 3.32}, lrs=(1.0,))    # one lr: its own pick
+    groups = {g.config["arch"] + g.config.get("norm", ""): g for g in compare.best_against_best(
+        compare.load_runs([tmp_path]), tune_seeds=[0, 1])}
+    gpt, ngpt, dyt = groups["gptrmsnorm"], groups["ngpt"], groups["gptdyt"]
+    assert (gpt.pick["lr_scale"], gpt.pick["edge"]) == (1.0, False)
+    assert (ngpt.pick["lr_scale"], ngpt.pick["edge"]) == (2.0, True)
+    assert (dyt.pick["lr_scale"], dyt.pick["edge"]) == (1.0, None)
+    assert gpt.pick["tuning"][0.5] == pytest.approx(3.40 + np.mean(SEED_LUCK[:2]))
+    import train_gpt
+    assert gpt.pick["lr"] == pytest.approx(train_gpt.Hyperparameters().muon_lr)  # Muon arm: muon_lr x scale
+    assert ngpt.pick["lr"] == pytest.approx(train_gpt.ARCHS["ngpt"].adam_lr * 2.0)  # Adam arm: the arch's lr x scale
+    for g in (gpt, ngpt, dyt):  # rows on the confirm seeds only, at the pick
+        assert sorted(r.config["seed"] for r in g.runs) == [2, 3, 4]
+        assert {r.config["lr_scale"] for r in g.runs} == {g.pick["lr_scale"]}
+    assert "sits at the edge of the grid [0.5, 1.0, 2.0]: extend the grid" in capsys.readouterr().err
+    rows = {r["group"]: r for r in compare.compare(list(groups.values()), baseline=gpt)}
+    row = rows[ngpt.name]
+    assert row["delta"] == pytest.approx(-0.05) and row["n_pairs"] == 3 and row["p_paired"] == 0.0  # same luck per seed
+    table = compare.format_table(list(rows.values()))
+    head = table.splitlines()[0].split()
+    assert head[:4] == ["group", "lr", "lr_scale", "edge"] and "EDGE" in table and "n/a" in table
+    # a diverged (cut) tuning run disqualifies its lr: 2.0 loses to 1.0 for ngpt
+    cut = tmp_path / "ngpt_lr2_s1.txt"
+    cut.write_text(SOURCE + SEP + "\n" + log_text(3.1, config=make_config(seed=1, arch="ngpt", lr_scale=2.0),
+                                                complete=False))
+    g = next(g for g in compare.best_against_best(compare.load_runs([tmp_path]), [0, 1]) if g.config["arch"] == "ngpt")
+    assert g.pick["lr_scale"] == 1.0 and g.pick["tuning"][2.0] == math.inf
+
+def test_best_lr_cli_tuning_seeds_from_flag_or_sweep_json(tmp_path, capsys):
+    lr_sweep(tmp_path, "gpt", dict(arch="gpt"), {0.5: 3.40, 1.0: 3.30, 2.0: 3.35})
+    lr_sweep(tmp_path, "ngpt", dict(arch="ngpt"), {0.5: 3.40, 1.0: 3.30, 2.0: 3.25})
+    assert compare.main([str(tmp_path), "--best_lr", "--plot=none"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--tune_seeds=0,1" in err and "sweep.json" in err
+    assert compare.main([str(tmp_path), "--best_lr", "--tune_seeds=0,x", "--plot=none"]) == 2
+    assert "integer seeds" in capsys.readouterr().err
+    assert compare.main([str(tmp_path), "--best_lr", "--tune_seeds=0,1", "--plot=none"]) == 0
+    by_flag = capsys.readouterr().out
+    (tmp_path / "sweep.json").write_text(json.dumps(dict(tune_seeds=[0, 1], confirm_seeds=[2, 3, 4], runs=[])))
+    assert compare.main([str(tmp_path), "--best_lr", "--plot=none"]) == 0
+    assert capsys.readouterr().out == by_flag and "EDGE" in by_flag
+    assert compare.main([str(tmp_path), "--best_lr", "--group_by=arch", "--plot=none"]) == 2

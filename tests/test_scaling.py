@@ -1,0 +1,116 @@
+"""records/scaling.py: a 3-rung ladder of synthetic logs with a planted gap, the picks, the trend, the report."""
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_compare import write_log  # noqa: E402  (tests/ is on sys.path under pytest)
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "records"))
+import compare  # noqa: E402
+import scaling  # noqa: E402
+
+RUNGS = [dict(name="r1", folder="r1", flags="--preset=cpu --n_layer=2 --n_embd=64 --steps=100"),
+         dict(name="r2", folder="r2", flags="--preset=cpu --n_layer=3 --n_embd=96 --steps=200"),
+         dict(name="r3", folder="r3", flags="--preset=cpu --n_layer=4 --n_embd=128 --steps=400")]
+RUNG_CFG = [dict(n_layer=2, n_embd=64, steps=100), dict(n_layer=3, n_embd=96, steps=200),
+            dict(n_layer=4, n_embd=128, steps=400)]
+BASE_LOSS = [5.0, 4.6, 4.2]
+GAIN = [0.02, 0.06, 0.10]  # planted: anGPT's gain over GPT-Adam grows with compute
+LR_COST = {"gpt_adam": {0.5: 0.10, 1.0: 0.0, 2.0: 0.05},   # interior optimum
+           "angpt": {0.5: 0.12, 1.0: 0.04, 2.0: 0.0}}      # best at the grid's edge
+ARM_CFG = {"gpt_adam": dict(arch="gpt", optimizer="adam"), "angpt": dict(arch="angpt")}
+LUCK = [0.00, 0.03, -0.02, 0.05, 0.01]  # per seed, shared by the arms
+LADDER = {"rungs": RUNGS, "arms": {"gpt_adam": "--arch=gpt --optimizer=adam", "angpt": "--arch=angpt"},
+          "claims": [{"name": "anGPT vs GPT (Adam)", "arm": "angpt", "baseline": "gpt_adam", "kind": "loss",
+                      "source": "002: lower loss"},
+                     {"name": "anGPT faster", "arm": "angpt", "baseline": "gpt_adam", "kind": "speed",
+                      "source": "002: ~40% faster convergence"},
+                     {"name": "GPT faster (reversed)", "arm": "gpt_adam", "baseline": "angpt", "kind": "speed",
+                      "source": "none"}]}
+
+def make_ladder(root, tune=(0, 1), confirm=(2, 3, 4)):
+    rng = np.random.default_rng(0)
+    for i, (rung, cfg) in enumerate(zip(RUNGS, RUNG_CFG)):
+        folder = Path(root) / rung["folder"]
+        for arm, costs in LR_COST.items():
+            for lr, cost in costs.items():
+                for s in tune + confirm:
+                    final = BASE_LOSS[i] + cost - (GAIN[i] if arm == "angpt" else 0) + LUCK[s] + rng.normal(0, 0.002)
+                    write_log(folder / f"{arm}_lr{lr:g}_s{s}.txt", final, seed=s, steps=cfg["steps"],
+                              config_over=dict(cfg, **ARM_CFG[arm], lr_scale=lr))
+        (folder / "sweep.json").write_text(json.dumps(dict(tune_seeds=list(tune), confirm_seeds=list(confirm),
+                                                           runs=[])))
+    (Path(root) / "ladder.json").write_text(json.dumps(LADDER, indent=1))
+    return Path(root)
+
+@pytest.fixture(scope="module")
+def ladder(tmp_path_factory):
+    root = make_ladder(tmp_path_factory.mktemp("ladder"))
+    return root, *scaling.ladder_results(str(root), scaling.load_ladder(str(root)))
+
+def test_picks_and_edge_at_every_rung(ladder):
+    root, results, arms_by_rung = ladder
+    assert list(arms_by_rung) == ["r1", "r2", "r3"]
+    for arms in arms_by_rung.values():
+        assert (arms["gpt_adam"].pick["lr_scale"], arms["gpt_adam"].pick["edge"]) == (1.0, False)
+        assert (arms["angpt"].pick["lr_scale"], arms["angpt"].pick["edge"]) == (2.0, True)
+        assert all(sorted(r.config["seed"] for r in g.runs) == [2, 3, 4] for g in arms.values())
+
+def test_gap_per_rung_and_the_trend_grows(ladder):
+    root, results, _ = ladder
+    claim, rs = results["anGPT vs GPT (Adam)"]
+    assert [r.rung for r in rs] == ["r1", "r2", "r3"]
+    assert [r.gain for r in rs] == pytest.approx(GAIN, abs=0.006)  # best against best: 2.0 vs 1.0, no lr cost
+    assert all(r.paired and r.row["n_pairs"] == 3 and r.gain_low < r.gain < r.gain_high and r.p < 0.05 for r in rs)
+    assert rs[0].compute < rs[1].compute < rs[2].compute
+    trend = scaling.fit_trend([math.log10(r.compute) for r in rs], [r.gain for r in rs], [r.se for r in rs])
+    assert trend.verdict == "grows" and trend.low > 0
+    flipped = scaling.fit_trend([math.log10(r.compute) for r in rs], [-r.gain for r in rs], [r.se for r in rs])
+    assert flipped.verdict == "shrinks"
+    flat = scaling.fit_trend([1, 2, 3], [0.01, -0.01, 0.005], [0.02] * 3)
+    assert flat.verdict == "flat"
+
+def test_speed_ratio_and_not_reached(ladder):
+    _, results, _ = ladder
+    faster = results["anGPT faster"][1]
+    assert all(r.reached and 0 < r.steps_ratio < 1 for r in faster)
+    assert all(not r.reached and r.steps_ratio is None for r in results["GPT faster (reversed)"][1])
+
+def test_compute_counts_the_real_model(ladder):
+    """C = 6 N tokens: N on the meta device equals the real model's count of the same parameters (all but the
+    embedding tables, the head included), and the GPT formula 12 L d^2 + d V + small vectors."""
+    import dataclasses
+    import torch
+    import train_gpt
+    for arch in ("gpt", "ngpt", "angpt"):
+        h = train_gpt.parse_args(["--preset=cpu", f"--arch={arch}", "--n_layer=2", "--n_embd=64"], cuda_available=False)
+        model = train_gpt.build_model(h)
+        tables = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+        real = sum(p.numel() for p in dict(model.named_parameters()).values() if id(p) not in tables)
+        assert scaling.non_embedding_params(dataclasses.asdict(h)) == real
+        if arch == "gpt":
+            assert real == pytest.approx(12 * 2 * 64 ** 2 + 64 * h.vocab_size, rel=0.01)
+    _, results, _ = ladder
+    r1 = results["anGPT vs GPT (Adam)"][1][0]
+    assert r1.tokens == 100 * 8 * 256 or r1.tokens == 100 * r1.base.runs[0].config["batch_size"] * r1.base.runs[0].config["seq_len"]
+    assert r1.compute == 6 * r1.n_params * r1.tokens
+
+def test_cli_report_extrapolation_markdown_and_plot(ladder, capsys):
+    root = ladder[0]
+    assert scaling.main([str(root), "--claims=anGPT vs GPT (Adam)", "--extrapolate=1e18", f"--plot={root / 's.png'}"]) == 0
+    out, err = capsys.readouterr()
+    assert "the gain grows" in out and "EXTRAPOLATION beyond the measured compute" in out
+    assert "95% prediction interval" in out and "EDGE" in out and "extend the grid" in out
+    assert "anGPT faster" not in out and (root / "s.png").read_bytes()[:4] == b"\x89PNG"
+    assert scaling.main([str(root), "--markdown", "--plot=none"]) == 0
+    md = capsys.readouterr().out
+    assert "| rung | C (FLOPs) |" in md and "steps ratio" in md and "not reached" in md
+    assert scaling.main([str(root), "--claims=nope", "--plot=none"]) == 2
+    assert "not in ladder.json's claims" in capsys.readouterr().err
+    assert scaling.main([str(root / "r1"), "--plot=none"]) == 2
+    assert "ladder.json" in capsys.readouterr().err
