@@ -154,17 +154,12 @@ def flag_defaults():
 
 def foreign_keys(cfg):
     """Keys of this config that do not apply to its run (a flag of another architecture, a DyT flag without
-    --norm=dyt): they keep their defaults, which may differ between versions of train_gpt, and say nothing."""
+    --norm=dyt; train_gpt.flag_applies, the rule validate() uses): they keep their defaults, which may differ
+    between versions of train_gpt, and say nothing."""
     tg = _train_gpt()
     if tg is None or "arch" not in cfg:
         return set()
-    import dataclasses
-    out = set()
-    for f in dataclasses.fields(tg.Hyperparameters):
-        archs = f.metadata.get("archs") or [a for a in tg.ARCHS if f.name.startswith(a + "_")]
-        if (archs and cfg["arch"] not in archs) or (f.name.startswith("dyt_") and cfg.get("norm") != "dyt"):
-            out.add(f.name)
-    return out
+    return {name for name in tg.Hyperparameters.__dataclass_fields__ if not tg.flag_applies(name, cfg)}
 
 def parse_log(path):
     """Parse one log. Returns a Run, or None (with a warning) when it cannot be read or has no step or no val line."""
