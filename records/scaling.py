@@ -29,10 +29,11 @@ arm's chosen lr, EDGE when a pick sits at the edge of its lr grid; for speed cla
 the arm's mean val curve takes to reach the baseline's mean final val loss (linear between val points) over the
 steps the baseline's curve takes ("not reached" when it never does; < 1: the arm is faster).
 
-Compute C = 6 x N x tokens of the claim's baseline arm at the rung, tokens = steps x batch_size x seq_len, N = the parameters of the matmuls every token
-passes through: all but the embedding tables (wte, value embeddings), the lm_head included (at these sizes it is
-the largest matmul); a tied head counts once. N comes from the model built from the run's logged config
-(train_gpt.build_model's GPT on the meta device, without its init).
+Compute C = 6 x N x tokens of the claim's baseline arm at the rung, tokens = steps x batch_size x seq_len, N = the
+non-embedding parameters: all but the embedding tables (wte, value embeddings) and the lm_head (Kaplan et al.'s N).
+ladder.json's "count_head": true adds the lm_head (a tied head counts once): at CPU sizes the 50k-vocabulary head
+is most of a step's FLOPs, so it measures cost better, but it grows only linearly with the width. N comes from the
+model built from the run's logged config (train_gpt.build_model's GPT on the meta device, without its init).
 
 Trend (of the gain, for speed claims too): weighted least squares of the per-rung gain on log10(C), weights 1/se^2 (se from the rung's CI); the
 slope's 95% CI uses those se (normal quantile) and, when the rungs scatter more than their se allow
@@ -120,9 +121,10 @@ def match_arms(groups, arms, rung_name):
 # -----------------------------------------------------------------------------
 # compute
 
-def non_embedding_params(cfg):
-    """N of C = 6 N D: every parameter but the embedding tables (wte, value embeddings); the lm_head counts (a tied
-    head once). Counted on the model built from cfg on the meta device, without its init (nothing is allocated)."""
+def non_embedding_params(cfg, count_head=False):
+    """N of C = 6 N D: every parameter but the embedding tables (wte, value embeddings) and, unless count_head, the
+    lm_head (a tied head is the embedding table). Counted on the model built from cfg on the meta device, without
+    its init (nothing is allocated)."""
     tg, torch = _tg(), __import__("torch")
     fields = {f.name for f in __import__("dataclasses").fields(tg.Hyperparameters)}
     h = tg.Hyperparameters(**{k: v for k, v in cfg.items() if k in fields})
@@ -138,11 +140,11 @@ def non_embedding_params(cfg):
     params = dict(model.named_parameters())  # de-duplicates a tied head
     tables = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
     head = id(model.lm_head.weight)
-    return sum(p.numel() for p in params.values() if id(p) not in tables or id(p) == head)
+    return sum(p.numel() for p in params.values() if (id(p) not in tables and id(p) != head) or (count_head and id(p) == head))
 
-def training_compute(cfg):
+def training_compute(cfg, count_head=False):
     """(C, N, tokens) of one run's config."""
-    n = non_embedding_params(cfg)
+    n = non_embedding_params(cfg, count_head)
     tokens = cfg["steps"] * cfg["batch_size"] * cfg["seq_len"]
     return 6 * n * tokens, n, tokens
 
@@ -181,7 +183,7 @@ class RungResult:
     steps_ratio: float | None = None
     reached: bool = True
 
-def gap_at_rung(arm, base, rung):
+def gap_at_rung(arm, base, rung, count_head=False):
     row = compare.compare([base, arm], baseline=base)[1]
     paired = row["n_pairs"] >= 2
     lo, hi, p = (row["pair_low"], row["pair_high"], row["p_paired"]) if paired else (row["ci_low"], row["ci_high"], row["p"])
@@ -194,7 +196,7 @@ def gap_at_rung(arm, base, rung):
         df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if va + vb > 0 else math.inf
     half = (hi - lo) / 2
     se = half / stats.t.ppf(0.975, df) if math.isfinite(half) and df > 0 else math.nan
-    c, n, t = training_compute(base.runs[0].config)
+    c, n, t = training_compute(base.runs[0].config, count_head)
     res = RungResult(rung, c, n, t, arm, base, row, -row["delta"], -hi, -lo, se, p, paired)
     target = row_mean(base)
     if target is not None:
@@ -282,7 +284,7 @@ def ladder_results(folder, ladder, tune_seeds=None, claims=None):
         arms = arms_by_rung[rung["name"]] = match_arms(groups, arm_configs(ladder, rung), rung["name"])
         for c, results in out.values():
             if c["arm"] in arms and c["baseline"] in arms:
-                results.append(gap_at_rung(arms[c["arm"]], arms[c["baseline"]], rung["name"]))
+                results.append(gap_at_rung(arms[c["arm"]], arms[c["baseline"]], rung["name"], ladder.get("count_head", False)))
             else:
                 compare.warn(f"rung {rung['name']}: claim {c['name']!r} lacks arm "
                              f"{c['arm'] if c['arm'] not in arms else c['baseline']!r}: no gap at this rung")
@@ -348,7 +350,7 @@ def plot(arms_by_rung, ladder, path):
             xs = [r.final_val_loss for r in g.runs if not r.incomplete and r.finite] if g else []
             if xs:
                 half = stats.t.ppf(0.975, len(xs) - 1) * compare._std(xs) / math.sqrt(len(xs)) if len(xs) > 1 else 0
-                pts.append((training_compute(g.runs[0].config)[0], float(np.mean(xs)), half))
+                pts.append((training_compute(g.runs[0].config, ladder.get("count_head", False))[0], float(np.mean(xs)), half))
         if pts:
             c, m, h = map(np.array, zip(*sorted(pts)))
             ax.errorbar(c, m, yerr=h, marker="o", capsize=3, label=arm)
