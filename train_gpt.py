@@ -129,7 +129,7 @@ class Hyperparameters:
     run_name: str = flag("", "names the log and the checkpoints; '' = <arch>_s<seed>")
     log_dir: str = flag("logs", "folder of the logs")
     bf16: bool = flag(True, "bf16 autocast; on a CPU, when not given, whichever of bf16 and fp32 a head-shaped matmul measures faster")
-    compile: bool = flag(False, "torch.compile the model (CUDA only)")
+    compile: bool = flag(False, "torch.compile the model (the speedrun presets turn it on; on a CPU only when given)")
     kernels: str = flag("auto", "auto = Triton on CUDA, torch elsewhere", choices=["auto", "triton", "torch"])
     save_every: int = flag(0, "checkpoint every k steps; 0 = only on a stop signal", ge=0)
     keep_checkpoints: int = flag(2, "newest checkpoints of this run kept", ge=1)
@@ -2251,7 +2251,7 @@ def start(config: Hyperparameters, d: Dist, held: Optional[contextlib.ExitStack]
         # may skip an MLP, leaving its weights without a gradient
         model = nn.parallel.DistributedDataParallel(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
                                                     find_unused_parameters=config.mlp_skip_threshold > 0)
-    if config.compile and d.device.type == "cuda":
+    if config.compile:  # on a CPU too when asked (the cpu preset keeps it off): the compiled graph can be tested there
         model = torch.compile(model)
     trainer = Trainer(config, d, log, run_id, raw_model, model, optimizers, loader, val, last_checkpoint=resumed_path)
     if ckpt is not None:

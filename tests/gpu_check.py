@@ -1,18 +1,23 @@
-"""One-call GPU check: every architecture at the width it is built for, our speedrun against the record it
-copies, and the kernels at the model's shapes, side by side on one GPU, written to one text file.
+"""One-call GPU check, shortest question first: our speedrun against the record it copies, then the archs under the
+speedrun preset, then every architecture at the width it is built for and the kernels at the model's shapes, on one
+GPU, written to one text file.
 
-    python tests/gpu_check.py --out records/gpu/<date>_<device>        # on a GPU machine (~8 min on one H100/H200)
+    python tests/gpu_check.py --out records/gpu/<date>_<device>        # on a GPU machine (~4 min for the record, ~12 in all)
     python tests/gpu_check.py --out /tmp/gc --tiny                      # the same script on a CPU at a tiny size
 
-Sections, in order of priority (each run has its own timeout; a section that no longer fits --budget seconds is
-skipped and says so, so a partial result still lands):
-  archs      gpt / ngpt / angpt (relu2, swiglu) / dyt at the speedrun shape (12 x 768, 6 x 128, d_ff 3072),
-             compiled, 128 x 1024 tokens per step, Adam for every arm: last train loss, steady ms/step, peak
-             memory, and the ratios to gpt
-  record     --preset=speedrun (the record recipe) against ../shared/peer's patched 2025-01-16 record script
-             (--peer), same 524,288 tokens per step, and --preset=speedrun_2024
-  components the record recipe with one component turned off at a time (steady ms/step)
-  kernels    tests/bench_kernels.py at the model's shapes
+Sections, in this order (each run has its own timeout; a section that no longer fits --budget seconds is skipped
+and says so, so a partial result still lands):
+  record          --preset=speedrun (the record recipe) against ../shared/peer's patched 2025-01-16 record script
+                  (--peer, copied to peer/ by the caller), same 524,288 tokens per step, same steps (the window
+                  warm-up spans the run in both), within ~4 min: each side's first step compiles (~100 s on an H200)
+  speedrun_archs  --preset=speedrun with --arch=ngpt, --arch=angpt, --norm=dyt: do they run, compiled, at the
+                  record's shape (a few steps each; ratios to ours_speedrun)
+  archs           gpt / ngpt / angpt (relu2, swiglu) / dyt at the 2024 speedrun shape (12 x 768, 6 x 128, d_ff
+                  3072), compiled, 128 x 1024 tokens per step, Adam for every arm: last train loss, steady
+                  ms/step, peak memory, and the ratios to gpt
+  kernels         tests/bench_kernels.py at the model's shapes
+  (record, continued: --preset=speedrun_2024)
+  components      the record recipe with one component turned off at a time (steady ms/step)
 Steady ms/step is the median of the per-step train times over the steps after the first `warmup` ones (the first
 steps compile). Data: the embedded Shakespeare shards (FineWeb cannot be fetched on the device machine), so losses
 are not FineWeb losses; times compare runs of this one call.
@@ -26,7 +31,14 @@ SHAKESPEARE = ["--train_files=data/shakespeare/shakespeare_train_*.bin", "--val_
 TINY = ["--n_layer=2", "--n_embd=64", "--n_head=2", "--seq_len=128", "--batch_size=4", "--device_batch_size=2",
         "--no-compile", "--kernels=torch", "--bf16=false"]
 
-ARCHS = [  # label, flags: the speedrun model with the same optimizer (Adam) for every arm
+SPEEDRUN_ARCHS = [  # label, flags on top of --preset=speedrun (the record's components that apply to each arch)
+    ("speedrun_ngpt", ["--arch=ngpt"]),
+    ("speedrun_angpt", ["--arch=angpt"]),
+    ("speedrun_dyt", ["--norm=dyt"]),
+]
+RECORD_STEPS = 24  # both scripts; the medians: the peer's clock restarts at step 10 (steps 12-24), ours skips 5 (6-24)
+
+ARCHS = [  # label, flags: the 2024 speedrun model with the same optimizer (Adam) for every arm
     ("gpt", ["--optimizer=adam"]),
     ("ngpt", ["--arch=ngpt"]),
     ("angpt", ["--arch=angpt"]),
@@ -162,21 +174,32 @@ def archs_section(check, steps):
 
 
 def record_section(check, steps):
-    if not check.section("record: --preset=speedrun (the 2025-01-16 record's recipe) vs the record's own script, 524,288 tokens/step", 120):
+    """Ours and the peer at the same steps (the LR cooldown and window warm-up span the run in both). Budget: two
+    first-step compiles (~100 s each on an H200) and steps of ~1 s."""
+    if not check.section("record: --preset=speedrun (the 2025-01-16 record's recipe) vs the record's own script, 524,288 tokens/step", 200):
         return []
     # a short sample at the end exercises sampling with the record's masks (short contexts take the dense mask)
-    rows = [("ours_speedrun", check.train("ours_speedrun", ["--preset=speedrun", "--sample_tokens=8"], steps, timeout=200))]
+    rows = [("ours_speedrun", check.train("ours_speedrun", ["--preset=speedrun", "--sample_tokens=8"], steps, timeout=170))]
     if check.peer and os.path.exists(check.peer) and cuda():
         env = dict(PEER_TRAIN_GLOB=os.path.join(ROOT, "data/shakespeare/shakespeare_train_*.bin"),
-                   PEER_VAL_GLOB=os.path.join(ROOT, "data/shakespeare/shakespeare_val_*.bin"), PEER_STEPS=str(max(steps, 20) + 10),
+                   PEER_VAL_GLOB=os.path.join(ROOT, "data/shakespeare/shakespeare_val_*.bin"), PEER_STEPS=str(max(steps, 15)),
                    PEER_VAL_EVERY="0", PEER_FINAL_VAL="0", PEER_LOG_DIR=os.path.join(check.out, "peer_logs"), PEER_COORD_DESCENT="0")
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", check.peer]
-        rc, text, secs = check.run("peer", cmd, timeout=240, env=env)
+        rc, text, secs = check.run("peer", cmd, timeout=150, env=env)
         rows.append(("peer_record", parse_peer(text, rc, secs)))
     else:
         check.say(f"(peer not run: {'no CUDA' if not cuda() else 'no script at ' + str(check.peer)})")
     table(check, rows, "ours_speedrun")
     return rows
+
+
+def speedrun_archs_section(check, steps, record_rows):
+    """The archs under --preset=speedrun, compiled: each pays its own first-step compile."""
+    if not check.section(f"speedrun_archs: --preset=speedrun per arch, compiled, {steps} steps", 150):
+        return
+    rows = [r for r in record_rows if r[0] == "ours_speedrun"]
+    rows += [(label, check.train(label, ["--preset=speedrun", *flags], steps, timeout=180)) for label, flags in SPEEDRUN_ARCHS]
+    table(check, rows, "ours_speedrun")
 
 def record_2024_section(check, steps, rows):
     """The old recipe at the same 524,288 tokens per step, after the kernels (the lowest priority of the calls)."""
@@ -212,16 +235,16 @@ def main(argv=None):
     ap.add_argument("--tiny", action="store_true", help="a tiny model on the CPU: the same code paths, minutes not hours")
     ap.add_argument("--budget", type=float, default=480, help="seconds for the whole check; sections that no longer fit are skipped")
     ap.add_argument("--peer", default=os.path.join(ROOT, "peer", "modded_train_gpt.py"), help="the patched record script (../shared/peer)")
-    ap.add_argument("--sections", default="archs,record,components,kernels")
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--sections", default="record,speedrun_archs,archs,kernels,components")
+    ap.add_argument("--steps", type=int, default=30, help="steps of each archs run")
     ap.add_argument("--components", default="", help="comma-separated subset of train_gpt.SPEEDRUN_COMPONENTS (default: all)")
     args = ap.parse_args(argv)
     check = Check(args.out, args.tiny, args.budget, args.peer)
     env_section(check)
     sections = args.sections.split(",")
-    steps = 3 if args.tiny else args.steps
-    if "archs" in sections: archs_section(check, steps)
-    record_rows = record_section(check, 4 if args.tiny else 20) if "record" in sections else []
+    record_rows = record_section(check, 4 if args.tiny else RECORD_STEPS) if "record" in sections else []
+    if "speedrun_archs" in sections: speedrun_archs_section(check, 3 if args.tiny else 6, record_rows)
+    if "archs" in sections: archs_section(check, 3 if args.tiny else args.steps)
     if "kernels" in sections: kernels_section(check)
     record_2024_section(check, 4 if args.tiny else 20, record_rows)
     if "components" in sections: components_section(check, 3 if args.tiny else 10, record_components(args.components))
