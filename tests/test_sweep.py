@@ -2,7 +2,9 @@
 import json
 import shlex
 import subprocess
+import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,24 +15,69 @@ sys.path.insert(0, str(REPO / "records"))
 import sweep  # noqa: E402
 
 # a stand-in for train_gpt.py: parses the flags the sweep passes, writes a log in train_gpt.py's format
-STUB = r'''
-import json, os, sys
+# (<run_name>_<8 hex>.txt), and like it: SIGTERM/SIGINT -> finish the step, checkpoint, exit 128+signal (a second
+# signal exits at once); --resume=auto continues the newest checkpoint, appending to the same log. Test knobs:
+# --fail_seed=S (exit 3), --sleep=SECONDS per step (default 0.05) while --slow_while=PATH exists (default /), --best_lr /
+# --diverge_above (the final loss's lr dependence: a parabola in log2 lr around best_lr; nan above)
+STUB = r"""
+import glob, json, math, os, signal, sys, time, uuid
 args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
-seed, arch = int(args["seed"]), args.get("arch", "gpt")
-print(f"stub training {args['run_name']}", flush=True)
+seed, arch, name = int(args["seed"]), args.get("arch", "gpt"), args["run_name"]
+lr = float(args.get("lr_scale", 1))
+print(f"stub training {name}", flush=True)
 if int(args.get("fail_seed", -1)) == seed:
     sys.exit(3)
-cfg = dict(arch=arch, seed=seed, run_name=args["run_name"], run_id=args["run_name"], log_dir=args["log_dir"],
-           steps=20, val_every=10, resume="", save_every=0, n_layer=2)
-final = (3.30 if arch == "gpt" else 3.20) + 0.002 * seed
+stop = []
+def handle(signum, frame):
+    if stop: os._exit(128 + signum)
+    stop.append(signum)
+for s in (signal.SIGTERM, signal.SIGINT): signal.signal(s, handle)
+ckpt_dir = args.get("checkpoint_dir", "checkpoints")
+ckpts = sorted(glob.glob(os.path.join(ckpt_dir, name + "_step*.pt")), key=os.path.getmtime)
+if args.get("resume") == "auto" and ckpts:
+    state = json.load(open(ckpts[-1]))
+    run_id, step = state["run_id"], state["step"]
+else:
+    run_id, step = f"{name}_{uuid.uuid4().hex[:8]}", 0
 os.makedirs(args["log_dir"], exist_ok=True)
-with open(os.path.join(args["log_dir"], args["run_name"] + ".txt"), "w") as f:
-    f.write("step:3/20 val_loss:0.1 train_time:1ms step_avg:1.00ms\n" + "=" * 100 + "\n")  # decoy "source"
-    f.write("torch 2.13.0 python 3.11.7 device cpu world_size 1\nconfig: " + json.dumps(cfg) + "\n")
-    for s, v in ((0, 10.8), (10, 5.0), (20, final)):
-        f.write(f"step:{s}/20 val_loss:{v:.4f} train_time:{s * 10}ms step_avg:10.00ms\n")
-    f.write("peak memory allocated: 12 MiB reserved: 14 MiB\n")
-'''
+f = open(os.path.join(args["log_dir"], run_id + ".txt"), "a")
+log = lambda line: (f.write(line + "\n"), f.flush())
+if step:
+    log(f"resumed from {ckpts[-1]} at step {step}")
+else:
+    cfg = dict(arch=arch, seed=seed, run_name=name, run_id=run_id, log_dir=args["log_dir"], steps=20, val_every=10,
+               resume="", save_every=0, n_layer=2, lr_scale=lr)
+    log("step:3/20 val_loss:0.1 train_time:1ms step_avg:1.00ms\n" + "=" * 100)  # decoy "source"
+    log("torch 2.13.0 python 3.11.7 device cpu world_size 1\nconfig: " + json.dumps(cfg))
+    log("step:0/20 val_loss:10.8000 train_time:0ms step_avg:0.00ms")
+final = (3.30 if arch == "gpt" else 3.20) + 0.002 * seed + 0.1 * math.log2(lr / float(args.get("best_lr", 1))) ** 2
+if lr > float(args.get("diverge_above", "inf")): final = math.nan
+while step < 20:
+    if os.path.exists(args.get("slow_while", "/")): time.sleep(float(args.get("sleep", 0.05)))
+    step += 1
+    if step in (10, 20):
+        log(f"step:{step}/20 val_loss:{5.0 if step == 10 else final:.4f} train_time:{step * 10}ms step_avg:10.00ms")
+    if stop:
+        os.makedirs(ckpt_dir, exist_ok=True)
+        json.dump(dict(run_id=run_id, step=step), open(os.path.join(ckpt_dir, f"{name}_step{step}.pt"), "w"))
+        log(f"stopped by signal {stop[0]} after step {step}; resume with --resume=auto --run_name={name}")
+        sys.exit(128 + stop[0])
+if math.isnan(final):
+    sys.exit(2)
+log("peak memory allocated: 12 MiB reserved: 14 MiB")
+"""
+
+def write_stub(tmp_path):
+    path = tmp_path / "stub_train.py"
+    path.write_text(STUB)
+    return path
+
+def logs(out):
+    """run name -> its log files (the stub's, like train_gpt.py's, end in a random 8-hex run id)."""
+    found = {}
+    for p in sorted(out.glob("*_????????.txt")):
+        found.setdefault(p.name[:-13], []).append(p)
+    return found
 
 def run_sweep(*args):
     return subprocess.run(SWEEP + list(args), capture_output=True, text=True, timeout=120)
@@ -41,12 +88,14 @@ def test_dry_run_prints_commands_seed_major(tmp_path):
     assert res.returncode == 0, res.stderr
     cmds = [shlex.split(l) for l in res.stdout.splitlines() if not l.startswith("#")]
     assert len(cmds) == 4 and not (tmp_path / "o").exists()
-    assert [c[-1] for c in cmds] == ["--run_name=demo_c0_s7", "--run_name=demo_c1_s7",
+    assert [c[-3] for c in cmds] == ["--run_name=demo_c0_s7", "--run_name=demo_c1_s7",
                                      "--run_name=demo_c0_s8", "--run_name=demo_c1_s8"]
-    # no GPU here: plain python on the repo's train_gpt.py, config flags then the sweep's own
+    # no GPU here: plain python on the repo's train_gpt.py, config flags then the sweep's own; the checkpoints
+    # live under --out and every run resumes its own when there is one
     assert cmds[1][0] == sys.executable and cmds[1][1] == "train_gpt.py"
     assert cmds[1][2:] == ["--arch=ngpt", "--ngpt_alpha_init=0.15", "--seed=7", f"--log_dir={tmp_path / 'o'}",
-                           "--run_name=demo_c1_s7"]
+                           "--run_name=demo_c1_s7", f"--checkpoint_dir={tmp_path / 'o' / 'checkpoints'}", "--resume=auto"]
+    assert res.stdout.splitlines()[-1] == "# 4 runs: no time estimate (pass --seconds_per_run)"
 
 def test_dry_run_default_out_is_records_name():
     res = run_sweep("abc", "--seeds=1", "--dry_run", "--launcher=python")
@@ -54,8 +103,7 @@ def test_dry_run_default_out_is_records_name():
     assert "--log_dir=records/abc" in res.stdout and "--run_name=abc_c0_s0" in res.stdout
 
 def test_sweep_with_stub_continues_after_failure(tmp_path):
-    stub = tmp_path / "stub_train.py"
-    stub.write_text(STUB)
+    stub = write_stub(tmp_path)
     out = tmp_path / "out"
     res = run_sweep("t", "--seeds=3", f"--out={out}", f"--script={stub}", "--launcher=python", "--target=3.28",
                     "--", "--arch=gpt", "--arch=ngpt --fail_seed=1")
@@ -76,8 +124,7 @@ def test_sweep_with_stub_continues_after_failure(tmp_path):
 
 def test_second_sweep_adds_seeds_to_the_folder(tmp_path):
     """More seeds for one config later: the earlier runs stay in sweep.json, the config keeps its index."""
-    stub = tmp_path / "stub_train.py"
-    stub.write_text(STUB)
+    stub = write_stub(tmp_path)
     out = tmp_path / "out"
     common = [f"--out={out}", f"--script={stub}", "--launcher=python"]
     assert run_sweep("t", "--seeds=2", *common, "--", "--arch=gpt", "--arch=ngpt").returncode == 0
@@ -89,13 +136,12 @@ def test_second_sweep_adds_seeds_to_the_folder(tmp_path):
     lines = {l.split()[0]: l for l in (out / "compare.txt").read_text().splitlines()[2:] if l.strip() and not l.startswith("*")}
     assert lines["baseline"].split()[2] == "2" and lines["arch=ngpt"].split()[1] == "3"
     again = run_sweep("t", "--seeds=1", "--seed0=1", *common, "--", "--arch=ngpt")  # seed 1 is done already
-    assert again.returncode == 2 and "--seed0" in again.stderr
-    assert len(json.loads((out / "sweep.json").read_text())["runs"]) == 5
+    assert again.returncode == 0 and "stub training" not in again.stdout, again.stderr  # nothing to run again
+    assert json.loads((out / "sweep.json").read_text())["runs"] == rec["runs"]
 
 def test_unbalanced_quote_fails_before_any_run(tmp_path):
     """shlex's ValueError used to be a traceback; now one line naming the config and the fix, before any run."""
-    stub = tmp_path / "stub_train.py"
-    stub.write_text(STUB)
+    stub = write_stub(tmp_path)
     out = tmp_path / "out"
     args = [f"--out={out}", f"--script={stub}", "--launcher=python", "--", "--arch=gpt", "--arch=ngpt", "--prompt='x"]
     res = run_sweep("t", "--seeds=2", *args)
@@ -112,8 +158,7 @@ def test_unbalanced_quote_fails_before_any_run(tmp_path):
 
 def test_corrupt_sweep_json_is_named_never_overwritten(tmp_path):
     """A sweep.json the next sweep cannot read used to be a JSONDecodeError traceback."""
-    stub = tmp_path / "stub_train.py"
-    stub.write_text(STUB)
+    stub = write_stub(tmp_path)
     out = tmp_path / "out"
     out.mkdir()
     for bad in ('{"name": "t", "configs": ["--arch=gpt"], "ru', "[1, 2]", b"\xff\xfe{"):
@@ -128,8 +173,7 @@ def test_corrupt_sweep_json_is_named_never_overwritten(tmp_path):
 def test_sweep_json_survives_a_crash_mid_write(tmp_path, monkeypatch):
     """sweep.json goes through a temp file + fsync + os.replace: a write that dies half-way leaves the previous
     record whole (and no temp file), and the next sweep reads it and adds its runs."""
-    stub = tmp_path / "stub_train.py"
-    stub.write_text(STUB)
+    stub = write_stub(tmp_path)
     out = tmp_path / "out"
     out.mkdir()
     old = dict(name="t", out=str(out), configs=["--arch=gpt"], seeds=[0],
@@ -144,9 +188,73 @@ def test_sweep_json_survives_a_crash_mid_write(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         sweep.main(argv)
     assert json.loads((out / "sweep.json").read_text()) == old
-    assert sorted(p.name for p in out.iterdir()) == ["sweep.json", "t_c0_s1.txt"]  # the run's log stays too
+    assert sorted(p.name for p in out.iterdir() if p.name != ".sweep.lock") == ["sweep.json"] + [
+        p.name for p in logs(out)["t_c0_s1"]]  # the run's log stays too
     monkeypatch.setattr(json, "dump", real_dump)
-    assert sweep.main(argv) == 0  # the crash left no record of seed 1: it runs again
+    assert sweep.main(argv) == 0  # the crash left no record of seed 1, but its complete log: taken as finished
     rec = json.loads((out / "sweep.json").read_text())
     assert [(r["run_name"], r["returncode"]) for r in rec["runs"]] == [("t_c0_s0", 0), ("t_c0_s1", 0)]
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+def start_sweep(*args):
+    return subprocess.Popen(SWEEP + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+def wait_for(predicate, what, timeout=60):
+    t0 = time.time()
+    while not predicate():
+        assert time.time() - t0 < timeout, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+def test_ctrl_c_stops_the_run_with_a_checkpoint_and_the_same_command_resumes(tmp_path):
+    """Ctrl-C used to be a traceback and a killed child (subprocess.run kills it): no checkpoint, no 'stopped' line.
+    Now the run gets one SIGTERM, checkpoints, is recorded as interrupted; the sweep exits 130 without a
+    traceback; the same command continues it from the checkpoint into the same log and skips finished runs."""
+    out = tmp_path / "out"
+    cmd = ["t", "--seeds=2", f"--out={out}", f"--script={write_stub(tmp_path)}", "--launcher=python", "--",
+           "--arch=gpt", "--arch=ngpt --sleep=0.1"]  # 2 s a run of config 1
+    p = start_sweep(*cmd)
+    wait_for(lambda: "t_c1_s0" in logs(out), "run t_c1_s0 to start")
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=60)
+    assert p.returncode == 130 and "Traceback" not in stderr, stderr
+    assert stderr.splitlines()[0] == ("sweep: SIGINT: stopping run t_c1_s0 after its step, with a checkpoint (Ctrl-C "
+                                      "again kills it at once, without one)")
+    assert stderr.splitlines()[1:] == [f"sweep t: interrupted; {out}/sweep.json has what ran; the same command resumes"]
+    assert "stub training t_c0_s1" not in stdout  # no run starts after the signal
+    rec = {r["run_name"]: r for r in json.loads((out / "sweep.json").read_text())["runs"]}
+    assert rec["t_c0_s0"]["returncode"] == 0 and "interrupted" not in rec["t_c0_s0"]
+    assert rec["t_c1_s0"]["returncode"] == 128 + signal.SIGTERM and rec["t_c1_s0"]["interrupted"]
+    [log] = logs(out)["t_c1_s0"]
+    assert "stopped by signal 15" in log.read_text() and list((out / "checkpoints").glob("t_c1_s0_step*.pt"))
+    again = run_sweep(*cmd)
+    assert again.returncode == 0, again.stderr
+    assert "t_c1_s0 was stopped before: continued from its checkpoint (--resume=auto)" in again.stdout
+    assert "stub training t_c0_s0" not in again.stdout and "run 1/3 config 1 seed 0" in again.stdout
+    assert logs(out)["t_c1_s0"] == [log] and "resumed from" in log.read_text() and "peak memory" in log.read_text()
+    rec = json.loads((out / "sweep.json").read_text())["runs"]
+    assert [(r["run_name"], r["returncode"], r.get("interrupted")) for r in rec] == [
+        ("t_c0_s0", 0, None), ("t_c1_s0", 0, None), ("t_c0_s1", 0, None), ("t_c1_s1", 0, None)]
+
+def test_second_ctrl_c_kills_the_run_which_is_redone_from_scratch(tmp_path):
+    out = tmp_path / "out"
+    cmd = ["t", "--seeds=1", f"--out={out}", f"--script={write_stub(tmp_path)}", "--launcher=python", "--",
+           f"--arch=gpt --sleep=0.5 --slow_while={tmp_path / 'slow'}"]
+    (tmp_path / "slow").touch()
+    p = start_sweep(*cmd)
+    wait_for(lambda: "t_c0_s0" in logs(out), "the run to start")
+    p.send_signal(signal.SIGINT)
+    time.sleep(0.1)  # the stub is inside its 0.5 s step: the second signal finds it still running
+    p.send_signal(signal.SIGINT)
+    stderr = p.communicate(timeout=60)[1]
+    assert p.returncode == 130 and "Traceback" not in stderr
+    assert stderr.splitlines()[1] == ("sweep: second signal: killing run t_c0_s0 now (no checkpoint; the same command "
+                                      "redoes it or continues from an earlier checkpoint)")
+    [run] = json.loads((out / "sweep.json").read_text())["runs"]
+    assert run["returncode"] == -signal.SIGKILL and run["interrupted"] and not (out / "checkpoints").exists()
+    [partial] = logs(out)["t_c0_s0"]
+    (tmp_path / "slow").unlink()
+    again = run_sweep(*cmd)
+    assert again.returncode == 0, again.stderr
+    assert (f"t_c0_s0 was stopped before without a checkpoint: redone from scratch (its partial log is now "
+            f"{partial.name}.stale)") in again.stdout
+    assert (out / (partial.name + ".stale")).exists() and len(logs(out)["t_c0_s0"]) == 1  # one log in the comparison
