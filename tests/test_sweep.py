@@ -1,5 +1,7 @@
 """records/sweep.py: commands (dry run) and a whole sweep over a stub train script that writes logs."""
 import json
+import os
+import re
 import shlex
 import subprocess
 import signal
@@ -258,3 +260,77 @@ def test_second_ctrl_c_kills_the_run_which_is_redone_from_scratch(tmp_path):
     assert (f"t_c0_s0 was stopped before without a checkpoint: redone from scratch (its partial log is now "
             f"{partial.name}.stale)") in again.stdout
     assert (out / (partial.name + ".stale")).exists() and len(logs(out)["t_c0_s0"]) == 1  # one log in the comparison
+
+def test_a_second_sweep_into_the_same_folder_is_refused(tmp_path):
+    """Two sweeps into one --out used to both exit 0, the second's sweep.json overwriting the first's entries."""
+    out, stub = tmp_path / "out", write_stub(tmp_path)
+    first = start_sweep("a", "--seeds=1", f"--out={out}", f"--script={stub}", "--launcher=python", "--",
+                        "--arch=gpt --sleep=0.1")
+    wait_for(lambda: "a_c0_s0" in logs(out), "the first sweep's run to start")
+    second = run_sweep("b", "--seeds=1", f"--out={out}", f"--script={stub}", "--launcher=python", "--", "--arch=ngpt")
+    assert second.returncode == 2 and "stub training" not in second.stdout
+    assert second.stderr == (f"sweep: error: another sweep (pid {first.pid}) is running into {out} (it holds "
+                             f"{out / '.sweep.lock'}): wait for it to end, or pass another --out\n")
+    assert first.wait(timeout=60) == 0
+    rec = json.loads((out / "sweep.json").read_text())
+    assert [r["run_name"] for r in rec["runs"]] == ["a_c0_s0"] and "b_c0_s0" not in logs(out)
+    # the lock goes with the process: the next sweep into the folder runs and adds its entries
+    assert run_sweep("b", "--seeds=1", f"--out={out}", f"--script={stub}", "--launcher=python", "--",
+                     "--arch=ngpt").returncode == 0
+    assert [r["run_name"] for r in json.loads((out / "sweep.json").read_text())["runs"]] == ["a_c0_s0", "b_c1_s0"]
+
+def test_bad_out_and_wrong_shaped_records_are_one_line(tmp_path):
+    """--out a file or read-only, sweep.json of the wrong shape: tracebacks before; one line, exit 2, untouched."""
+    stub = write_stub(tmp_path)
+    go = lambda out: run_sweep("t", "--seeds=1", f"--out={out}", f"--script={stub}", "--launcher=python", "--", "--arch=gpt")
+    (tmp_path / "file").write_text("x")
+    res = go(tmp_path / "file")
+    assert (res.returncode, res.stderr) == (2, f"sweep: error: --out={tmp_path / 'file'} is a file, not a folder: pass a folder\n")
+    assert (tmp_path / "file").read_text() == "x"
+    if os.path.isdir("/sys/kernel") and not os.access("/sys/kernel", os.W_OK):  # sysfs: read-only for root too
+        res = go("/sys/kernel")
+        assert res.returncode == 2 and res.stderr.startswith("sweep: error: --out=/sys/kernel is not writable (")
+        assert res.stderr.count("\n") == 1 and "stub training" not in res.stdout
+    out = tmp_path / "out"
+    out.mkdir()
+    for bad, why in (('{"runs": 5}', '"runs" is 5, not a list of dicts'), ('{"configs": "x"}', '"configs" is "x", not a list of strs'),
+                     ('{"runs": [{"seed": 0}]}', 'a run without a "run_name"'), ('{"seeds": [true]}', '"seeds" is [true], not a list of ints')):
+        (out / "sweep.json").write_text(bad)
+        res = go(out)
+        assert res.returncode == 2 and res.stderr == (
+            f"sweep: error: {out / 'sweep.json'} is unreadable ({why}): restore it (e.g. git checkout) or move it away "
+            f"to start a new record there, or pass another --out\n"), res.stderr
+        assert (out / "sweep.json").read_text() == bad and sorted(p.name for p in out.iterdir()) == ["sweep.json"]
+
+def test_progress_lines_say_k_of_n_elapsed_and_eta(tmp_path):
+    res = run_sweep("t", "--seeds=2", f"--out={tmp_path / 'out'}", f"--script={write_stub(tmp_path)}",
+                    "--launcher=python", "--", "--arch=gpt", "--arch=ngpt")
+    assert res.returncode == 0, res.stderr
+    lines = [l for l in res.stdout.splitlines() if l.startswith("=== sweep t: run ")]
+    assert [l.split(",")[0] for l in lines] == ["=== sweep t: run 1/4 config 0 seed 0", "=== sweep t: run 2/4 config 1 seed 0",
+                                               "=== sweep t: run 3/4 config 0 seed 1", "=== sweep t: run 4/4 config 1 seed 1"]
+    assert re.search(r", elapsed \d+s, eta n/a: ", lines[0])  # no run has ended yet
+    assert all(re.search(r", elapsed \d+s, eta \d+s: ", l) for l in lines[1:])
+
+def test_save_every_run_interrupted_then_resumed_with_the_real_trainer(tmp_path):
+    """train_gpt.py refuses a fresh run whose name has checkpoints: the re-run of an interrupted --save_every run
+    used to fail there (exit 2); with --checkpoint_dir under --out and --resume=auto it continues."""
+    out = tmp_path / "out"
+    tiny = ("--n_layer=1 --n_embd=32 --n_head=2 --seq_len=32 --batch_size=2 --device_batch_size=2 --steps=200 "
+            "--val_every=200 --val_tokens=64 --sample_tokens=0 --bf16=false --kernels=torch --save_every=50")
+    cmd = ["t", "--seeds=1", f"--out={out}", "--launcher=python", "--", tiny]
+    p = start_sweep(*cmd)
+    wait_for(lambda: list((out / "checkpoints").glob("t_c0_s0_step*.pt")) if (out / "checkpoints").exists() else [],
+             "the first checkpoint", timeout=300)
+    p.send_signal(signal.SIGINT)
+    stderr = p.communicate(timeout=300)[1]
+    if p.returncode == 0:
+        pytest.skip("the run ended before the signal reached it (a very fast machine)")
+    assert p.returncode == 130 and "Traceback" not in stderr, stderr
+    [log] = logs(out)["t_c0_s0"]
+    assert "stopped by signal 15" in log.read_text()
+    again = run_sweep(*cmd)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "continued from its checkpoint" in again.stdout
+    text = log.read_text()
+    assert logs(out)["t_c0_s0"] == [log] and "resumed from" in text and "step:200/200 val_loss" in text
