@@ -334,3 +334,69 @@ def test_save_every_run_interrupted_then_resumed_with_the_real_trainer(tmp_path)
     assert "continued from its checkpoint" in again.stdout
     text = log.read_text()
     assert logs(out)["t_c0_s0"] == [log] and "resumed from" in text and "step:200/200 val_loss" in text
+
+def test_lr_grid_tunes_extends_past_an_edge_picks_then_confirms_on_fresh_seeds(tmp_path):
+    """Config 0's best lr lies past the grid (8): 2 is an edge pick, the grid grows to 4 (--max_extend=1), still an
+    edge: flagged. Config 1 has its own grid, and its lr 1 diverges (inf): 0.5 is picked, inside the grid."""
+    out = tmp_path / "out"
+    res = run_sweep("t", "--lr_grid=0.5,1,2", "--tune_seeds=2", "--seeds=2", "--max_extend=1", f"--out={out}",
+                    f"--script={write_stub(tmp_path)}", "--launcher=python", "--",
+                    "--arch=gpt --best_lr=8", "--arch=ngpt --best_lr=0.5 --diverge_above=0.75 --lr_grid=0.25,0.5,1")
+    assert res.returncode == 0, res.stderr
+    rec = json.loads((out / "sweep.json").read_text())
+    assert (rec["tune_seeds"], rec["confirm_seeds"], rec["lr_grid"], rec["seeds"]) == ([0, 1], [2, 3], [0.5, 1, 2], [0, 1, 2, 3])
+    assert rec["picks"] == {"0": dict(lr_scale=4, edge=True, grid=[0.5, 1, 2, 4]),
+                            "1": dict(lr_scale=0.5, edge=False, grid=[0.25, 0.5, 1])}
+    runs = [(r["run_name"], r["phase"], r["lr_scale"], r["returncode"]) for r in rec["runs"]]
+    assert runs == [(f"t_c{i}_lr{lr:g}_s{s}", "tune", lr, 2 if i and lr == 1 else 0)
+                    for s in (0, 1) for i, grid in enumerate(([0.5, 1, 2], [0.25, 0.5, 1])) for lr in grid] + [
+        (f"t_c0_lr4_s{s}", "tune", 4, 0) for s in (0, 1)] + [
+        (f"t_c{i}_lr{lr:g}_s{s}", "confirm", lr, 0) for s in (2, 3) for i, lr in ((0, 4), (1, 0.5))]
+    cmd = rec["runs"][-1]["cmd"]  # the config's --lr_grid is the sweep's: stripped; the picked lr_scale appended
+    assert cmd[2:6] == ["--arch=ngpt", "--best_lr=0.5", "--diverge_above=0.75", "--lr_scale=0.5"]
+    assert "config 0 picks lr_scale 4 of 0.5,1,2,4 (at the edge after --max_extend extensions" in res.stdout
+    assert "=== sweep t: run 1/16 (tune) config 0 lr_scale 0.5 seed 0, elapsed" in res.stdout
+    # the comparison is of the confirm runs: each config at its pick on the 2 fresh seeds
+    table = (out / "compare.txt").read_text()
+    assert re.search(r"^baseline +\* +2 +3\.40", table, re.M) and re.search(r"^arch=ngpt lr_scale=0\.5 +2 +3\.20", table, re.M)
+
+def test_lr_sweep_resumes_in_the_tune_and_the_confirm_phase(tmp_path):
+    """Interrupted in the tune phase, then in the confirm phase: the same command goes on each time (picks
+    recomputed from the finished tune logs), and no run is made twice."""
+    out, slow = tmp_path / "out", tmp_path / "slow"
+    cmd = ["t", "--lr_grid=1,2", "--tune_seeds=2", "--seeds=1", f"--out={out}", f"--script={write_stub(tmp_path)}",
+           "--launcher=python", "--", f"--arch=gpt --best_lr=1.4 --slow_while={slow}"]
+    slow.touch()  # 1 s a run while it exists
+    for target, k in (("t_c0_lr1_s1", 2), ("t_c0_lr1_s2", 6)):  # a tune run of seed 1, then the confirm run (seed 2)
+        p = start_sweep(*cmd)
+        wait_for(lambda: target in logs(out), f"run {target} to start")
+        p.send_signal(signal.SIGINT)
+        assert p.wait(timeout=60) == 130
+        rec = json.loads((out / "sweep.json").read_text())["runs"]  # the planned runs, done or not
+        assert [(r["returncode"], r.get("interrupted")) for r in rec][:k + 1] == [(0, None)] * k + [(143, True)]
+        assert rec[k]["run_name"] == target and all(r["returncode"] is None for r in rec[k + 1:])
+    slow.unlink()
+    res = run_sweep(*cmd)
+    assert res.returncode == 0, res.stderr
+    assert "t_c0_lr1_s2 was stopped before: continued from its checkpoint" in res.stdout
+    assert res.stdout.count("stub training") == 1 and "run 1/1 (confirm)" in res.stdout
+    rec = json.loads((out / "sweep.json").read_text())
+    # 1.4 is nearer 1 than 2 in log2: an edge pick of 1,2, so 0.5 was tuned too (before the second interruption)
+    assert rec["picks"] == {"0": dict(lr_scale=1, edge=False, grid=[0.5, 1, 2])}
+    assert [r["run_name"] for r in rec["runs"]] == ["t_c0_lr1_s0", "t_c0_lr2_s0", "t_c0_lr1_s1", "t_c0_lr2_s1",
+                                                    "t_c0_lr0.5_s0", "t_c0_lr0.5_s1", "t_c0_lr1_s2"]
+    assert all(r["returncode"] == 0 and "interrupted" not in r for r in rec["runs"])
+    assert all(len(v) == 1 for v in logs(out).values())
+
+def test_lr_grid_dry_run_prints_the_plan_and_its_time(tmp_path):
+    res = run_sweep("d", "--lr_grid=0.5,1,2", "--tune_seeds=2", "--seeds=3", "--seconds_per_run=10", "--dry_run",
+                    "--launcher=python", f"--out={tmp_path / 'o'}", "--", "--arch=gpt", "--arch=ngpt --lr_grid=0.25,0.5")
+    assert res.returncode == 0 and not (tmp_path / "o").exists(), res.stderr
+    cmds = [shlex.split(l) for l in res.stdout.splitlines() if not l.startswith("#")]
+    assert [c[-3].split("=")[1] for c in cmds] == [f"d_c{i}_lr{lr}_s{s}" for s in (0, 1) for i, grid in
+                                                  enumerate((["0.5", "1", "2"], ["0.25", "0.5"])) for lr in grid]
+    assert all("--lr_grid=0.25,0.5" not in c for c in cmds) and cmds[3][2:4] == ["--arch=ngpt", "--lr_scale=0.25"]
+    after = [l for l in res.stdout.splitlines() if l.startswith("# after the pick")]
+    assert len(after) == 6 and after[0] == "# after the pick: config 0 at its picked --lr_scale, seed 2: run_name d_c0_lr<pick>_s2"
+    assert res.stdout.splitlines()[-1] == ("# 16 runs (+4 tune runs a config for each edge extension, up to "
+                                           "--max_extend=2) x 10 s (--seconds_per_run) = 2m40s")
