@@ -375,7 +375,7 @@ def print_plan(args, configs, indices, seeds, tune_seeds, base, out, prefix, rec
     timed = [r["seconds"] for r in record.get("runs", []) if r.get("returncode") == 0 and r.get("seconds")]
     per_run, source = (args.seconds_per_run, "--seconds_per_run") if args.seconds_per_run else \
         (sum(timed) / len(timed), f"the mean of {len(timed)} finished runs in sweep.json") if timed else (None, None)
-    extra = f" (+{2 * len(tune_seeds)} tune runs a config for each edge extension, up to --max_extend={args.max_extend})" \
+    extra = f" (+{len(tune_seeds)} tune runs a config for each edge extension, up to --max_extend={args.max_extend})" \
         if base is not None else ""
     print(f"# {n} runs{extra}" + (f" x {per_run:.0f} s ({source}) = {hms(n * per_run)}" if per_run else
                                    ": no time estimate (pass --seconds_per_run)"))

@@ -398,5 +398,52 @@ def test_lr_grid_dry_run_prints_the_plan_and_its_time(tmp_path):
     assert all("--lr_grid=0.25,0.5" not in c for c in cmds) and cmds[3][2:4] == ["--arch=ngpt", "--lr_scale=0.25"]
     after = [l for l in res.stdout.splitlines() if l.startswith("# after the pick")]
     assert len(after) == 6 and after[0] == "# after the pick: config 0 at its picked --lr_scale, seed 2: run_name d_c0_lr<pick>_s2"
-    assert res.stdout.splitlines()[-1] == ("# 16 runs (+4 tune runs a config for each edge extension, up to "
+    assert res.stdout.splitlines()[-1] == ("# 16 runs (+2 tune runs a config for each edge extension, up to "
                                            "--max_extend=2) x 10 s (--seconds_per_run) = 2m40s")
+
+sys.path.insert(0, str(REPO / "records" / "ladder"))
+import run as ladder_run  # noqa: E402
+
+def write_ladder(tmp_path, **extra):
+    ladder = dict(rungs=[dict(name="a", folder=str(tmp_path / "a"), flags="--n_layer=1", seconds_per_run=1),
+                         dict(name="b", folder=str(tmp_path / "b"), flags="--n_layer=2", seconds_per_run=10)],
+                  arms={"gpt": "--arch=gpt", "ngpt": "--arch=ngpt"}, lr_grid="1,2", lr_grids={"ngpt": "0.5,1"},
+                  tune_seeds=1, confirm_seeds=1, claims=[], **extra)
+    (tmp_path / "ladder.json").write_text(json.dumps(ladder))
+    return str(tmp_path / "ladder.json")
+
+def test_ladder_plan_prints_every_run_and_the_cpu_time(tmp_path, capsys):
+    assert ladder_run.main([f"--ladder={write_ladder(tmp_path)}", "--plan", "--launcher=python"]) == 0
+    text = capsys.readouterr().out
+    cmds = [shlex.split(l) for l in text.splitlines() if not l.startswith("#")]
+    assert len(cmds) == 8 and cmds[0][2:4] == ["--n_layer=1", "--arch=gpt"] and cmds[-1][2:5] == ["--n_layer=2", "--arch=ngpt", "--lr_scale=1"]
+    assert "## rung a: 6 runs x 1 s = 6s of CPU" in text and "## rung b: 6 runs x 10 s = 1m00s of CPU" in text
+    assert text.splitlines()[-1].startswith("## ladder: 12 runs, 1m06s of CPU (0.02 h;")
+    assert not (tmp_path / "a").exists()
+
+def test_ladder_runs_rung_by_rung_stops_on_the_budget_and_resumes(tmp_path, capfd):
+    """--only runs one rung; --budget_hours stops between runs (exit 3) before one that would end past it; the
+    same command resumes and the next rungs follow."""
+    ladder, slow = write_ladder(tmp_path), tmp_path / "slow"
+    common = [f"--ladder={ladder}", f"--script={write_stub(tmp_path)}", "--launcher=python"]
+    rec = json.loads(Path(ladder).read_text())
+    rec["arms"] = {k: f"{v} --slow_while={slow}" for k, v in rec["arms"].items()}
+    Path(ladder).write_text(json.dumps(rec))
+    slow.touch()  # a run takes > 1 s: after the first one, the next would end past 1.5 s
+    assert ladder_run.main(common + ["--only=a", f"--budget_hours={1.5 / 3600}"]) == 3
+    out = capfd.readouterr().out
+    assert out.count("stub training") == 1 and re.search(r"the budget of 0\.0004\d* h would be spent", out)
+    assert "stopping with 5 runs left; the same command resumes" in out and not (tmp_path / "b").exists()
+    slow.unlink()
+    assert ladder_run.main(common + ["--only=a"]) == 0
+    # 5 left, and 2 more: each arm's pick (1: the stub's best) sat on an edge of its grid, which grew by a point
+    assert capfd.readouterr().out.count("stub training") == 7 and not (tmp_path / "b").exists()
+    sw = json.loads((tmp_path / "a" / "sweep.json").read_text())
+    assert sw["configs"] == [f"--n_layer=1 --arch=gpt --slow_while={slow}",
+                             f"--n_layer=1 --arch=ngpt --slow_while={slow} --lr_grid=0.5,1"]
+    assert sw["picks"] == {str(i): dict(lr_scale=1, edge=False, grid=[0.5, 1, 2]) for i in (0, 1)}
+    assert len(sw["runs"]) == 8
+    assert ladder_run.main(common) == 0  # rung a is done: nothing runs there; rung b runs
+    out = capfd.readouterr().out
+    assert "stub training a_" not in out and "stub training b_c0_lr1_s0" in out
+    assert (tmp_path / "b" / "compare.txt").exists()
