@@ -329,7 +329,7 @@ def lr_sweep(sw, indices, tune_seeds, confirm_seeds, base):
     the sweep stopped early. Resuming replays the same decisions from the finished tune logs."""
     a, grids = sw.args, planned_grids(sw.record["configs"], indices, base)
     later = len([1 for i in indices for s in confirm_seeds])
-    picks = sw.record.setdefault("picks", {})
+    picks, means = sw.record.setdefault("picks", {}), {}
     while True:
         tune = [sw.run(i, s, lr, "tune") for s in tune_seeds for i in indices for lr in grids[i]]
         if not sw.execute(tune, later):
@@ -338,6 +338,7 @@ def lr_sweep(sw, indices, tune_seeds, confirm_seeds, base):
         for i in indices:
             losses = {lr: [sw.final_loss(sw.run(i, s, lr, "tune")) for s in tune_seeds] for lr in grids[i]}
             best, edge = compare.pick_lr(losses)
+            means[i] = [sum(v) / len(v) for v in losses.values()]  # inf for an lr with a failed or diverged run
             picks[str(i)] = dict(lr_scale=best, edge=edge, grid=list(grids[i]))
             if edge and len(grids[i]) - len(planned_grids(sw.record["configs"], [i], base)[i]) < a.max_extend:
                 grids[i] = extend_grid(grids[i], best)
@@ -348,6 +349,7 @@ def lr_sweep(sw, indices, tune_seeds, confirm_seeds, base):
     for i in indices:
         p = picks[str(i)]
         print(f"=== sweep {a.name}: config {i} picks lr_scale {p['lr_scale']:g} of {','.join(f'{x:g}' for x in p['grid'])}"
+              f" (mean tune losses {', '.join(f'{x:.4f}' for x in means[i])})"
               + (" (at the edge after --max_extend extensions: the optimum may lie further out)" if p["edge"] else ""),
               flush=True)
     confirm = [sw.run(i, s, picks[str(i)]["lr_scale"], "confirm") for s in confirm_seeds for i in indices]

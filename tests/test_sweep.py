@@ -354,7 +354,9 @@ def test_lr_grid_tunes_extends_past_an_edge_picks_then_confirms_on_fresh_seeds(t
         (f"t_c{i}_lr{lr:g}_s{s}", "confirm", lr, 0) for s in (2, 3) for i, lr in ((0, 4), (1, 0.5))]
     cmd = rec["runs"][-1]["cmd"]  # the config's --lr_grid is the sweep's: stripped; the picked lr_scale appended
     assert cmd[2:6] == ["--arch=ngpt", "--best_lr=0.5", "--diverge_above=0.75", "--lr_scale=0.5"]
-    assert "config 0 picks lr_scale 4 of 0.5,1,2,4 (at the edge after --max_extend extensions" in res.stdout
+    assert "config 0 picks lr_scale 4 of 0.5,1,2,4 (mean tune losses 4.9010, 4.2010, 3.7010, 3.4010) (at the edge " \
+           "after --max_extend extensions" in res.stdout
+    assert "config 1 picks lr_scale 0.5 of 0.25,0.5,1 (mean tune losses 3.3010, 3.2010, inf)" in res.stdout
     assert "=== sweep t: run 1/16 (tune) config 0 lr_scale 0.5 seed 0, elapsed" in res.stdout
     # the comparison is of the confirm runs: each config at its pick on the 2 fresh seeds
     table = (out / "compare.txt").read_text()
