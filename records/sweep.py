@@ -1,25 +1,54 @@
 """
-Seed sweep: run train_gpt.py for every config x seed, then compare the logs.
+Seed sweep: run train_gpt.py for every config x seed, then compare the logs; with --lr_grid, tune every config's
+learning rate on a few seeds first and confirm the pick on fresh ones.
 
     python records/sweep.py ngpt_alpha --seeds=5 -- "--arch=gpt" "--arch=ngpt --ngpt_alpha_init=0.15"
     python records/sweep.py quick --seeds=2 --seed0=10 --out=/tmp/quick --dry_run -- "--steps=50" "--arch=ngpt"
+    python records/sweep.py adam_vs_muon --lr_grid=0.5,1,2 --tune_seeds=2 --seeds=3 -- "--arch=gpt" \
+        "--arch=gpt --optimizer=adam --lr_grid=0.25,0.5,1"
 
 Each config is a string of train_gpt.py flags (split with shlex, like a shell line: a config with an
-unbalanced quote fails before any run starts, exit 2); each run gets
-`--seed=S --log_dir=<out> --run_name=<NAME>_c<i>_s<S>` appended. Runs go one at a time, seed-major
-(seed 0 of every config, then seed 1, ...) so an interrupted sweep still has balanced groups.
+unbalanced quote fails before any run starts, exit 2); each run gets `--seed=S --log_dir=<out>
+--run_name=<NAME>_c<i>_s<S> --checkpoint_dir=<out>/checkpoints --resume=auto` appended. Runs go one at a time,
+seed-major (seed 0 of every config, then seed 1, ...) so an interrupted sweep still has balanced groups.
 With GPUs: `torchrun --standalone --nproc_per_node=<#GPUs> train_gpt.py ...`, else `python train_gpt.py ...`,
 run from the repo root. A failed run is reported and the sweep goes on; the exit code is 1 if any failed.
-Writes <out>/sweep.json (configs, seeds, commands, exit codes; updated after every run, atomically: a
-crash mid-write leaves the previous version; a second sweep into the same folder adds its runs, e.g.
-`--seed0=3 --seeds=2` for more seeds; an unreadable one stops the sweep, exit 2, untouched), and at the end
-<out>/compare.txt (the table of records/compare.py) and <out>/compare.png. Default out: records/<NAME>.
+Every line before a run says run k of N, the time elapsed and an estimate of the time left (the mean of the runs
+finished in this invocation times the runs left; "eta n/a" before the first one ends).
+
+Interruptions. Ctrl-C (SIGINT, SIGTERM, SIGHUP) is passed to the run as one SIGTERM: train_gpt.py finishes its
+step, saves a checkpoint and stops; the run is recorded as interrupted and the sweep exits 130. A second Ctrl-C
+kills the run at once (no checkpoint). The same command again resumes: a run with a complete log is skipped, an
+interrupted one continues from its checkpoint (--resume=auto) or, without one, is redone from scratch (its partial
+log is renamed *.txt.stale), and a failed one is not run again unless --retry_failed. --budget_hours=H stops
+between runs before one that would end past H hours (exit 3; the same command resumes). One sweep at a time per
+folder: a second one into the same --out is refused (a flock on <out>/.sweep.lock), exit 2.
+
+LR grid (--lr_grid=0.5,1,2, values of train_gpt.py's --lr_scale): tune phase = every config x every lr_scale x
+--tune_seeds seeds (seed0 ...); the pick per config is compare.pick_lr over the final val losses (a failed or
+diverged run counts as inf); a pick at an edge of the grid extends it one point past that edge (the grid's ratio
+there) and tunes that, at most --max_extend times, then stays flagged as an edge. Confirm phase = every config at
+its pick x --seeds fresh seeds (seed0 + tune_seeds ...); the comparison is of the confirm runs alone. A token
+`--lr_grid=...` inside a config gives that config its own grid (stripped before launching). Run names carry the
+lr: <NAME>_c<i>_lr<x>_s<S>. A resumed sweep recomputes the picks from the tune logs and goes on where it stopped.
+
+Writes <out>/sweep.json (configs, seeds, commands, exit codes, seconds; with a grid also each run's lr_scale and
+phase, and the picks; updated after every run, atomically: a crash mid-write leaves the previous version; a second
+sweep into the same folder adds its runs, e.g. `--seed0=3 --seeds=2` for more seeds; an unreadable one or one of
+the wrong shape stops the sweep, exit 2, untouched), and at the end <out>/compare.txt (the table of
+records/compare.py) and <out>/compare.png. Default out: records/<NAME>. --dry_run prints the plan (runs already
+finished marked `# done`) and, with --seconds_per_run or timings in an earlier sweep.json, the estimated time.
 """
 import argparse
+import contextlib
+import fcntl
 import json
+import math
 import os
+import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -28,6 +57,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import compare  # noqa: E402
+
+BUDGET_EXIT, INTERRUPT_EXIT = 3, 130
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 def launcher(kind="auto"):
     """The command prefix: torchrun over all GPUs when there are any, else this python."""
@@ -48,9 +80,16 @@ def _rel(path):
     path = os.path.abspath(path)
     return os.path.relpath(path, REPO) if path.startswith(REPO + os.sep) else path
 
+class SweepError(Exception):
+    """A one-line reason to stop before (or between) runs: exit 2, nothing overwritten."""
+
 def fail(msg):
     print(f"sweep: error: {msg}", file=sys.stderr)
     return 2
+
+def hms(seconds):
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 def write_json_atomic(path, obj):
     """Write to a temp file in the same folder, fsync, then os.replace: a reader (or the next sweep) sees the
@@ -66,92 +105,382 @@ def write_json_atomic(path, obj):
         if os.path.exists(tmp):  # the write failed: no stray temp file next to the record
             os.remove(tmp)
 
-def plan(name, configs, seeds, out, script, prefix):
-    """The runs, seed-major: dicts with config index, flags, seed, run_name and the command."""
-    runs = []
-    for s in seeds:
-        for i, cfg in enumerate(configs):
-            run_name = f"{name}_c{i}_s{s}"
-            cmd = prefix + [_rel(script)] + shlex.split(cfg) + [f"--seed={s}", f"--log_dir={_rel(out)}",
-                                                                f"--run_name={run_name}"]
-            runs.append(dict(config=i, args=cfg, seed=s, run_name=run_name, cmd=cmd, returncode=None, seconds=None))
-    return runs
+# the shape of a sweep.json: a hand-edited or foreign one fails here with its key, not later as a traceback
+RECORD_SHAPE = {"configs": (list, str), "seeds": (list, int), "runs": (list, dict), "picks": (dict, dict),
+                "tune_seeds": (list, int), "confirm_seeds": (list, int), "lr_grid": (list, (int, float))}
+
+def load_record(path):
+    """The earlier record of this folder ({} when none); SweepError when it cannot be read or has the wrong shape."""
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            rec = json.load(f)
+        if not isinstance(rec, dict):
+            raise ValueError(f"a JSON {type(rec).__name__}, not a sweep record")
+        for key, (outer, inner) in RECORD_SHAPE.items():
+            v = rec.get(key, outer())
+            items = v.values() if isinstance(v, dict) else v
+            if not isinstance(v, outer) or not all(isinstance(x, inner) and not isinstance(x, bool) for x in items):
+                raise ValueError(f'"{key}" is {json.dumps(v)[:40]}, not a {outer.__name__} of '
+                                 f'{getattr(inner, "__name__", "number")}s')
+        if not all(isinstance(r.get("run_name"), str) for r in rec.get("runs", [])):
+            raise ValueError('a run without a "run_name"')
+    except (OSError, ValueError) as e:  # never overwrite the record of earlier runs with a fresh one
+        raise SweepError(f"{path} is unreadable ({e}): restore it (e.g. git checkout) or move it away to start a new "
+                         f"record there, or pass another --out") from None
+    return rec
+
+@contextlib.contextmanager
+def folder_lock(out):
+    """One sweep per folder: an exclusive flock on <out>/.sweep.lock for the whole sweep (the file stays; the lock
+    goes with the process, however it ends). The holder's pid is written into it for the refusal's message."""
+    path = os.path.join(out, ".sweep.lock")
+    try:
+        f = open(path, "a+")
+    except OSError as e:
+        raise SweepError(f"--out={out} is not writable ({e.strerror}): pass another --out") from None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise SweepError(f"another sweep (pid {f.read().strip() or '?'}) is running into {out} (it holds {path}): "
+                             f"wait for it to end, or pass another --out") from None
+        f.truncate(0)
+        f.write(str(os.getpid()))
+        f.flush()
+        yield
+
+def parse_grid(text, what="--lr_grid"):
+    try:
+        grid = sorted({float(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        grid = []
+    if not grid or not all(math.isfinite(x) and x > 0 for x in grid):
+        raise SweepError(f"{what}={text}: a comma-separated list of positive lr_scale values, e.g. 0.5,1,2")
+    return grid
+
+def config_flags(cfg):
+    """(the flags a run gets, the config's own lr grid or None): a `--lr_grid=...` token is the sweep's, not the run's."""
+    flags = shlex.split(cfg)
+    grids = [f.split("=", 1)[1] for f in flags if f.startswith("--lr_grid=")]
+    return [f for f in flags if not f.startswith("--lr_grid=")], parse_grid(grids[-1], "a config's --lr_grid") if grids else None
+
+def extend_grid(grid, pick):
+    """One more point past the edge the pick sits on, at the grid's ratio there (x2 past 1,2; /2 below 0.5,1)."""
+    if pick == grid[0]:
+        return [float(f"{grid[0] * grid[0] / grid[1]:.6g}")] + grid
+    return grid + [float(f"{grid[-1] * grid[-1] / grid[-2]:.6g}")]
+
+def run_log(out, run_name):
+    """The newest log train_gpt.py wrote for this run name (<run_name>_<8 hex id>.txt), or None."""
+    pattern = re.compile(re.escape(run_name) + r"_[0-9a-f]{8}\.txt")
+    logs = [os.path.join(out, f) for f in os.listdir(out) if pattern.fullmatch(f)] if os.path.isdir(out) else []
+    return max(logs, key=os.path.getmtime) if logs else None
+
+def log_complete(path):
+    """A finished run's log ends with its peak-memory line (compare.py's rule for a complete log)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return any(line.startswith("peak memory") for line in f)
+
+class Sweep:
+    """The runs of one invocation: what each one is, whether an earlier invocation settled it, launching it with the
+    stop signals forwarded, the progress line, and the record (sweep.json) kept after every run."""
+
+    def __init__(self, args, out, record, prefix):
+        self.args, self.out, self.record, self.prefix = args, out, record, prefix
+        self.ckpt_dir = os.path.join(out, "checkpoints")
+        self.by_name = {r["run_name"]: r for r in record["runs"]}
+        self.t0, self.seconds = time.time(), []  # seconds of the runs finished in this invocation
+        self.started, self.child, self.current, self.signals, self.forwarded = 0, None, None, 0, False
+        self.stopped = None  # why the sweep stopped early: "interrupted" or "budget"
+
+    def run(self, i, seed, lr=None, phase=None):
+        """The run of config i at this seed (and lr_scale): its record entry, the earlier one if there is one."""
+        name = f"{self.args.name}_c{i}_s{seed}" if lr is None else f"{self.args.name}_c{i}_lr{lr:g}_s{seed}"
+        cfg = self.record["configs"][i]
+        cmd = self.prefix + [_rel(self.args.script)] + config_flags(cfg)[0] + (
+            [f"--lr_scale={lr:g}"] if lr is not None else []) + [
+            f"--seed={seed}", f"--log_dir={_rel(self.out)}", f"--run_name={name}",
+            f"--checkpoint_dir={_rel(self.ckpt_dir)}", "--resume=auto"]
+        if name in self.by_name:
+            r = self.by_name[name]
+            if r.get("returncode") != 0:  # to run (again): with today's command (an older record's may lack --resume)
+                r["cmd"] = cmd
+            return r
+        r = dict(config=i, args=cfg, seed=seed, run_name=name, cmd=cmd, returncode=None, seconds=None)
+        if lr is not None:
+            r.update(lr_scale=lr, phase=phase)
+        return r
+
+    def settled(self, r):
+        """'finished' (a complete log: the record missing it or not), 'failed' (ended by itself with an error and not
+        retried), else None: never run, interrupted, or finished but its log is gone."""
+        log = run_log(self.out, r["run_name"])
+        if log and log_complete(log):
+            if r["returncode"] is None:
+                r["returncode"] = 0  # the sweep died after the run ended, before recording it
+            r.pop("interrupted", None)
+            return "finished"
+        if r["returncode"] not in (None, 0) and not r.get("interrupted") and not self.args.retry_failed:
+            return "failed"
+        return None
+
+    def final_loss(self, r):
+        """The run's final val loss; inf for a failed, diverged or unfinished run (the pick's 'worst')."""
+        log = run_log(self.out, r["run_name"])
+        runs = compare.load_runs([log]) if r["returncode"] == 0 and log else []
+        return runs[0].final_val_loss if runs and not runs[0].incomplete else math.inf
+
+    def save(self):
+        write_json_atomic(os.path.join(self.out, "sweep.json"), self.record)
+
+    # -- signals: the run gets one SIGTERM (it checkpoints and stops); a second signal kills it at once
+    def on_signal(self, signum, frame):
+        self.signals += 1
+        what = f"run {self.current['run_name']}" if self.child else "the sweep"
+        if self.signals == 1:
+            print(f"sweep: {signal.Signals(signum).name}: stopping {what} after its step, with a checkpoint "
+                  f"(Ctrl-C again kills it at once, without one)", file=sys.stderr, flush=True)
+            self.forward()
+        elif self.child:
+            print(f"sweep: second signal: killing {what} now (no checkpoint; the same command redoes it or continues "
+                  f"from an earlier checkpoint)", file=sys.stderr, flush=True)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.child.pid, signal.SIGKILL)  # its own process group: torchrun's workers too
+
+    def forward(self):
+        if self.child and not self.forwarded:
+            self.forwarded = True
+            with contextlib.suppress(ProcessLookupError):
+                self.child.send_signal(signal.SIGTERM)  # the launcher only: torchrun passes it on to its workers
+
+    def launch(self, r, k, total):
+        a = self.args
+        done = self.seconds
+        eta = f"eta {hms(sum(done) / len(done) * (total - k + 1))}" if done else "eta n/a"
+        lr = f" lr_scale {r['lr_scale']:g}" if "lr_scale" in r else ""
+        phase = f" ({r['phase']})" if "phase" in r else ""
+        log = run_log(self.out, r["run_name"])
+        if log is not None:  # an earlier attempt that did not finish: continue it or start over
+            ckpts = [f for f in os.listdir(self.ckpt_dir) if re.fullmatch(re.escape(r["run_name"]) + r"_step\d+\.pt", f)] \
+                if os.path.isdir(self.ckpt_dir) else []
+            if ckpts:
+                print(f"=== sweep {a.name}: {r['run_name']} was stopped before: continued from its checkpoint "
+                      f"(--resume=auto)", flush=True)
+            else:
+                os.replace(log, log + ".stale")  # a second log of one run would count twice in the comparison
+                print(f"=== sweep {a.name}: {r['run_name']} was stopped before without a checkpoint: redone from scratch "
+                      f"(its partial log is now {os.path.basename(log)}.stale)", flush=True)
+        print(f"=== sweep {a.name}: run {k}/{total}{phase} config {r['config']}{lr} seed {r['seed']}, elapsed "
+              f"{hms(time.time() - self.t0)}, {eta}: {shlex.join(r['cmd'])}", flush=True)
+        t0 = time.time()
+        # its own process group: a Ctrl-C at the terminal reaches the sweep alone, which forwards exactly one
+        # SIGTERM (train_gpt.py takes a second signal as "exit at once, no checkpoint")
+        self.current, self.child, self.forwarded = r, subprocess.Popen(r["cmd"], cwd=REPO, stdin=subprocess.DEVNULL, process_group=0), False
+        if self.signals:
+            self.forward()
+        rc = self.child.wait()  # output streams straight through
+        self.child = None
+        r["seconds"] = round((r["seconds"] or 0) + time.time() - t0, 1)  # a resumed run: the seconds of all attempts
+        r["returncode"] = rc
+        r.pop("interrupted", None)
+        if self.signals:
+            r["interrupted"] = True
+        else:
+            self.seconds.append(time.time() - t0)
+        if rc and not self.signals:
+            print(f"=== sweep {a.name}: run {r['run_name']} FAILED (exit {rc}), going on", flush=True)
+
+    def execute(self, runs, later=0):
+        """Runs the runs an earlier invocation did not settle, in order; `later`: how many more runs are expected
+        after these (for the k/N count). Returns False when the sweep stops early (a signal, the budget)."""
+        for r in runs:
+            if r["run_name"] not in self.by_name:
+                self.by_name[r["run_name"]] = r
+                self.record["runs"].append(r)
+        pending = [r for r in runs if not self.settled(r)]
+        for j, r in enumerate(pending):
+            if self.signals:
+                break
+            expected = sum(self.seconds) / len(self.seconds) if self.seconds else self.args.seconds_per_run or 0
+            if self.args.budget_hours is not None and time.time() - self.t0 + expected > self.args.budget_hours * 3600:
+                self.stopped = "budget"
+                print(f"=== sweep {self.args.name}: the budget of {self.args.budget_hours:g} h would be spent before the "
+                      f"next run ends (elapsed {hms(time.time() - self.t0)}, a run ~{hms(expected)}): stopping with "
+                      f"{len(pending) - j + later} runs left; the same command resumes", flush=True)
+                return False
+            self.started += 1
+            self.launch(r, self.started, self.started + len(pending) - j - 1 + later)
+            self.save()
+        if self.signals:
+            self.stopped = "interrupted"
+            return False
+        self.save()
+        return True
+
+def planned_grids(configs, indices, base):
+    """Each config's starting grid: its own --lr_grid token, else the sweep's."""
+    return {i: config_flags(configs[i])[1] or list(base) for i in indices}
+
+def lr_sweep(sw, indices, tune_seeds, confirm_seeds, base):
+    """Tune (with edge extensions), pick with compare.pick_lr, then confirm. Returns the confirm runs, or None when
+    the sweep stopped early. Resuming replays the same decisions from the finished tune logs."""
+    a, grids = sw.args, planned_grids(sw.record["configs"], indices, base)
+    later = len([1 for i in indices for s in confirm_seeds])
+    picks, means = sw.record.setdefault("picks", {}), {}
+    while True:
+        tune = [sw.run(i, s, lr, "tune") for s in tune_seeds for i in indices for lr in grids[i]]
+        if not sw.execute(tune, later):
+            return None
+        extended = False
+        for i in indices:
+            losses = {lr: [sw.final_loss(sw.run(i, s, lr, "tune")) for s in tune_seeds] for lr in grids[i]}
+            best, edge = compare.pick_lr(losses)
+            means[i] = [sum(v) / len(v) for v in losses.values()]  # inf for an lr with a failed or diverged run
+            picks[str(i)] = dict(lr_scale=best, edge=edge, grid=list(grids[i]))
+            if edge and len(grids[i]) - len(planned_grids(sw.record["configs"], [i], base)[i]) < a.max_extend:
+                grids[i] = extend_grid(grids[i], best)
+                extended = True
+        if not extended:
+            break
+    sw.save()
+    for i in indices:
+        p = picks[str(i)]
+        print(f"=== sweep {a.name}: config {i} picks lr_scale {p['lr_scale']:g} of {','.join(f'{x:g}' for x in p['grid'])}"
+              f" (mean tune losses {', '.join(f'{x:.4f}' for x in means[i])})"
+              + (" (at the edge after --max_extend extensions: the optimum may lie further out)" if p["edge"] else ""),
+              flush=True)
+    confirm = [sw.run(i, s, picks[str(i)]["lr_scale"], "confirm") for s in confirm_seeds for i in indices]
+    return confirm if sw.execute(confirm) else None
+
+def print_plan(args, configs, indices, seeds, tune_seeds, base, out, prefix, record):
+    """--dry_run: the commands (finished ones marked), the confirm runs as 'after the pick', the estimated time."""
+    sw = Sweep(args, out, dict(record, configs=configs, runs=list(record.get("runs", []))), prefix)
+    print(f"# cd {REPO}")
+    if base is None:
+        runs = [sw.run(i, s) for s in seeds for i in indices]
+        n_confirm = 0
+    else:
+        grids = planned_grids(configs, indices, base)
+        runs = [sw.run(i, s, lr, "tune") for s in tune_seeds for i in indices for lr in grids[i]]
+        n_confirm = len(indices) * len(seeds)
+    for r in runs:
+        print(("# done: " if sw.settled(r) else "") + shlex.join(r["cmd"]))
+    if base is not None:
+        for s in seeds:
+            for i in indices:
+                print(f"# after the pick: config {i} at its picked --lr_scale, seed {s}: run_name "
+                      f"{args.name}_c{i}_lr<pick>_s{s}")
+    n = len(runs) + n_confirm
+    timed = [r["seconds"] for r in record.get("runs", []) if r.get("returncode") == 0 and r.get("seconds")]
+    per_run, source = (args.seconds_per_run, "--seconds_per_run") if args.seconds_per_run else \
+        (sum(timed) / len(timed), f"the mean of {len(timed)} finished runs in sweep.json") if timed else (None, None)
+    extra = f" (+{len(tune_seeds)} tune runs a config for each edge extension, up to --max_extend={args.max_extend})" \
+        if base is not None else ""
+    print(f"# {n} runs{extra}" + (f" x {per_run:.0f} s ({source}) = {hms(n * per_run)}" if per_run else
+                                   ": no time estimate (pass --seconds_per_run)"))
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     opts, configs = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
-    ap = argparse.ArgumentParser(usage='%(prog)s NAME --seeds=5 [--seed0=0] [--out=records/NAME] [--dry_run] '
-                                       '-- "FLAGS of config 0" "FLAGS of config 1" ...',
+    ap = argparse.ArgumentParser(usage='%(prog)s NAME --seeds=5 [--seed0=0] [--out=records/NAME] [--lr_grid=0.5,1,2 '
+                                       '--tune_seeds=2] [--dry_run] -- "FLAGS of config 0" "FLAGS of config 1" ...',
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("name")
-    ap.add_argument("--seeds", type=int, default=5, help="seeds per config")
+    ap.add_argument("--seeds", type=int, default=5, help="seeds per config (with --lr_grid: the confirm seeds)")
     ap.add_argument("--seed0", type=int, default=0, help="first seed")
     ap.add_argument("--out", help="folder for logs and results (default records/NAME)")
-    ap.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
+    ap.add_argument("--dry_run", action="store_true", help="print the plan, run nothing")
     ap.add_argument("--target", type=float, help="target val loss for the comparison (e.g. 3.28)")
     ap.add_argument("--baseline", help="baseline group for the comparison (name or substring)")
+    ap.add_argument("--lr_grid", help="lr_scale values to tune every config over, e.g. 0.5,1,2")
+    ap.add_argument("--tune_seeds", type=int, default=2, help="with --lr_grid: seeds per lr of the tune phase")
+    ap.add_argument("--max_extend", type=int, default=2, help="with --lr_grid: grid extensions past an edge pick")
+    ap.add_argument("--retry_failed", action="store_true", help="run again the runs that failed in an earlier sweep")
+    ap.add_argument("--budget_hours", type=float, help="stop between runs before one that would end past this")
+    ap.add_argument("--seconds_per_run", type=float, help="a run's expected seconds (--dry_run's estimate, the budget)")
     ap.add_argument("--script", default=os.path.join(REPO, "train_gpt.py"), help=argparse.SUPPRESS)  # tests: a stub
     ap.add_argument("--launcher", default="auto", choices=["auto", "python", "torchrun"], help=argparse.SUPPRESS)
     args = ap.parse_args(opts)
-    if args.seeds < 1:
-        ap.error("--seeds must be >= 1")
+    if args.seeds < 1 or args.tune_seeds < 1 or args.max_extend < 0:
+        ap.error("--seeds and --tune_seeds must be >= 1, --max_extend >= 0")
     configs = configs or [""]  # no config: one run per seed with train_gpt.py's defaults
-    out = args.out or os.path.join(REPO, "records", args.name)
-    seeds = list(range(args.seed0, args.seed0 + args.seeds))
-    # a folder that already holds a sweep is extended (e.g. more seeds for a close call): its runs stay on
-    # record and a config it already has keeps its index, so run names stay unique per config and seed
-    previous, record_path = {}, os.path.join(out, "sweep.json")
-    if os.path.exists(record_path):
+    out = os.path.abspath(args.out or os.path.join(REPO, "records", args.name))
+    try:
+        return sweep(args, configs, out)
+    except SweepError as e:
+        return fail(e)
+
+def sweep(args, configs, out):
+    base = parse_grid(args.lr_grid) if args.lr_grid else None
+    for i, cfg in enumerate(configs):  # before anything is made or run: a bad config must not fail halfway through
         try:
-            with open(record_path) as f:
-                previous = json.load(f)
-            if not isinstance(previous, dict):
-                raise ValueError(f"a JSON {type(previous).__name__}, not a sweep record")
-        except (OSError, ValueError) as e:  # never overwrite the record of earlier runs with a fresh one
-            return fail(f"{record_path} is unreadable ({e}): restore it (e.g. git checkout) or move it away to "
-                        f"start a new record there, or pass another --out")
-    all_configs = list(previous.get("configs", []))
-    all_configs += [c for c in configs if c not in all_configs]
-    for i, cfg in enumerate(all_configs):  # before any run: a bad config must not fail halfway through a sweep
-        try:
-            shlex.split(cfg)
+            flags, grid = config_flags(cfg)
         except ValueError as e:
             fix = ("quote the flag value or escape the quote" if "quotation" in str(e) else  # shlex's two errors
                    "escape the trailing backslash (\\\\)")
-            return fail(f'config {i} "{cfg}": {e}: {fix} (configs are split like a shell line: '
-                        f'--prompt="it\'s" or --prompt=it\\\'s)')
-    runs = plan(args.name, all_configs, seeds, out, args.script, launcher(args.launcher))
-    runs = [r for r in runs if r["args"] in configs]
-    done = {(r["args"], r["seed"]) for r in previous.get("runs", []) if r.get("returncode") == 0}
-    if any((r["args"], r["seed"]) in done for r in runs):
-        ap.error(f"{out}/sweep.json already has a finished run of these configs at seeds {seeds}: pick other "
-                 f"seeds (--seed0) or another --out")
+            raise SweepError(f'config {i} "{cfg}": {e}: {fix} (configs are split like a shell line: '
+                             f'--prompt="it\'s" or --prompt=it\\\'s)') from None
+        if grid is not None and base is None:
+            raise SweepError(f'config {i} "{cfg}" has its own --lr_grid: pass --lr_grid=... for the sweep too')
+        if base is not None and any(f.startswith("--lr_scale") for f in flags):
+            raise SweepError(f'config {i} "{cfg}" sets --lr_scale, which --lr_grid sets for every run: drop it')
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise SweepError(f"--out={out} is a file, not a folder: pass a folder")
+    record_path = os.path.join(out, "sweep.json")
+    load_record(record_path)  # a bad record fails before anything is made in the folder
+    prefix = launcher(args.launcher)
     if args.dry_run:
-        print(f"# cd {REPO}")
-        for r in runs:
-            print(shlex.join(r["cmd"]))
+        record, indices, seeds, tune_seeds = plan_record(args, configs, out, load_record(record_path), base)
+        print_plan(args, record["configs"], indices, seeds, tune_seeds, base, out, prefix, record)
         return 0
-
-    os.makedirs(out, exist_ok=True)
-    record = dict(name=args.name, out=out, configs=all_configs,
-                  seeds=sorted(set(previous.get("seeds", [])) | set(seeds)), runs=previous.get("runs", []) + runs)
-    save = lambda: write_json_atomic(record_path, record)
     try:
-        for k, r in enumerate(runs):
-            print(f"=== sweep {args.name}: run {k + 1}/{len(runs)} config {r['config']} seed {r['seed']}: "
-                  f"{shlex.join(r['cmd'])}", flush=True)
-            t0 = time.time()
-            r["returncode"] = subprocess.run(r["cmd"], cwd=REPO).returncode  # output streams straight through
-            r["seconds"] = round(time.time() - t0, 1)
-            if r["returncode"]:
-                print(f"=== sweep {args.name}: run {r['run_name']} FAILED (exit {r['returncode']}), going on",
-                      flush=True)
-            save()
-    finally:
-        save()  # also when interrupted: what ran so far stays on record
-    failed = [r["run_name"] for r in runs if r["returncode"]]
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise SweepError(f"--out={out} cannot be made ({e.strerror}): pass another --out") from None
+    with folder_lock(out):
+        # under the lock: the record read here is the one this sweep rewrites, no other sweep writes it meanwhile
+        record, indices, seeds, tune_seeds = plan_record(args, configs, out, load_record(record_path), base)
+        sw = Sweep(args, out, record, prefix)
+        handlers = {s: signal.signal(s, sw.on_signal) for s in STOP_SIGNALS}
+        try:
+            if base is None:
+                runs = [sw.run(i, s) for s in seeds for i in indices]
+                runs = runs if sw.execute(runs) else None
+            else:
+                runs = lr_sweep(sw, indices, tune_seeds, seeds, base)
+        finally:
+            for s, h in handlers.items():
+                signal.signal(s, h)
+            sw.save()  # also when a run or a write failed: what ran so far stays on record
+    if runs is None:
+        left = "interrupted" if sw.stopped == "interrupted" else "stopped by --budget_hours"
+        print(f"sweep {args.name}: {left}; {out}/sweep.json has what ran; the same command resumes", file=sys.stderr)
+        return INTERRUPT_EXIT if sw.stopped == "interrupted" else BUDGET_EXIT
+    return report(args, sw, runs, out, base)
 
-    logs = compare.load_runs([out])
+def plan_record(args, configs, out, previous, base):
+    """The record this sweep writes: the earlier one's configs (each keeps its index, so run names stay unique per
+    config, lr and seed) plus the new ones, its runs, and this sweep's seeds. Returns it with the indices of this
+    sweep's configs, its (confirm) seeds and its tune seeds."""
+    all_configs = list(previous.get("configs", []))
+    all_configs += [c for c in configs if c not in all_configs]
+    n_tune = args.tune_seeds if base is not None else 0
+    tune_seeds = list(range(args.seed0, args.seed0 + n_tune))
+    seeds = list(range(args.seed0 + n_tune, args.seed0 + n_tune + args.seeds))  # fresh: the pick never saw them
+    record = dict(previous, name=args.name, out=out, configs=all_configs, runs=list(previous.get("runs", [])),
+                  seeds=sorted(set(previous.get("seeds", [])) | set(seeds) | set(tune_seeds)))
+    if base is not None:
+        record.update(tune_seeds=tune_seeds, confirm_seeds=seeds, lr_grid=base, max_extend=args.max_extend)
+    return record, [all_configs.index(c) for c in configs], seeds, tune_seeds
+
+def report(args, sw, runs, out, base):
+    """The comparison (of the confirm runs alone with a grid: the tune runs chose the lr), the failures, the exit code."""
+    failed = [r["run_name"] for r in runs if r["returncode"]]  # in this invocation or, not retried, in an earlier one
+    paths = [out] if base is None else [p for p in (run_log(out, r["run_name"]) for r in runs) if p]
+    logs = compare.load_runs(paths) if paths else []
     if logs:
         groups = compare.group_runs(logs)
         table = compare.format_table(compare.compare(groups, args.baseline, args.target))
@@ -162,8 +491,13 @@ def main(argv=None):
     else:
         print(f"sweep: no usable log in {out}", file=sys.stderr)
     if failed:
-        print(f"sweep: {len(failed)}/{len(runs)} runs failed: {' '.join(failed)}", file=sys.stderr)
+        print(f"sweep: {len(failed)}/{len(runs)} runs failed: {' '.join(failed)} (the same command with --retry_failed "
+              f"runs them again)", file=sys.stderr)
     return 1 if failed or not logs else 0
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # outside the runs (the comparison, the plot): no traceback either
+        print("sweep: interrupted", file=sys.stderr)
+        sys.exit(INTERRUPT_EXIT)

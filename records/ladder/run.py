@@ -1,0 +1,102 @@
+"""
+A scale ladder as a series of lr-tuned sweeps: one records/sweep.py invocation per rung, into the rung's folder,
+with the rung's shared flags before every arm's flags (README.md in this folder).
+
+    python records/ladder/run.py --plan                      # every run; estimated CPU time per rung and in all
+    python records/ladder/run.py --only=r1                   # one rung
+    python records/ladder/run.py --budget_hours=6            # rung by rung, stopping between runs; re-run resumes
+
+ladder.json: {"rungs": [{"name", "folder", "flags", "seconds_per_run"}], "arms": {name: flags}, "lr_grid":
+"0.5,1,2", "lr_grids": {arm: grid} (optional, per arm), "tune_seeds": 2, "confirm_seeds": 3, "claims": [...]
+(records/scaling.py's; not read here)}. Config i of a rung's sweep is arm i in "arms" order:
+"<rung flags> <arm flags>" (plus " --lr_grid=..." for an arm in "lr_grids"). Exit codes are the sweep's: 0, 1 (a
+confirm run failed; the next rungs still run), 2 (bad input), 3 (the budget is spent), 130 (interrupted).
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(HERE))
+import sweep  # noqa: E402
+
+def load_ladder(path):
+    """The ladder, checked for the keys the runner needs: a wrong one is one line, before any run."""
+    try:
+        with open(path) as f:
+            ladder = json.load(f)
+        rungs, arms = ladder["rungs"], ladder["arms"]
+        if not (isinstance(rungs, list) and rungs and isinstance(arms, dict) and arms
+                and all(isinstance(v, str) for v in arms.values())):
+            raise ValueError('"rungs" must be a non-empty list, "arms" a non-empty {name: flags}')
+        for r in rungs:
+            if not all(isinstance(r.get(k), str) for k in ("name", "folder", "flags")):
+                raise ValueError(f'rung {r}: needs "name", "folder" and "flags" strings')
+        if len({r["name"] for r in rungs}) < len(rungs):
+            raise ValueError("two rungs of one name")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise sweep.SweepError(f"{path}: {e}") from None
+    return ladder
+
+def arm_grid(ladder, arm):
+    return ladder.get("lr_grids", {}).get(arm, ladder.get("lr_grid", "0.5,1,2"))
+
+def sweep_argv(ladder, rung, extra=()):
+    """The rung's records/sweep.py command line (after `sweep.py`)."""
+    configs = [f"{rung['flags']} {flags}" + (f" --lr_grid={ladder['lr_grids'][arm]}" if arm in ladder.get("lr_grids", {})
+                                             else "") for arm, flags in ladder["arms"].items()]
+    per_run = [f"--seconds_per_run={rung['seconds_per_run']}"] if rung.get("seconds_per_run") else []
+    return [rung["name"], f"--out={os.path.join(REPO, rung['folder'])}", f"--lr_grid={ladder.get('lr_grid', '0.5,1,2')}",
+            f"--tune_seeds={ladder.get('tune_seeds', 2)}", f"--seeds={ladder.get('confirm_seeds', 3)}",
+            *per_run, *extra, "--", *configs]
+
+def n_runs(ladder):
+    """Runs of one rung before any edge extension: every arm x its grid x the tune seeds, then x the confirm seeds."""
+    tune, confirm = ladder.get("tune_seeds", 2), ladder.get("confirm_seeds", 3)
+    return sum(len(sweep.parse_grid(arm_grid(ladder, arm))) * tune + confirm for arm in ladder["arms"])
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ladder", default=os.path.join(HERE, "ladder.json"))
+    ap.add_argument("--only", help="run this rung alone (its name)")
+    ap.add_argument("--budget_hours", type=float, help="stop between runs before one that would end past this")
+    ap.add_argument("--plan", action="store_true", help="print every run and the estimated CPU time, run nothing")
+    ap.add_argument("--script", help=argparse.SUPPRESS)  # tests: a stub train script
+    ap.add_argument("--launcher", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    try:
+        ladder = load_ladder(args.ladder)
+        rungs = [r for r in ladder["rungs"] if args.only in (None, r["name"])]
+        if not rungs:
+            raise sweep.SweepError(f"--only={args.only}: no such rung (rungs: {', '.join(r['name'] for r in ladder['rungs'])})")
+    except sweep.SweepError as e:
+        return sweep.fail(e)
+    hidden = [f"--{k}={v}" for k, v in (("script", args.script), ("launcher", args.launcher)) if v]
+    if args.plan:
+        total, n = 0.0, n_runs(ladder)
+        for r in rungs:
+            print(f"## rung {r['name']} into {r['folder']}")
+            if (rc := sweep.main(sweep_argv(ladder, r, hidden + ["--dry_run"]))) != 0:
+                return rc
+            total += n * r.get("seconds_per_run", 0)
+            print(f"## rung {r['name']}: {n} runs x {r.get('seconds_per_run', '?')} s = "
+                  f"{sweep.hms(n * r.get('seconds_per_run', 0))} of CPU")
+        print(f"## ladder: {n * len(rungs)} runs, {sweep.hms(total)} of CPU ({total / 3600:.2f} h; each edge extension "
+              f"adds {ladder.get('tune_seeds', 2)} runs of its rung)")
+        return 0
+    t0, worst = time.time(), 0
+    for r in rungs:
+        budget = [] if args.budget_hours is None else [f"--budget_hours={args.budget_hours - (time.time() - t0) / 3600:.6f}"]
+        print(f"## ladder: rung {r['name']} into {r['folder']}", flush=True)
+        rc = sweep.main(sweep_argv(ladder, r, hidden + budget))
+        if rc not in (0, 1):  # bad input, budget spent, interrupted: the next invocation resumes here
+            print(f"## ladder: stopped at rung {r['name']} (exit {rc}); the same command resumes", file=sys.stderr)
+            return rc
+        worst = max(worst, rc)
+    return worst
+
+if __name__ == "__main__":
+    sys.exit(main())
