@@ -39,6 +39,7 @@ def load_ladder(path):
             raise ValueError("two rungs of one name")
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise sweep.SweepError(f"{path}: {e}") from None
+    ladder["dir"] = os.path.dirname(os.path.abspath(path))  # a rung's folder is relative to ladder.json (as scaling.py reads it)
     return ladder
 
 def arm_grid(ladder, arm):
@@ -49,7 +50,7 @@ def sweep_argv(ladder, rung, extra=()):
     configs = [f"{rung['flags']} {flags}" + (f" --lr_grid={ladder['lr_grids'][arm]}" if arm in ladder.get("lr_grids", {})
                                              else "") for arm, flags in ladder["arms"].items()]
     per_run = [f"--seconds_per_run={rung['seconds_per_run']}"] if rung.get("seconds_per_run") else []
-    return [rung["name"], f"--out={os.path.join(REPO, rung['folder'])}", f"--lr_grid={ladder.get('lr_grid', '0.5,1,2')}",
+    return [rung["name"], f"--out={os.path.join(ladder['dir'], rung['folder'])}", f"--lr_grid={ladder.get('lr_grid', '0.5,1,2')}",
             f"--tune_seeds={ladder.get('tune_seeds', 2)}", f"--seeds={ladder.get('confirm_seeds', 3)}",
             *per_run, *extra, "--", *configs]
 
