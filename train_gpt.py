@@ -256,7 +256,7 @@ NAME_MAX = 255  # bytes in one file name (ext4, xfs, btrfs, tmpfs)
 def run_name_problem(name, steps) -> Optional[str]:
     """Why --run_name cannot name the run's files (one path component, printable, no leading dot, short enough), or None."""
     room = NAME_MAX - max(len(x.format(steps=steps)) for x in RUN_FILE_SUFFIXES)
-    if "/" in name or "\0" in name: return "holds a '/': a run name is one file name, not a path"
+    if "/" in name: return "holds a '/': a run name is one file name, not a path"
     if not name.isprintable(): return "holds an unprintable character (a newline, a tab)"
     if name.startswith("."): return "starts with a dot (hidden files, '.' and '..')"
     if len(name.encode()) > room:
@@ -1757,7 +1757,7 @@ def load_val_tokens(files, n):
         if have >= n + 1: break
     if have < n + 1:  # n inputs and their next tokens as targets
         raise ValueError(f"--val_tokens={n} needs {n + 1} tokens (each input's next token is its target) but the val shards "
-                         f"{files} hold {have}: lower --val_tokens, or 0 for no validation")
+                         f"{files} hold {have}: lower --val_tokens (at most {max(have - 1, 0)}; 0 = no validation)")
     return torch.from_numpy(np.concatenate(parts).astype(np.int64))
 
 # -----------------------------------------------------------------------------
@@ -2336,7 +2336,7 @@ def main(argv=None):
     except (RuntimeError, MemoryError) as e:
         if not out_of_memory(e): raise
         print(f"error: {out_of_memory_message(e, config)}", file=sys.stderr); return 2
-    except KeyboardInterrupt:  # train() catches signals from its first step on; this one came during start-up
+    except KeyboardInterrupt:  # once start-up ends StopSignal handles SIGINT; this one came before
         print(f"error: interrupted (SIGINT) during start-up, before the first step: nothing was trained or saved", file=sys.stderr)
         return 128 + signal.SIGINT
     finally:

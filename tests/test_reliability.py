@@ -844,7 +844,7 @@ def test_empty_val_shard_says_how_many_tokens_it_holds(tiny_shards, tmp_path):
     p = run_cli(*QUIET, tiny_shards[0], f"--val_files={empty}", "--steps=1", f"--log_dir={tmp_path}/logs",
                 f"--checkpoint_dir={tmp_path}/ck")
     assert_clean_error(p, f"--val_tokens=256 needs 257 tokens (each input's next token is its target) but the val shards "
-                          f"['{empty}'] hold 0: lower --val_tokens, or 0 for no validation")
+                          f"['{empty}'] hold 0: lower --val_tokens (at most 0; 0 = no validation)")
     assert "-1 tokens" not in p.stderr
     assert os.listdir(tmp_path / "logs") == [] and os.listdir(tmp_path / "ck") == []
 
