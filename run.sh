@@ -4,6 +4,7 @@
 # ./run.sh test [args]    the test suite (pytest; args pass through)
 # ./run.sh sweep NAME --seeds=N -- "CONFIG FLAGS" ...   several configs x seeds into records/NAME (records/sweep.py)
 # ./run.sh compare PATHS...                            the comparison table + plot (records/compare.py)
+# ./run.sh -h | --help   this help, then train_gpt.py's flags
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${VENV:-.venv}"
@@ -20,6 +21,15 @@ setup() {  # make the venv from requirements.txt once; reuse it while the packag
 
 ngpus() { "$PY" -c "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)"; }
 
+usage() {  # this file's header comment, then train_gpt.py's flags
+  sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+  echo
+  echo "train_gpt.py's flags (./run.sh FLAGS passes them through):"
+}
+
+case "${1:-}" in
+  -h|--help) usage; setup; exec "$PY" train_gpt.py --help ;;
+esac
 setup
 case "${1:-}" in
   test)    shift; exec "$PY" -m pytest -q tests "$@" ;;

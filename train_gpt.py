@@ -128,7 +128,7 @@ class Hyperparameters:
     seed: int = flag(0, "sets the init; the token stream is the same for every seed", ge=0)
     run_name: str = flag("", "names the log and the checkpoints; '' = <arch>_s<seed>")
     log_dir: str = flag("logs", "folder of the logs")
-    bf16: bool = flag(True, "bf16 autocast; on a CPU, when not given, whichever of bf16 and fp32 a head-shaped matmul measures faster")
+    bf16: bool = flag(True, "bf16 autocast; on a CPU, when not given: on if the CPU has bf16 instructions (avx512_bf16, amx_bf16; aarch64 bf16)")
     compile: bool = flag(False, "torch.compile the model (the speedrun presets turn it on; on a CPU only when given)")
     kernels: str = flag("auto", "auto = Triton on CUDA, torch elsewhere", choices=["auto", "triton", "torch"])
     save_every: int = flag(0, "checkpoint every k steps; 0 = only on a stop signal", ge=0)
@@ -139,6 +139,8 @@ class Hyperparameters:
     temperature: float = flag(0.8, "sampling temperature; 0 = greedy", ge=0)
     top_p: float = flag(0.9, "nucleus sampling mass", gt=0, le=1)
     prompt: str = flag("\n", "sampling prompt")
+    # not a flag: why --bf16 is what it is, for the log's cpu: line (parse_args sets it when the CPU decides)
+    bf16_reason = "set by the flag"
 
 SPEEDRUN_2024 = dict(  # modded-nanogpt's 124M recipe before the record's components (our speedrun preset until 2026-11)
     train_files="data/fineweb10B/fineweb_train_*.bin", val_files="data/fineweb10B/fineweb_val_*.bin",
@@ -233,7 +235,8 @@ def parse_args(argv, cuda_available=None) -> Hyperparameters:
     for name in set(preset_dropped(config)) - set(explicit):  # a preset's default that does not apply to this arch is not the user's error
         setattr(config, name, Hyperparameters.__dataclass_fields__[name].default)
     if "bf16" not in explicit and not (torch.cuda.is_available() if cuda_available is None else cuda_available):
-        config.bf16 = cpu_matmul_times()["bf16"] < cpu_matmul_times()["fp32"]  # measured here, not assumed
+        has = cpu_bf16_instructions()  # what the CPU is, not a timing: a loaded machine picks the same as an idle one
+        config.bf16, config.bf16_reason = bool(has), has or "no bf16 instructions (avx512_bf16, amx_bf16, aarch64 bf16)"
     config.run_name = config.run_name or f"{config.arch}_s{config.seed}"
     validate(config)
     return config
@@ -262,20 +265,29 @@ def layer_list(text):
     """'0,4,7' -> [0, 4, 7]; '' -> []."""
     return [int(x) for x in text.split(",") if x.strip()]
 
-@functools.lru_cache(maxsize=None)
-def cpu_matmul_times(reps=20) -> dict:
-    """Best ms of a head-shaped matmul with autocast's casts (fp32 weights and activations cast to the compute dtype)
-    in bf16 and in fp32 on this CPU: bf16 autocast made nanoGPT 1.5x slower on one 2-core machine (issue 17) and
-    both trainers faster on another (AVX512-BF16, records/cpu_bench), so the CPU run takes whichever is faster here."""
-    g = torch.Generator().manual_seed(0)
-    x, w = torch.randn(512, 256, generator=g), torch.randn(4096, 256, generator=g)
-    times = {"bf16": [], "fp32": []}
-    for _ in range(reps + 1):  # interleaved, so another process's load hits both alike (a sweep's runs flipped otherwise)
-        for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
-            t0 = time.perf_counter()
-            x.to(dtype) @ w.to(dtype).t()
-            times[name].append(time.perf_counter() - t0)
-    return {name: min(t[1:]) * 1000 for name, t in times.items()}
+def cpu_bf16_instructions(cpuinfo="/proc/cpuinfo") -> str:
+    """The CPU's bf16 matmul instructions named in /proc/cpuinfo (x86 flags: avx512_bf16, amx_bf16; aarch64 Features:
+    bf16), '' for none. With them bf16 autocast ran both trainers faster (records/cpu_bench); without them it made
+    nanoGPT 1.5x slower on a 2-core machine (issue 17). A timing decided this before, and under load picked fp32."""
+    try:
+        with open(cpuinfo) as f:
+            words = {w for line in f if line.startswith(("flags", "Features")) for w in line.split(":", 1)[-1].split()}
+    except OSError:
+        return ""
+    return ",".join(w for w in ("amx_bf16", "avx512_bf16", "bf16") if w in words)
+
+RUN_FILE_SUFFIXES = ("_0123abcd.txt", ".lock", "_step{steps}.pt.tmp")  # every file name a run writes is the run name + one of these
+NAME_MAX = 255  # bytes in one file name (ext4, xfs, btrfs, tmpfs)
+
+def run_name_problem(name, steps) -> Optional[str]:
+    """Why --run_name cannot name the run's files (one path component, printable, no leading dot, short enough), or None."""
+    room = NAME_MAX - max(len(x.format(steps=steps)) for x in RUN_FILE_SUFFIXES)
+    if "/" in name: return "holds a '/': a run name is one file name, not a path"
+    if not name.isprintable(): return "holds an unprintable character (a newline, a tab)"
+    if name.startswith("."): return "starts with a dot (hidden files, '.' and '..')"
+    if len(name.encode()) > room:
+        return f"is {len(name.encode())} bytes: at most {room} fit (its longest file, <run_name>_step{steps}.pt.tmp, must fit in {NAME_MAX})"
+    return None
 
 BOUNDS = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"), "le": (lambda v, b: v <= b, "<="), "lt": (lambda v, b: v < b, "<")}
 
@@ -285,11 +297,14 @@ def validate(c: Hyperparameters):
         if not cond: raise ConfigError(msg)
     for f in fields(c):  # ranges and per-arch flags, from each field's metadata
         value = getattr(c, f.name)
+        need(not isinstance(value, float) or math.isfinite(value), f"--{f.name}={value} must be a finite number")
         for rule, (ok, sign) in BOUNDS.items():
             if rule in f.metadata:
-                need(value == value and ok(value, f.metadata[rule]), f"--{f.name}={value} must be {sign} {f.metadata[rule]}")
-        need(not isinstance(value, float) or math.isfinite(value), f"--{f.name}={value} must be a finite number")
+                need(ok(value, f.metadata[rule]), f"--{f.name}={value} must be {sign} {f.metadata[rule]}")
     need(c.arch in ARCHS, f"--arch={c.arch!r}: choose one of {', '.join(map(repr, ARCHS))}")
+    bad_name = run_name_problem(c.run_name, c.steps)
+    need(bad_name is None, f"--run_name={c.run_name!r} {bad_name}: it names the log and checkpoint files, so it must be one "
+                           f"printable file name without a leading dot")
     misplaced, dyt = {}, []  # a flag that does not apply to this run (flag_applies) must keep its default
     for name in (f.name for f in fields(c) if getattr(c, f.name) != f.default and not flag_applies(f.name, c)):
         archs = flag_archs(name)
@@ -1779,7 +1794,11 @@ def find_shards(pattern, flag, vocab_size=None):
     for f in files:
         if os.path.isdir(f):
             raise ValueError(f"--{flag}={pattern} matches the folder {f}: make the glob match shard files only (e.g. .../*_train_*.bin)")
-        read_shard_header(f)
+        try:
+            read_shard_header(f)
+        except OSError as e:  # a symlink loop, a dangling link, no permission
+            raise ValueError(f"--{flag}={pattern} matches {f}, which cannot be read ({e.strerror or e}): fix or remove that file, "
+                             f"or narrow the glob") from None
         if vocab_size is not None and (top := int(read_shard(f).max(initial=0))) >= vocab_size:
             raise ValueError(f"bad shard {f}: token id {top} >= --vocab_size={vocab_size}: raise --vocab_size (GPT-2 shards need 50257, padded: 50304) or fix the shard")
     return files
@@ -1822,8 +1841,9 @@ def load_val_tokens(files, n):
     for f in files:
         parts.append(np.asarray(read_shard(f)[: n + 1 - have])); have += len(parts[-1])
         if have >= n + 1: break
-    if have < n + 1:
-        raise ValueError(f"--val_tokens={n} but the val shards {files} hold only {have - 1} tokens: lower --val_tokens")
+    if have < n + 1:  # n inputs and their next tokens as targets
+        raise ValueError(f"--val_tokens={n} needs {n + 1} tokens (each input's next token is its target) but the val shards "
+                         f"{files} hold {have}: lower --val_tokens (at most {max(have - 1, 0)}; 0 = no validation)")
     return torch.from_numpy(np.concatenate(parts).astype(np.int64))
 
 # -----------------------------------------------------------------------------
@@ -1876,13 +1896,19 @@ def evaluate(model, raw_model, val, config, d: Dist):
     return (total / count).item(), extra
 
 def rng_state():
+    """Tensors and plain values only (a checkpoint loads with weights_only=True): numpy's MT19937 key as a tensor."""
     import random
+    n = np.random.get_state(legacy=False)
     return dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                numpy=np.random.get_state(), python=random.getstate())
+                numpy=dict(key=torch.from_numpy(n["state"]["key"].astype(np.int64)), pos=n["state"]["pos"],
+                           has_gauss=n["has_gauss"], gauss=n["gauss"]), python=random.getstate())
 
 def set_rng_state(s):
     import random
-    torch.set_rng_state(s["torch"]); np.random.set_state(s["numpy"]); random.setstate(s["python"])
+    n = s["numpy"]  # older checkpoints hold np.random.get_state()'s tuple as it was
+    if isinstance(n, dict):
+        n = dict(bit_generator="MT19937", state=dict(key=n["key"].numpy().astype(np.uint32), pos=n["pos"]), has_gauss=n["has_gauss"], gauss=n["gauss"])
+    torch.set_rng_state(s["torch"]); np.random.set_state(n); random.setstate(s["python"])
     if s["cuda"] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
 
 CHECKPOINT_KEYS = ("step", "train_time_ms", "run_id", "args", "model", "optimizers", "loader", "rng")
@@ -1952,11 +1978,24 @@ def list_checkpoints(directory, run_name):
         if m and p == checkpoint_path(directory, run_name, int(m[1])): ours[int(m[1])] = p
     return [ours[step] for step in sorted(ours)]
 
+def old_checkpoint_globals() -> list:
+    """What checkpoints written before 2026-12 hold besides tensors and plain values: numpy arrays (the RNG key), whose
+    rebuild runs no code of the file's choosing. Nothing else is allowed to load."""
+    core = getattr(np, "_core", None) or np.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
 def read_checkpoint(path):
     """(state, None) for a checkpoint that loads, is ours, matches its checksum and is finite; else (None, what is
-    wrong with it, said after its path)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    wrong with it, said after its path). Loading runs nothing in the file: torch.load(weights_only=True) rebuilds
+    tensors, containers and plain values only, and refuses a pickle that asks for anything else (os.system, a class)."""
+    import pickle, warnings
+    try:  # (a plain pickle makes torch warn about its protocol before refusing it: the error below says more)
+        with torch.serialization.safe_globals(old_checkpoint_globals()), warnings.catch_warnings(action="ignore", category=UserWarning):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        wants = re.search(r"GLOBAL (\S+)", str(e))
+        return None, (f"is not a checkpoint this trainer wrote: its pickle asks for {wants[1] if wants else 'more than tensors and plain values'}, "
+                      f"which none of ours holds (refused: nothing in it was run)")
     except Exception as e:  # truncated / not a torch file
         return None, f"is unreadable ({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]})"
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
@@ -2038,7 +2077,35 @@ def run_lock(path, busy, remove=True):
             with contextlib.suppress(OSError): os.remove(path)
         os.close(fd)
 
+def shard_fingerprints(files) -> list:
+    """Name, size and sha256 of the first and last 64 KiB (the header and both ends) of each shard, in the loader's order:
+    what a checkpoint records of its data, cheap on FineWeb's 200 MB shards."""
+    out = []
+    for path in files:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            h.update(f.read(1 << 16)); f.seek(max(size - (1 << 16), 0)); h.update(f.read())
+        out.append(dict(name=os.path.basename(path), bytes=size, sha256=h.hexdigest()))
+    return out
+
+def check_resume_shards(saved: dict, now: dict, config, path):
+    """The shards a run resumes on are those it was trained on: the loader's position is (shard index, offset), so a
+    removed, added or rewritten shard would change (or end) the token stream. One line saying what changed."""
+    for kind, files in now.items():
+        if kind not in saved: continue  # a checkpoint from before checkpoints recorded their shards
+        was, got = {s["name"]: s for s in saved[kind]}, {s["name"]: s for s in files}
+        changes = [f"removed {n}" for n in was if n not in got] + [f"added {n}" for n in got if n not in was]
+        changes += [f"changed {n} ({was[n]['bytes']} -> {got[n]['bytes']} bytes)" if was[n]["bytes"] != got[n]["bytes"] else
+                    f"changed {n} (same size, other contents)" for n in was if n in got and was[n] != got[n]]
+        if changes:
+            raise ConfigError(f"--{kind}_files={getattr(config, kind + '_files')}: the shards differ from those checkpoint {path} "
+                              f"was trained on ({', '.join(changes)}): restore them to resume, or start a new --run_name")
+
 def check_resume_config(saved: dict, config: Hyperparameters, path):
+    if saved.get("run_name", config.run_name) != config.run_name:  # resumed under another name it would append to the other run's log
+        raise ConfigError(f"checkpoint {path} belongs to --run_name={saved['run_name']}: resume it under that name, "
+                          f"or start --run_name={config.run_name} from step 0 without --resume")
     diff = [k for k, v in asdict(config).items() if k not in RUN_ONLY_FIELDS and saved.get(k, v) != v]
     if diff:
         raise ConfigError(f"checkpoint {path} was trained with different flags: " +
@@ -2052,7 +2119,9 @@ class StopSignal:
         for s in (signal.SIGTERM, signal.SIGINT):
             signal.signal(s, self.handle)
     def handle(self, signum, frame):
-        if self.signum:
+        if self.signum:  # os.write: safe inside a handler that may have interrupted a print
+            os.write(2, f"error: second signal {signum}: exiting at once, without finishing the step or writing a checkpoint; "
+                        f"--resume=auto continues from the last one\n".encode())
             os._exit(128 + signum)
         self.signum = signum
 
@@ -2115,8 +2184,7 @@ def log_header(log, config, d: Dist, run_id):
     dev = torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else platform.processor() or platform.machine()
     log(f"torch {torch.__version__} python {platform.python_version()} device {d.device.type} {dev} world_size {d.world}")
     if d.device.type == "cpu":
-        measured = " (head-shaped matmul: bf16 {bf16:.2f} ms, fp32 {fp32:.2f} ms)".format(**cpu_matmul_times()) if cpu_matmul_times.cache_info().currsize else " (set by the flag)"
-        log(f"cpu: {'bf16' if config.bf16 else 'fp32'}{measured}, {torch.get_num_threads()} threads")
+        log(f"cpu: {'bf16' if config.bf16 else 'fp32'} ({config.bf16_reason}), {torch.get_num_threads()} threads")
     log("config: " + json.dumps({**asdict(config), "run_id": run_id, "world_size": d.world}))
 
 def train_step(model, raw_model: GPT, optimizers, batches, config: Hyperparameters, step, device) -> torch.Tensor:
@@ -2150,11 +2218,12 @@ class Trainer:
     step: int = 0
     train_time_ms: float = 0.0
     last_checkpoint: Optional[str] = None
+    shards: dict = field(default_factory=dict)  # {"train": shard_fingerprints(...), "val": ...}: checked on resume
 
     def state(self):
         return dict(step=self.step, train_time_ms=self.train_time_ms, run_id=self.run_id, args=asdict(self.config),
                     model=self.raw_model.state_dict(), optimizers=[o.state_dict() for o in self.optimizers],
-                    loader=self.loader.state_dict(), rng=rng_state())
+                    loader=self.loader.state_dict(), rng=rng_state(), shards=self.shards)
 
     def restore(self, ckpt):
         self.raw_model.load_state_dict(ckpt["model"])
@@ -2181,7 +2250,8 @@ class Trainer:
 
     def stop(self, what, why) -> int:
         """Logs why the run stops and the last checkpoint (finite, as they all are); returns the exit code."""
-        self.log(f"{what} -- stopping: {why}. Last checkpoint: {self.last_checkpoint or 'none (set --save_every)'}")
+        none = f"none yet (the first is due at step {self.config.save_every})" if self.config.save_every else "none (set --save_every)"
+        self.log(f"{what} -- stopping: {why}. Last checkpoint: {self.last_checkpoint or none}")
         return 2
 
     def log_validation(self) -> float:
@@ -2199,17 +2269,40 @@ class Trainer:
         loss = train_step(self.model, self.raw_model, self.optimizers, self.loader.next_batch(), self.config, self.step, self.d.device)
         return all_reduce_mean(loss).item()
 
+def remove_stub_log(path):
+    """A fresh run's log without a train step line (the run failed or was stopped before its first step) holds no
+    result: it goes when the run ends, so records/compare.py never meets it."""
+    with contextlib.suppress(OSError):
+        with open(path) as f:
+            if not re.search(r"^step:\d+/\d+ train_loss:", f.read(), re.M): os.remove(path)
+
+def out_of_memory(e) -> bool:
+    """torch's CUDA OOM, numpy's MemoryError, or the CPU allocator's RuntimeError."""
+    return isinstance(e, (MemoryError, torch.OutOfMemoryError)) or (
+        isinstance(e, RuntimeError) and any(m in str(e) for m in ("out of memory", "can't allocate memory")))
+
+def out_of_memory_message(e, c: Hyperparameters) -> str:
+    what = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+    return (f"out of memory ({what}): a run's memory grows with --seq_len={c.seq_len} x --device_batch_size={c.device_batch_size} "
+            f"tokens per forward, --n_layer={c.n_layer}, --n_embd={c.n_embd} and --vocab_size={c.vocab_size}: lower them "
+            f"(a smaller --device_batch_size keeps --batch_size={c.batch_size} through more micro-steps)")
+
 def start(config: Hyperparameters, d: Dist, held: Optional[contextlib.ExitStack] = None) -> Trainer:
     """Everything that can fail on bad input fails here, before the model is built; then model, optimizers,
     data, and the state of a checkpoint when resuming. held: where the run's locks go (train() releases them when
     the run ends; without one, as in tests that drive a Trainer by hand, they are dropped when start returns)."""
     held = contextlib.ExitStack() if held is None else held
     micro = split_batch(config, d)
+    try:  # --kernels=triton without triton, or on a CPU without its interpreter
+        ops = Ops(config.kernels, d.device, compiled=config.compile and d.device.type == "cuda")
+    except RuntimeError as e:
+        raise ConfigError(str(e)) from None
     if d.device.type == "cuda" and (config.doc_mask or config.attn_window) and config.seq_len % ATTN_BLOCK:
         raise ConfigError(f"--doc_mask / --attn_window use FlexAttention's {ATTN_BLOCK}-token blocks on CUDA: "
                           f"--seq_len={config.seq_len} must be a multiple of {ATTN_BLOCK}")
     train_files = find_shards(config.train_files, "train_files", config.vocab_size)
     val_files = find_shards(config.val_files, "val_files", config.vocab_size)
+    shards = dict(train=shard_fingerprints(train_files), val=shard_fingerprints(val_files))
     check_writable(config)
     notes = []
     if d.master:  # rank 0 writes the checkpoints and the log: it holds the run's name
@@ -2219,17 +2312,15 @@ def start(config: Hyperparameters, d: Dist, held: Optional[contextlib.ExitStack]
     resumed_path, ckpt, loaded_notes = load_checkpoint(config) if config.resume else (None, None, [])
     if ckpt is not None:
         check_resume_config(ckpt["args"], config, resumed_path)
+        check_resume_shards(ckpt.get("shards", {}), shards, config, resumed_path)
     run_id = ckpt["run_id"] if ckpt else f"{config.run_name}_{uuid.uuid4().hex[:8]}"
     log = Logger(os.path.join(config.log_dir, f"{run_id}.txt"), d.master)
     if d.master:  # a resumed run appends to its log: that file is the run's too (resumed twice, from two folders)
         held.enter_context(run_lock(log.path, f"the log {log.path} of --run_name={config.run_name} is in use by another process: "
                                               f"wait for that run to end or stop it", remove=False))
     if ckpt is None:
-        try:
-            log_header(log, config, d, run_id)
-        except ConfigError:
-            with contextlib.suppress(OSError): os.remove(log.path)  # a header cut short is no log
-            raise
+        if d.master: held.callback(remove_stub_log, log.path)
+        log_header(log, config, d, run_id)
         dropped = [f"--{k}" if PRESETS[config.preset][k] is True else f"--{k}={PRESETS[config.preset][k]}" for k in preset_dropped(config)]
         if dropped:  # one line: what of the preset this arch does not take
             log(f"preset {config.preset}: not applied to --arch={config.arch} (they act on GPT's residual stream or logits): {' '.join(dropped)}")
@@ -2237,7 +2328,6 @@ def start(config: Hyperparameters, d: Dist, held: Optional[contextlib.ExitStack]
         log(f"resumed from {resumed_path} at step {ckpt['step']}")
     for note in notes + loaded_notes:
         log(note)
-    ops = Ops(config.kernels, d.device, compiled=config.compile and d.device.type == "cuda")
 
     torch.manual_seed(config.seed)
     raw_model = build_model(config, ops).to(d.device)
@@ -2253,7 +2343,7 @@ def start(config: Hyperparameters, d: Dist, held: Optional[contextlib.ExitStack]
                                                     find_unused_parameters=config.mlp_skip_threshold > 0)
     if config.compile:  # on a CPU too when asked (the cpu preset keeps it off): the compiled graph can be tested there
         model = torch.compile(model)
-    trainer = Trainer(config, d, log, run_id, raw_model, model, optimizers, loader, val, last_checkpoint=resumed_path)
+    trainer = Trainer(config, d, log, run_id, raw_model, model, optimizers, loader, val, last_checkpoint=resumed_path, shards=shards)
     if ckpt is not None:
         trainer.restore(ckpt)
     else:
@@ -2329,6 +2419,12 @@ def main(argv=None):
         return train(config, d)
     except (ConfigError, FileNotFoundError, ValueError, PermissionError) as e:
         print(f"error: {e}", file=sys.stderr); return 2
+    except (RuntimeError, MemoryError) as e:
+        if not out_of_memory(e): raise
+        print(f"error: {out_of_memory_message(e, config)}", file=sys.stderr); return 2
+    except KeyboardInterrupt:  # once start-up ends StopSignal handles SIGINT; this one came before
+        print(f"error: interrupted (SIGINT) during start-up, before the first step: nothing was trained or saved", file=sys.stderr)
+        return 128 + signal.SIGINT
     finally:
         if dist.is_initialized(): dist.destroy_process_group()
 

@@ -4,6 +4,7 @@ Everything here goes through the real `parse_args` (and, for --help and the star
 subprocess). Expected values are written out, never read back from the code under test, except where a
 test is about "the preset equals the dataclass defaults" or "--help lists every field"."""
 import dataclasses
+from pathlib import Path
 import subprocess
 import sys
 
@@ -72,7 +73,7 @@ def cpu_defaults():
     """What --preset=cpu must give: the dataclass defaults overlaid with the cpu preset's own values (and the
     run name resolved from --arch and --seed)."""
     return dataclasses.replace(Hyperparameters(), **PRESETS["cpu"], preset="cpu", run_name="gpt_s0",
-                               bf16=train_gpt.cpu_matmul_times()["bf16"] < train_gpt.cpu_matmul_times()["fp32"])
+                               bf16=bool(train_gpt.cpu_bf16_instructions()))
 
 
 def test_cpu_preset():
@@ -203,11 +204,11 @@ def test_good_combinations_pass():
 @pytest.mark.parametrize("flags, message", [
     (["--lr=-1"], "--lr=-1.0 must be >= 0"),
     (["--muon_lr=-0.1"], "--muon_lr=-0.1 must be >= 0"),
-    (["--lr=nan"], "--lr=nan must be >= 0"),
+    (["--lr=nan"], "--lr=nan must be a finite number"),  # not "must be >= 0": NaN is no number at all
     (["--embed_lr=-0.3"], "--embed_lr=-0.3 must be >= 0"),
     (["--head_lr=-1"], "--head_lr=-1.0 must be >= 0"),
     (["--scalar_lr=-1"], "--scalar_lr=-1.0 must be >= 0"),
-    (["--muon_lr=nan"], "--muon_lr=nan must be >= 0"),
+    (["--muon_lr=nan"], "--muon_lr=nan must be a finite number"),
     (["--muon_lr=inf"], "--muon_lr=inf must be a finite number"),  # inf passes >= 0 but makes the weights inf/NaN at step 1
     (["--lr=inf"], "--lr=inf must be a finite number"),
     (["--norm=dyt", "--dyt_alpha_mlp=nan"], "--dyt_alpha_mlp=nan must be a finite number"),  # a float flag without bounds
@@ -353,18 +354,95 @@ def test_import_has_no_side_effects(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cpu_precision_is_measured_unless_given(monkeypatch):
-    """Without CUDA and without --bf16/--no-bf16 the run takes whichever precision a head-shaped matmul measures
-    faster on this CPU; the flag forces either; with CUDA bf16 stays the default."""
-    for times, want in (({"bf16": 1.0, "fp32": 2.0}, True), ({"bf16": 3.0, "fp32": 2.0}, False)):
-        monkeypatch.setattr(train_gpt, "cpu_matmul_times", lambda t=times: t)
-        assert parse_args(["--preset=cpu"], cuda_available=False).bf16 is want
-        assert parse_args(["--preset=cpu", "--bf16"], cuda_available=False).bf16 is True
-        assert parse_args(["--preset=cpu", "--no-bf16"], cuda_available=False).bf16 is False
-        assert parse_args(["--preset=cpu"], cuda_available=True).bf16 is True
-    monkeypatch.undo()
-    t = train_gpt.cpu_matmul_times()
-    assert set(t) == {"bf16", "fp32"} and all(v > 0 for v in t.values())
+CPUINFO = {  # /proc/cpuinfo excerpts: a Sapphire Rapids (AMX and AVX512-BF16), an AVX2 laptop, a Graviton3 (bf16), a Graviton2
+    "spr": "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n",
+    "avx2": "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n",
+    "graviton3": "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\nCPU implementer\t: 0x41\n",
+    "graviton2": "processor\t: 0\nFeatures\t: fp asimd atomics\n",
+}
+
+
+@pytest.mark.parametrize("cpu, has", [("spr", "amx_bf16,avx512_bf16"), ("avx2", ""), ("graviton3", "bf16"), ("graviton2", "")])
+def test_cpu_precision_follows_the_cpus_bf16_instructions(cpu, has, tmp_path, monkeypatch):
+    """Without CUDA and without --bf16/--no-bf16 the run is bf16 exactly when the CPU has bf16 instructions, whatever
+    the machine's load: no timing is taken (before: a matmul timed at start picked fp32 on a busy machine that picks bf16
+    idle). The log's cpu: line names the reason; the flag forces either; with CUDA bf16 stays the default."""
+    info = tmp_path / "cpuinfo"
+    info.write_text(CPUINFO[cpu])
+    assert train_gpt.cpu_bf16_instructions(str(info)) == has
+    detect = train_gpt.cpu_bf16_instructions
+    monkeypatch.setattr(train_gpt, "cpu_bf16_instructions", lambda: detect(str(info)))
+    monkeypatch.setattr(train_gpt.time, "perf_counter", lambda: pytest.fail("the precision must not be timed"))
+    a = parse_args(["--preset=cpu"], cuda_available=False)
+    assert a.bf16 is bool(has)
+    assert a.bf16_reason == (has or "no bf16 instructions (avx512_bf16, amx_bf16, aarch64 bf16)")
+    assert "bf16_reason" not in dataclasses.asdict(a)  # not a flag: neither in --help nor in the logged config
+    for flags, want in ((["--bf16"], True), (["--no-bf16"], False)):
+        b = parse_args(["--preset=cpu", *flags], cuda_available=False)
+        assert (b.bf16, b.bf16_reason) == (want, "set by the flag")
+    assert parse_args(["--preset=cpu"], cuda_available=True).bf16 is True
+
+
+def test_cpu_precision_reason_is_in_the_log_header(tmp_path):
+    """The header's cpu: line says which precision and why: `cpu: bf16 (avx512_bf16)` on such a CPU, `(set by the flag)`
+    when --bf16/--no-bf16 chose it."""
+    config = parse_args(["--preset=cpu", f"--log_dir={tmp_path}"], cuda_available=False)
+    lines = []
+    log = lambda msg, console=True: lines.append(msg)
+    train_gpt.log_header(log, config, train_gpt.Dist(), "x")
+    cpu = next(l for l in lines if l.startswith("cpu: "))
+    has = train_gpt.cpu_bf16_instructions()
+    assert cpu.startswith(f"cpu: bf16 ({has}), " if has else "cpu: fp32 (no bf16 instructions")
+    lines.clear()
+    train_gpt.log_header(log, parse_args(["--preset=cpu", "--no-bf16"], cuda_available=False), train_gpt.Dist(), "x")
+    assert next(l for l in lines if l.startswith("cpu: ")).startswith("cpu: fp32 (set by the flag), ")
+
+
+@pytest.mark.parametrize("name, why", [
+    ("../esc", "holds a '/'"),                 # before: the checkpoint and the log landed outside --checkpoint_dir / --log_dir
+    ("a/b", "holds a '/'"),                    # before: [Errno 2] ... a/b.lock
+    (".hidden", "starts with a dot"),
+    ("..", "starts with a dot"),
+    ("two\nlines", "unprintable"),
+    ("x" * 245, "is 245 bytes: at most 240 fit"),  # before: a traceback (File name too long); 255 - len('_step200.pt.tmp')
+    ("é" * 121, "is 242 bytes: at most 240 fit"),  # bytes, not characters
+])
+def test_run_name_must_be_one_short_printable_file_name(name, why):
+    """--run_name names <log_dir>/<run_name>_<run id>.txt, <checkpoint_dir>/<run_name>_step<N>.pt (+ .tmp) and
+    <run_name>.lock: it must be one printable path component without a leading dot, short enough for its longest file
+    name to fit in 255 bytes. One line naming the flag and the rule, from parse_args, before anything is read or written."""
+    with pytest.raises(ConfigError) as e:
+        parse_args(["--preset=cpu", "--steps=200", f"--run_name={name}"], cuda_available=False)
+    msg = str(e.value)
+    assert msg.startswith(f"--run_name={name!r} ") and why in msg and "\n" not in msg, msg
+    assert "one printable file name without a leading dot" in msg
+
+
+def test_run_names_that_fit_are_accepted():
+    for name in ("my run", "gpt_s0", "x" * 240, "lr=0.02,seed-3", "é" * 120):
+        assert parse_args(["--preset=cpu", "--steps=200", f"--run_name={name}"], cuda_available=False).run_name == name
+    # the room left depends on --steps: step numbers are part of the checkpoint names
+    with pytest.raises(ConfigError, match="at most 236 fit"):
+        parse_args(["--preset=cpu", "--steps=2000000", "--run_name=" + "x" * 240], cuda_available=False)
+
+
+def test_cli_run_name_outside_its_folder_writes_nothing(tmp_path):
+    r = run_cli("--preset=cpu", "--run_name=../esc", *NO_DATA, f"--log_dir={tmp_path}/logs", f"--checkpoint_dir={tmp_path}/ck")
+    assert r.returncode == 2 and r.stderr.startswith("error: --run_name='../esc' holds a '/'") and "Traceback" not in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_run_sh_help_lists_its_sub_commands_then_the_flags(flag):
+    """`./run.sh -h` was an error (train_gpt.py got `--preset=cpu -h`) and `./run.sh --help` listed train_gpt.py's flags
+    only. Both print run.sh's usage (train, test, sweep, compare), then train_gpt.py's --help; exit 0."""
+    venv = str(Path(sys.executable).parent.parent)  # the venv running the tests: run.sh's setup finds it ready
+    r = subprocess.run(["bash", str(ROOT / "run.sh"), flag], capture_output=True, text=True, timeout=120, env=cli_env(VENV=venv))
+    assert r.returncode == 0 and "error" not in r.stderr, r.stderr
+    head, sep, flags = r.stdout.partition("usage: train_gpt.py")
+    assert sep and flags.rstrip().endswith(train_gpt.usage().partition("usage: train_gpt.py")[2].rstrip())
+    for sub in ("./run.sh [flags]", "./run.sh test", "./run.sh sweep", "./run.sh compare", "./run.sh -h | --help"):
+        assert sub in head, (sub, head)
 
 
 @pytest.mark.parametrize("argv", [["--arch=ngpt", "--ngpt_alpha_init=0.15"], ["--arch=angpt"], ["--norm=dyt"]])

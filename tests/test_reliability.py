@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import train_gpt
-from conftest import ROOT, TINY, cli_command, cli_env, run_cli, step_lines, train_in_process
+from conftest import ROOT, TINY, cli_command, cli_env, kept_signal_handlers, run_cli, step_lines, train_in_process
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # in-process runs use one thread, as the CLI runs do
 
@@ -243,7 +243,7 @@ def test_signal_then_resume_under_torchrun(shared, tiny_shards, tmp_path, arch):
 
 def test_second_signal_exits_at_once(tiny_shards, tmp_path):
     """The first SIGTERM asks for a checkpoint at the end of the step; a second one exits at once (143), without
-    finishing the step or saving. Both land in the validation of step 0 (2048 sequences of the shipped val shard:
+    finishing the step or saving, and says so in one line (before: without a word). Both land in the validation of step 0 (2048 sequences of the shipped val shard:
     seconds even on a fast idle CPU; the run never gets to finish it), which starts right after the handler is
     installed, so a graceful stop cannot win the race."""
     args = [*QUIET, *tiny_shards, "--val_files=data/shakespeare/shakespeare_val_*.bin", "--val_tokens=65536",
@@ -261,6 +261,8 @@ def test_second_signal_exits_at_once(tiny_shards, tmp_path):
     assert rc == 128 + signal.SIGTERM, (rc, live.stderr[-2000:], live.stdout[-1500:])
     assert time.monotonic() - t0 < 10
     assert "checkpoint saved" not in live.stdout and "stopped by signal" not in live.stdout, live.stdout[-2000:]
+    assert live.stderr == ("error: second signal 15: exiting at once, without finishing the step or writing a checkpoint; "
+                           "--resume=auto continues from the last one\n"), live.stderr[-2000:]
     # nothing written: the checkpoint folder (made at start-up) holds only the run's lock, left by os._exit
     assert os.listdir(tmp_path / "ck") == [f"{RUN}.lock"]
 
@@ -695,3 +697,186 @@ def test_checkpoint_dir_that_cannot_be_made_fails_before_training(small_shards, 
     p = run_cli(*small(small_shards, tmp_path, f"--checkpoint_dir={bad}"))
     assert_clean_error(p, bad, "File name too long", "point --checkpoint_dir at a writable folder")
     assert "train_loss" not in p.stdout and not log_files(tmp_path / "logs")
+
+# ----------------------------------------------------------------------------- files from elsewhere: nothing in them runs
+
+class RunsACommand:
+    """What a hostile .pt holds: unpickling it calls os.system (the pickle names posix.system; this class is not needed
+    to load it)."""
+    def __init__(self, marker): self.marker = marker
+    def __reduce__(self): return (os.system, (f"touch {self.marker}",))
+
+@pytest.mark.parametrize("made_by", ["torch.save", "pickle.dump"])
+def test_a_checkpoint_that_runs_code_is_refused_and_nothing_runs(small_shards, tmp_path, capsys, made_by):
+    """A .pt whose pickle calls os.system when loaded: before, torch.load(weights_only=False) ran the command, then
+    failed ("Invalid magic number") or resumed. Now nothing in it runs (weights_only=True: tensors, containers, plain
+    values), by path (one error naming the file: not a checkpoint this trainer wrote) and by --resume=auto (skipped with
+    that warning; the run resumes from the good checkpoint before it). The marker the command would make never appears."""
+    import pickle
+    marker = tmp_path / "the_command_ran"
+    assert run_small(small_shards, tmp_path) == 0
+    evil = tmp_path / "ck" / f"{RUN}_step9.pt"
+    payload = {"step": 9, "args": {"run_name": RUN}, "model": RunsACommand(marker)}
+    if made_by == "torch.save":
+        torch.save(payload, evil)
+    else:
+        with open(evil, "wb") as f: pickle.dump(payload, f)
+    p = run_cli(*small(small_shards, tmp_path, f"--resume={evil}"))
+    assert not marker.exists(), "loading the checkpoint ran its command"
+    assert_clean_error(p, f"checkpoint {evil} is not a checkpoint this trainer wrote", "nothing in it was run")
+    if made_by == "torch.save":
+        assert "posix.system" in p.stderr  # what it asked for, named
+    assert "train_loss" not in p.stdout
+    capsys.readouterr()
+    assert run_small(small_shards, tmp_path, "--resume=auto") == 0
+    out, err = capsys.readouterr()
+    assert not marker.exists(), "--resume=auto ran the command of a file named like a checkpoint"
+    assert f"warning: checkpoint {evil} is not a checkpoint this trainer wrote" in err, err
+    assert f"resumed from {tmp_path / 'ck'}/{RUN}_step4.pt at step 4" in out
+
+def test_checkpoints_hold_only_tensors_and_plain_values_and_old_ones_still_load(small_shards, tmp_path):
+    """A checkpoint loads with torch.load(weights_only=True) and nothing allowed besides (the numpy RNG state is a
+    tensor now). One written before (np.random.get_state()'s tuple, an ndarray inside) still loads, verifies and
+    resumes to the same numpy RNG state."""
+    assert run_small(small_shards, tmp_path, "--keep_checkpoints=1") == 0
+    path = tmp_path / "ck" / f"{RUN}_step4.pt"
+    new = torch.load(path, map_location="cpu", weights_only=True)
+    assert isinstance(new["rng"]["numpy"]["key"], torch.Tensor) and new["rng"]["numpy"]["key"].shape == (624,)
+    np.random.seed(123); want = np.random.get_state()
+    old = {**load(path), "rng": {**load(path)["rng"], "numpy": want}}
+    del old["checksum"], old["shards"]  # as today's code wrote them: no shard list
+    old["checksum"] = train_gpt.state_checksum(old)
+    torch.save(old, path)
+    ckpt, problem = train_gpt.read_checkpoint(str(path))
+    assert problem is None, problem
+    np.random.seed(0)
+    train_gpt.set_rng_state(ckpt["rng"])
+    assert np.array_equal(np.random.get_state()[1], want[1]) and np.random.get_state()[2] == want[2]
+    assert run_small(small_shards, tmp_path, "--resume=auto") == 0
+
+# ----------------------------------------------------------------------------- a resume continues the same run on the same data
+
+def test_resume_under_another_run_name_is_refused(small_shards, tmp_path):
+    """Run A's checkpoint resumed as --run_name=B appended B's steps to A's log (its run id is A's). Refused now, in one
+    line naming A, before anything is written; A's log and checkpoints stay as they were."""
+    assert run_small(small_shards, tmp_path) == 0
+    before = snapshot(tmp_path / "ck", tmp_path / "logs")
+    path = tmp_path / "ck" / f"{RUN}_step4.pt"
+    with pytest.raises(train_gpt.ConfigError) as e:
+        run_small(small_shards, tmp_path / "b", f"--resume={path}", "--run_name=other")
+    assert str(e.value) == (f"checkpoint {path} belongs to --run_name={RUN}: resume it under that name, "
+                            f"or start --run_name=other from step 0 without --resume")
+    assert snapshot(tmp_path / "ck", tmp_path / "logs") == before
+    assert not (tmp_path / "b" / "logs").exists() or not os.listdir(tmp_path / "b" / "logs")
+
+@pytest.mark.parametrize("change", ["removed", "added", "changed", "resized"])
+def test_resume_names_shards_that_changed(small_shards, tmp_path, change):
+    """The checkpoint records its shards (name, size, sha256 of both ends). Resumed after a train shard was removed
+    (before: IndexError, or silently other data), added, or rewritten (before: not noticed), the run stops before any
+    work with one line saying what changed and the fix."""
+    data = tmp_path / "data"
+    shutil.copytree(os.path.dirname(small_shards[0].split("=", 1)[1]), data)
+    shards = [f"--train_files={data}/s_train_*.bin", f"--val_files={data}/s_val_*.bin"]
+    assert run_small(shards, tmp_path) == 0
+    last = data / "s_train_000002.bin"
+    ids = np.array(train_gpt.read_shard(str(last)))
+    if change == "removed": os.remove(last)
+    elif change == "added": train_gpt.write_shard(str(data / "s_train_000003.bin"), ids)
+    elif change == "changed": train_gpt.write_shard(str(last), ids[::-1])
+    else: train_gpt.write_shard(str(last), ids[:100])
+    [log] = log_files(tmp_path / "logs")
+    before = read(log)
+    with pytest.raises(train_gpt.ConfigError) as e:
+        run_small(shards, tmp_path, "--resume=auto")
+    msg = str(e.value)
+    what = {"removed": "removed s_train_000002.bin", "added": "added s_train_000003.bin",
+            "changed": "changed s_train_000002.bin (same size, other contents)",
+            "resized": "changed s_train_000002.bin (2224 -> 1224 bytes)"}[change]
+    assert msg == (f"--train_files={data}/s_train_*.bin: the shards differ from those checkpoint {tmp_path}/ck/{RUN}_step4.pt "
+                   f"was trained on ({what}): restore them to resume, or start a new --run_name"), msg
+    assert read(log) == before  # nothing appended: it failed before any work
+
+# ----------------------------------------------------------------------------- messages: one line, the flag or file, the fix
+
+def test_nan_stop_before_the_first_checkpoint_says_when_it_is_due(tiny_shards, tmp_path, capsys):
+    """A NaN stop before the first periodic checkpoint said "Last checkpoint: none (set --save_every)" although
+    --save_every was set; it says when the first one is due now."""
+    config = train_gpt.parse_args([*QUIET, *tiny_shards, "--steps=20", "--val_every=20", "--save_every=5", f"--run_name={RUN}",
+                                   f"--log_dir={tmp_path}/logs", f"--checkpoint_dir={tmp_path}/ck", "--optimizer=adam",
+                                   "--lr=1e37", "--logit_softcap=0"])
+    assert train_in_process(config) == 2
+    out = capsys.readouterr().out
+    assert re.search(r"^step:[234]/20 train_loss:nan .* Last checkpoint: none yet \(the first is due at step 5\)$", out, re.M), out[-2000:]
+
+def cli_without(*names, **extra):
+    """cli_env without the named variables (conftest sets TRITON_INTERPRET=1 for the tests)."""
+    return {k: v for k, v in cli_env(**extra).items() if k not in names}
+
+@pytest.mark.parametrize("why", ["no_interpreter", "no_triton"])
+def test_triton_kernels_on_a_cpu_without_what_they_need(tiny_shards, tmp_path, why):
+    """--kernels=triton on a CPU without TRITON_INTERPRET=1 (before: a RuntimeError traceback after the log header),
+    or without triton installed: one line naming the flag and both ways out, before the log is started."""
+    env = cli_without("TRITON_INTERPRET")
+    if why == "no_triton":  # a triton that fails to import, as a missing one does
+        (tmp_path / "fake" / "triton").mkdir(parents=True)
+        (tmp_path / "fake" / "triton" / "__init__.py").write_text("raise ImportError('No module named triton')\n")
+        env["PYTHONPATH"] = str(tmp_path / "fake")
+    p = subprocess.run(cli_command([*QUIET, *tiny_shards, "--kernels=triton", "--steps=1", f"--log_dir={tmp_path}/logs",
+                                    f"--checkpoint_dir={tmp_path}/ck"]), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert_clean_error(p, "--kernels=triton", "--kernels=torch", "TRITON_INTERPRET=1" if why == "no_interpreter" else "pip install triton")
+    assert p.returncode == 2 and not (tmp_path / "logs").exists()
+
+def test_shard_symlink_loop_is_named(tiny_shards, tmp_path):
+    """A train shard that is a symlink loop: before, an OSError traceback (Too many levels of symbolic links)."""
+    shutil.copy(glob.glob(tiny_shards[0].split("=", 1)[1])[0], tmp_path / "x_train_000000.bin")
+    os.symlink("x_train_000001.bin", tmp_path / "x_train_000001.bin")
+    p = run_cli(*QUIET, tiny_shards[1], f"--train_files={tmp_path}/x_train_*.bin", "--steps=1", f"--log_dir={tmp_path}/logs",
+                f"--checkpoint_dir={tmp_path}/ck")
+    assert_clean_error(p, f"--train_files={tmp_path}/x_train_*.bin matches {tmp_path}/x_train_000001.bin, which cannot be read "
+                          f"(Too many levels of symbolic links): fix or remove that file, or narrow the glob")
+    assert p.returncode == 2
+
+def test_empty_val_shard_says_how_many_tokens_it_holds(tiny_shards, tmp_path):
+    """A val shard of 0 tokens "held only -1 tokens"; now the count is the shard's, with what validation needs. The run
+    failed after its log header: that stub log is removed (records/compare.py warned about it)."""
+    empty = tmp_path / "empty_val_000000.bin"
+    train_gpt.write_shard(str(empty), np.zeros(0, dtype=np.uint16))
+    p = run_cli(*QUIET, tiny_shards[0], f"--val_files={empty}", "--steps=1", f"--log_dir={tmp_path}/logs",
+                f"--checkpoint_dir={tmp_path}/ck")
+    assert_clean_error(p, f"--val_tokens=256 needs 257 tokens (each input's next token is its target) but the val shards "
+                          f"['{empty}'] hold 0: lower --val_tokens (at most 0; 0 = no validation)")
+    assert "-1 tokens" not in p.stderr
+    assert os.listdir(tmp_path / "logs") == [] and os.listdir(tmp_path / "ck") == []
+
+def test_out_of_memory_at_model_build_names_the_size_flags(small_shards, tmp_path):
+    """A model that cannot be allocated (here a 2e9-token vocabulary: 512 GB of embedding, refused at once): before, a
+    RuntimeError traceback from the CPU allocator; now one line naming the flags that set the size; no stub log."""
+    p = run_cli(*small(small_shards, tmp_path, "--vocab_size=2000000000", "--seq_len=64", "--batch_size=2", "--device_batch_size=2"))
+    assert_clean_error(p, "out of memory (", "can't allocate memory", "--seq_len=64 x --device_batch_size=2", "--n_layer=2",
+                       "--n_embd=64", "--vocab_size=2000000000", "lower them")
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert os.listdir(tmp_path / "logs") == [] and os.listdir(tmp_path / "ck") == []
+
+def test_out_of_memory_at_the_first_step_is_one_line(small_shards, tmp_path, monkeypatch, capsys):
+    """A CUDA OOM in the first step (--seq_len=200000 on a GPU), simulated: one error naming the size flags, exit 2,
+    and the run's log, which has no step line, is removed."""
+    def oom(self): raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 74.51 GiB")
+    monkeypatch.setattr(train_gpt.Trainer, "train_step", oom)
+    with kept_signal_handlers():
+        assert train_gpt.main(small(small_shards, tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: out of memory (CUDA out of memory. Tried to allocate 74.51 GiB): a run's memory grows with "
+                          "--seq_len=32 x --device_batch_size=4 tokens per forward"), err
+    assert os.listdir(tmp_path / "logs") == []
+
+def test_sigint_during_start_up_is_one_line(small_shards, tmp_path):
+    """Ctrl-C while the run starts (here while a 4 x 1024 model is built, before the first step): before, a
+    KeyboardInterrupt traceback and a stub log; now one line, exit 130, no log and no lock left."""
+    live = Live(small(small_shards, tmp_path, "--n_layer=4", "--n_embd=1024", "--n_head=8"))
+    live.wait_for(r"config: ")
+    live.signal(signal.SIGINT)
+    rc = live.finish(timeout=120)
+    assert "parameters: " not in live.stdout, "start-up ended before the signal: the test proves nothing"
+    assert rc == 130, (rc, live.stderr[-2000:])
+    assert live.stderr == "error: interrupted (SIGINT) during start-up, before the first step: nothing was trained or saved\n", live.stderr
+    assert os.listdir(tmp_path / "logs") == [] and os.listdir(tmp_path / "ck") == []
