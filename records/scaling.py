@@ -342,7 +342,12 @@ def plot(arms_by_rung, ladder, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
     fig, ax = plt.subplots(figsize=(7, 5))
+    # one x per rung (its smallest arm's C): the arms of a rung share its shape, and nGPT's few extra scalars would
+    # otherwise scatter one rung's points along the axis
+    rung_c = {rung: min(training_compute(g.runs[0].config, ladder.get("count_head", False))[0] for g in arms.values() if g.runs)
+              for rung, arms in arms_by_rung.items() if any(g.runs for g in arms.values())}
     for arm in ladder["arms"]:
         pts = []
         for rung, arms in arms_by_rung.items():
@@ -350,12 +355,15 @@ def plot(arms_by_rung, ladder, path):
             xs = [r.final_val_loss for r in g.runs if not r.incomplete and r.finite] if g else []
             if xs:
                 half = stats.t.ppf(0.975, len(xs) - 1) * compare._std(xs) / math.sqrt(len(xs)) if len(xs) > 1 else 0
-                pts.append((training_compute(g.runs[0].config, ladder.get("count_head", False))[0], float(np.mean(xs)), half))
+                pts.append((rung_c[rung], float(np.mean(xs)), half))
         if pts:
             c, m, h = map(np.array, zip(*sorted(pts)))
             ax.errorbar(c, m, yerr=h, marker="o", capsize=3, label=arm)
     ax.set(xscale="log", yscale="log", xlabel="training compute C = 6·N·tokens (FLOPs)",
            ylabel="final val loss (mean, 95% CI)", title="best against best, confirm seeds")
+    for which in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):  # losses span less than a decade
+        which(FormatStrFormatter("%.2f"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
