@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 def parses(*flags):
-    """Whether train_gpt takes these flags (the archs under --preset=speedrun are being made legal elsewhere)."""
+    """Whether train_gpt takes these flags."""
     import train_gpt
     try:
         train_gpt.parse_args(list(flags))
@@ -34,6 +34,7 @@ def test_gpu_check_runs_tiny_on_cpu(tmp_path):
     order = [report.index(f"=== {name}") for name in ("record:", "speedrun_archs", "archs:", "kernels", "record (continued)", "components")]
     assert order == sorted(order), report
     legal = {label: parses("--preset=speedrun", *flags) for label, flags in gpu_check.SPEEDRUN_ARCHS}
+    assert all(legal.values()), legal  # issue 22: every arch takes the speedrun preset
     for label in ("gpt", "ngpt", "angpt", "dyt", "angpt_swiglu", "ours_speedrun", "ours_speedrun_2024", "all_on",
                   "no_fp8_head", "no_doc_mask", *legal):
         row = re.search(rf"^{label} +(\S+) +(\d+) +(\S+)", report, re.M)
