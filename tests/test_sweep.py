@@ -423,6 +423,12 @@ def test_ladder_plan_prints_every_run_and_the_cpu_time(tmp_path, capsys):
     assert text.splitlines()[-1].startswith("## ladder: 12 runs, 1m06s of CPU (0.02 h;")
     assert not (tmp_path / "a").exists()
 
+def test_ladder_passes_its_max_extend_to_every_rung(tmp_path):
+    """ladder.json's "max_extend" reaches sweep.py (an arm still at the edge after sweep's default 2 extensions)."""
+    ladder = ladder_run.load_ladder(write_ladder(tmp_path, max_extend=4))
+    assert all("--max_extend=4" in ladder_run.sweep_argv(ladder, r) for r in ladder["rungs"])
+    assert "--max_extend=2" in ladder_run.sweep_argv(ladder_run.load_ladder(write_ladder(tmp_path)), ladder["rungs"][0])
+
 def test_ladder_runs_rung_by_rung_stops_on_the_budget_and_resumes(tmp_path, capfd):
     """--only runs one rung; --budget_hours stops between runs (exit 3) before one that would end past it; the
     same command resumes and the next rungs follow."""

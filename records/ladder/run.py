@@ -7,7 +7,8 @@ with the rung's shared flags before every arm's flags (README.md in this folder)
     python records/ladder/run.py --budget_hours=6            # rung by rung, stopping between runs; re-run resumes
 
 ladder.json: {"rungs": [{"name", "folder", "flags", "seconds_per_run"}], "arms": {name: flags}, "lr_grid":
-"0.5,1,2", "lr_grids": {arm: grid} (optional, per arm), "tune_seeds": 2, "confirm_seeds": 3, "claims": [...]
+"0.5,1,2", "lr_grids": {arm: grid} (optional, per arm), "max_extend": 2 (edge extensions, sweep.py's), "tune_seeds": 2,
+"confirm_seeds": 3, "claims": [...]
 (records/scaling.py's; not read here)}. Config i of a rung's sweep is arm i in "arms" order:
 "<rung flags> <arm flags>" (plus " --lr_grid=..." for an arm in "lr_grids"). Exit codes are the sweep's: 0, 1 (a
 confirm run failed; the next rungs still run), 2 (bad input), 3 (the budget is spent), 130 (interrupted).
@@ -52,6 +53,7 @@ def sweep_argv(ladder, rung, extra=()):
     per_run = [f"--seconds_per_run={rung['seconds_per_run']}"] if rung.get("seconds_per_run") else []
     return [rung["name"], f"--out={os.path.join(ladder['dir'], rung['folder'])}", f"--lr_grid={ladder.get('lr_grid', '0.5,1,2')}",
             f"--tune_seeds={ladder.get('tune_seeds', 2)}", f"--seeds={ladder.get('confirm_seeds', 3)}",
+            f"--max_extend={ladder.get('max_extend', 2)}",
             *per_run, *extra, "--", *configs]
 
 def n_runs(ladder):
