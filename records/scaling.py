@@ -14,7 +14,9 @@ sweep.json with "tune_seeds"), and a ladder.json:
                  "source": "002: ~40% faster convergence"}]}
 
 - rungs (list, in order of size): name (unique), folder (relative to the ladder folder), flags (train_gpt.py
-  flags shared by every run of the rung; informative, and used with the arm's flags to match runs to arms).
+  flags shared by every run of the rung; informative, and used with the arm's flags to match runs to arms), arms
+  (optional: the names of the arms the rung runs; default every arm; a claim whose arm a rung does not run has no
+  gap there).
 - arms ({name: train_gpt.py flags}): what tells the arms apart, without --lr_scale and --seed (the sweep varies
   those). A rung's runs are grouped into arms with compare.best_against_best (configs that differ only in
   lr_scale); a group is an arm when it agrees with `train_gpt.parse_args(rung flags + arm flags)` on every config
@@ -106,7 +108,7 @@ def arm_configs(ladder, rung):
     differ = sorted(k for k in keys if len({compare._js(c.get(k)) for c in parsed.values()}) > 1)
     if len(parsed) > 1 and not differ:
         raise LadderError("ladder.json: the arms' flags do not tell them apart")
-    return {arm: {k: c.get(k) for k in differ} for arm, c in parsed.items()}
+    return {arm: {k: c.get(k) for k in differ} for arm, c in parsed.items() if arm in rung.get("arms", parsed)}
 
 def match_arms(groups, arms, rung_name):
     out = {}
@@ -283,8 +285,15 @@ def ladder_results(folder, ladder, tune_seeds=None, claims=None):
         groups = compare.best_against_best(compare.load_runs([path]), seeds)
         arms = arms_by_rung[rung["name"]] = match_arms(groups, arm_configs(ladder, rung), rung["name"])
         for c, results in out.values():
-            if c["arm"] in arms and c["baseline"] in arms:
+            if c["arm"] in arms and c["baseline"] in arms and not (arms[c["arm"]].runs and arms[c["baseline"]].runs):
+                compare.warn(f"rung {rung['name']}: claim {c['name']!r} has no gap here yet: "
+                             f"{c['arm'] if not arms[c['arm']].runs else c['baseline']!r} has no confirm run at its pick "
+                             f"(a sweep still in its tune phase)")
+            elif c["arm"] in arms and c["baseline"] in arms:
                 results.append(gap_at_rung(arms[c["arm"]], arms[c["baseline"]], rung["name"], ladder.get("count_head", False)))
+            elif not all(a in rung.get("arms", ladder["arms"]) for a in (c["arm"], c["baseline"])):
+                compare.warn(f"rung {rung['name']}: claim {c['name']!r} has no gap here: the rung does not run "
+                             f"{c['arm'] if c['arm'] not in rung['arms'] else c['baseline']!r} (its \"arms\")")
             else:
                 compare.warn(f"rung {rung['name']}: claim {c['name']!r} lacks arm "
                              f"{c['arm'] if c['arm'] not in arms else c['baseline']!r}: no gap at this rung")

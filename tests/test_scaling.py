@@ -116,3 +116,36 @@ def test_cli_report_extrapolation_markdown_and_plot(ladder, capsys):
     assert "not in ladder.json's claims" in capsys.readouterr().err
     assert scaling.main([str(root / "r1"), "--plot=none"]) == 2
     assert "ladder.json" in capsys.readouterr().err
+
+def test_a_rung_may_run_a_subset_of_the_arms(tmp_path, capsys):
+    """A top rung that runs only the arms its claims need (ladder.json's rung "arms"): a claim on an arm it leaves
+    out keeps its gaps at the rungs below and says why it has none there; the other claims keep every rung."""
+    import copy
+    root = make_ladder(tmp_path)
+    ladder = copy.deepcopy(LADDER)
+    ladder["arms"]["dyt"] = "--arch=gpt --optimizer=adam --norm=dyt"
+    ladder["rungs"][2]["arms"] = ["gpt_adam", "angpt"]
+    ladder["claims"].append({"name": "DyT", "arm": "dyt", "baseline": "gpt_adam", "kind": "loss", "source": "000"})
+    (root / "ladder.json").write_text(json.dumps(ladder))
+    for i, (rung, cfg) in enumerate(zip(RUNGS[:2], RUNG_CFG[:2])):
+        for lr in (0.5, 1.0, 2.0):
+            for s in (0, 1, 2, 3, 4):
+                write_log(root / rung["folder"] / f"dyt_lr{lr:g}_s{s}.txt", BASE_LOSS[i] + 0.05 + LR_COST["gpt_adam"][lr] + LUCK[s],
+                          seed=s, steps=cfg["steps"], config_over=dict(cfg, **ARM_CFG["gpt_adam"], norm="dyt", lr_scale=lr))
+    results, arms_by_rung = scaling.ladder_results(str(root), scaling.load_ladder(str(root)))
+    err = capsys.readouterr().err
+    assert [r.rung for r in results["DyT"][1]] == ["r1", "r2"]
+    assert [r.gain for r in results["DyT"][1]] == pytest.approx([-0.05, -0.05], abs=0.006)
+    assert [r.rung for r in results["anGPT vs GPT (Adam)"][1]] == ["r1", "r2", "r3"]
+    assert set(arms_by_rung["r3"]) == {"gpt_adam", "angpt"} and set(arms_by_rung["r1"]) == {"gpt_adam", "angpt", "dyt"}
+    assert "rung r3: claim 'DyT' has no gap here: the rung does not run 'dyt'" in err
+
+def test_a_rung_still_in_its_tune_phase_is_left_out_by_name(tmp_path, capsys):
+    """While a rung's sweep tunes, an arm has no confirm run at its pick: the report leaves that rung out of the
+    claim with a line that says so (it used to stop with an IndexError)."""
+    root = make_ladder(tmp_path)
+    for log in (root / "r3").glob("angpt_*_s[234].txt"):
+        log.unlink()
+    results, _ = scaling.ladder_results(str(root), scaling.load_ladder(str(root)))
+    assert [r.rung for r in results["anGPT vs GPT (Adam)"][1]] == ["r1", "r2"]
+    assert "rung r3: claim 'anGPT vs GPT (Adam)' has no gap here yet: 'angpt' has no confirm run" in capsys.readouterr().err

@@ -429,6 +429,26 @@ def test_ladder_passes_its_max_extend_to_every_rung(tmp_path):
     assert all("--max_extend=4" in ladder_run.sweep_argv(ladder, r) for r in ladder["rungs"])
     assert "--max_extend=2" in ladder_run.sweep_argv(ladder_run.load_ladder(write_ladder(tmp_path)), ladder["rungs"][0])
 
+def test_a_rung_runs_its_own_arms_at_its_own_grids(tmp_path):
+    """A rung's "arms" picks the arms it runs (in the ladder's order); its "lr_grids" (e.g. centred on the rung
+    below's picks) win over the ladder's; an arm name that is not an arm is one line before any run."""
+    path = write_ladder(tmp_path)
+    rec = json.loads(Path(path).read_text())
+    rec["arms"]["dyt"] = "--norm=dyt"
+    rec["rungs"][1].update(arms=["ngpt", "gpt"], lr_grids={"ngpt": "4,8,16"})
+    Path(path).write_text(json.dumps(rec))
+    ladder = ladder_run.load_ladder(path)
+    argv = ladder_run.sweep_argv(ladder, ladder["rungs"][1])
+    assert argv[argv.index("--") + 1:] == ["--n_layer=2 --arch=gpt", "--n_layer=2 --arch=ngpt --lr_grid=4,8,16"]
+    first = ladder_run.sweep_argv(ladder, ladder["rungs"][0])
+    assert first[first.index("--") + 1:] == ["--n_layer=1 --arch=gpt", "--n_layer=1 --arch=ngpt --lr_grid=0.5,1",
+                                             "--n_layer=1 --norm=dyt"]
+    assert [ladder_run.n_runs(ladder, r) for r in ladder["rungs"]] == [2 + 1 + 2 + 1 + 2 + 1, 2 + 1 + 3 + 1]
+    rec["rungs"][1]["arms"] = ["gpt", "nope"]
+    Path(path).write_text(json.dumps(rec))
+    with pytest.raises(ladder_run.sweep.SweepError, match=r"rung b: \['nope'\] not among the arms"):
+        ladder_run.load_ladder(path)
+
 def test_ladder_runs_rung_by_rung_stops_on_the_budget_and_resumes(tmp_path, capfd):
     """--only runs one rung; --budget_hours stops between runs (exit 3) before one that would end past it; the
     same command resumes and the next rungs follow."""

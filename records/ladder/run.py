@@ -6,11 +6,13 @@ with the rung's shared flags before every arm's flags (README.md in this folder)
     python records/ladder/run.py --only=r1                   # one rung
     python records/ladder/run.py --budget_hours=6            # rung by rung, stopping between runs; re-run resumes
 
-ladder.json: {"rungs": [{"name", "folder", "flags", "seconds_per_run"}], "arms": {name: flags}, "lr_grid":
+ladder.json: {"rungs": [{"name", "folder", "flags", "seconds_per_run", "arms" (optional: the arms this rung runs, a
+list of names; default every arm), "lr_grids" (optional: {arm: grid} for this rung, e.g. centred on the rung
+below's pick)}], "arms": {name: flags}, "lr_grid":
 "0.5,1,2", "lr_grids": {arm: grid} (optional, per arm), "max_extend": 2 (edge extensions, sweep.py's), "tune_seeds": 2,
 "confirm_seeds": 3, "claims": [...]
-(records/scaling.py's; not read here)}. Config i of a rung's sweep is arm i in "arms" order:
-"<rung flags> <arm flags>" (plus " --lr_grid=..." for an arm in "lr_grids"). Exit codes are the sweep's: 0, 1 (a
+(records/scaling.py's; not read here)}. Config i of a rung's sweep is the rung's arm i in "arms" order:
+"<rung flags> <arm flags>" (plus " --lr_grid=..." for an arm in the rung's or the ladder's "lr_grids"). Exit codes are the sweep's: 0, 1 (a
 confirm run failed; the next rungs still run), 2 (bad input), 3 (the budget is spent), 130 (interrupted).
 """
 import argparse
@@ -38,28 +40,39 @@ def load_ladder(path):
                 raise ValueError(f'rung {r}: needs "name", "folder" and "flags" strings')
         if len({r["name"] for r in rungs}) < len(rungs):
             raise ValueError("two rungs of one name")
+        for r in rungs:
+            if unknown := [a for a in r.get("arms", []) + list(r.get("lr_grids", {})) if a not in arms]:
+                raise ValueError(f'rung {r["name"]}: {unknown} not among the arms {list(arms)}')
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise sweep.SweepError(f"{path}: {e}") from None
     ladder["dir"] = os.path.dirname(os.path.abspath(path))  # a rung's folder is relative to ladder.json (as scaling.py reads it)
     return ladder
 
-def arm_grid(ladder, arm):
-    return ladder.get("lr_grids", {}).get(arm, ladder.get("lr_grid", "0.5,1,2"))
+def rung_arms(ladder, rung):
+    """{arm: flags} of the arms the rung runs, in the ladder's "arms" order."""
+    return {a: f for a, f in ladder["arms"].items() if a in rung.get("arms", ladder["arms"])}
+
+def own_grid(ladder, rung, arm):
+    """The arm's grid when it has its own (the rung's "lr_grids" first, then the ladder's), else None."""
+    return rung.get("lr_grids", {}).get(arm, ladder.get("lr_grids", {}).get(arm))
+
+def arm_grid(ladder, rung, arm):
+    return own_grid(ladder, rung, arm) or ladder.get("lr_grid", "0.5,1,2")
 
 def sweep_argv(ladder, rung, extra=()):
     """The rung's records/sweep.py command line (after `sweep.py`)."""
-    configs = [f"{rung['flags']} {flags}" + (f" --lr_grid={ladder['lr_grids'][arm]}" if arm in ladder.get("lr_grids", {})
-                                             else "") for arm, flags in ladder["arms"].items()]
+    configs = [f"{rung['flags']} {flags}" + (f" --lr_grid={g}" if (g := own_grid(ladder, rung, arm)) else "")
+               for arm, flags in rung_arms(ladder, rung).items()]
     per_run = [f"--seconds_per_run={rung['seconds_per_run']}"] if rung.get("seconds_per_run") else []
     return [rung["name"], f"--out={os.path.join(ladder['dir'], rung['folder'])}", f"--lr_grid={ladder.get('lr_grid', '0.5,1,2')}",
             f"--tune_seeds={ladder.get('tune_seeds', 2)}", f"--seeds={ladder.get('confirm_seeds', 3)}",
             f"--max_extend={ladder.get('max_extend', 2)}",
             *per_run, *extra, "--", *configs]
 
-def n_runs(ladder):
+def n_runs(ladder, rung):
     """Runs of one rung before any edge extension: every arm x its grid x the tune seeds, then x the confirm seeds."""
     tune, confirm = ladder.get("tune_seeds", 2), ladder.get("confirm_seeds", 3)
-    return sum(len(sweep.parse_grid(arm_grid(ladder, arm))) * tune + confirm for arm in ladder["arms"])
+    return sum(len(sweep.parse_grid(arm_grid(ladder, rung, arm))) * tune + confirm for arm in rung_arms(ladder, rung))
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -79,15 +92,17 @@ def main(argv=None):
         return sweep.fail(e)
     hidden = [f"--{k}={v}" for k, v in (("script", args.script), ("launcher", args.launcher)) if v]
     if args.plan:
-        total, n = 0.0, n_runs(ladder)
+        total, runs = 0.0, 0
         for r in rungs:
+            n = n_runs(ladder, r)
+            runs += n
             print(f"## rung {r['name']} into {r['folder']}")
             if (rc := sweep.main(sweep_argv(ladder, r, hidden + ["--dry_run"]))) != 0:
                 return rc
             total += n * r.get("seconds_per_run", 0)
             print(f"## rung {r['name']}: {n} runs x {r.get('seconds_per_run', '?')} s = "
                   f"{sweep.hms(n * r.get('seconds_per_run', 0))} of CPU")
-        print(f"## ladder: {n * len(rungs)} runs, {sweep.hms(total)} of CPU ({total / 3600:.2f} h; each edge extension "
+        print(f"## ladder: {runs} runs, {sweep.hms(total)} of CPU ({total / 3600:.2f} h; each edge extension "
               f"adds {ladder.get('tune_seeds', 2)} runs of its rung)")
         return 0
     t0, worst = time.time(), 0
