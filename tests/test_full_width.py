@@ -77,7 +77,7 @@ def test_trains_at_full_width(small_vocab_shards, name):
             f"{name}: hidden-state norm left [0.5, {top}] (--angpt_norm={a.angpt_norm}): {hidden}"
 
 
-@pytest.mark.parametrize("mlp", ["relu2", "swiglu"])
+@pytest.mark.parametrize("mlp", ["relu2"])  # the record's MLP; SwiGLU at 12 layers behaves alike (100 s more)
 def test_angpt_trains_at_full_depth(small_vocab_shards, mlp):
     """12 x 768 anGPT, 10 steps: no NaN, no step above the first, a clear fall, the stream's norm bounded. With
     --angpt_norm=none this fails: both MLP kinds spike above the first step's loss. With the exact norms the

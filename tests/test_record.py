@@ -985,6 +985,28 @@ def test_every_arch_trains_under_the_speedrun_preset(flags, speedrun_shards, mon
 
 
 @pytest.mark.parametrize("arch", ["ngpt", "angpt"])
+def test_normalised_archs_train_under_the_speedrun_preset_at_full_width(arch, speedrun_shards, monkeypatch):
+    """The same at the record's width: 768 wide, d_ff 3072, 6 heads x 128, 8 layers (so layer 7 has no attention and
+    layers 0, 4, 7 are long), with the document mask, windows, merged QKV, half RoPE and the FP8 head on. A width
+    can break what 64 does not (anGPT's nu factors did, tests/test_full_width.py): 4 steps, finite, val falls."""
+    d = speedrun_shards
+    monkeypatch.setattr(T, "EOT_TOKEN", RUN_EOT)
+    name = f"sr768_{arch}"
+    c = T.parse_args(["--n_layer=8", "--n_embd=768", "--n_head=6", f"--vocab_size={RUN_VOCAB}", "--seq_len=256",
+                      "--batch_size=4", "--device_batch_size=4", "--steps=4", "--val_every=4", "--val_tokens=2048",
+                      "--no-compile", "--kernels=torch", "--sample_tokens=0", "--bf16=false", f"--arch={arch}",
+                      f"--train_files={d}/sr_train_*.bin", f"--val_files={d}/sr_val_*.bin",
+                      f"--log_dir={d}/logs", f"--run_name={name}", f"--checkpoint_dir={d}/ck"], cuda_available=True)
+    assert (c.n_embd // c.n_head, int(c.mlp_ratio * c.n_embd)) == (128, 3072)
+    assert c.doc_mask and c.attn_window and c.merged_qkv and c.rope_half and c.fp8_head and c.skip_attn_layers == "7"
+    assert train_in_process(c) == 0
+    (log,) = (d / "logs").glob(f"{name}_*.txt")
+    lines = step_lines(log.read_text())
+    assert len(lines["train"]) == 4 and all(np.isfinite(list(lines["train"].values()))), lines["train"]
+    assert lines["val"][4][0] < lines["val"][0][0] - 0.1, lines["val"]
+
+
+@pytest.mark.parametrize("arch", ["ngpt", "angpt"])
 def test_fp8_head_of_the_normalised_archs_keeps_its_gradients_in_range(arch):
     """nGPT / anGPT scale their logits by s_z (anGPT's starts at 15): through the FP8 head unchanged, the logit
     gradient would be s_z times GPT's and overflow e5m2 (NaN at the first step; this test found it). s_z goes into
