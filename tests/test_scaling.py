@@ -149,3 +149,24 @@ def test_a_rung_still_in_its_tune_phase_is_left_out_by_name(tmp_path, capsys):
     results, _ = scaling.ladder_results(str(root), scaling.load_ladder(str(root)))
     assert [r.rung for r in results["anGPT vs GPT (Adam)"][1]] == ["r1", "r2"]
     assert "rung r3: claim 'anGPT vs GPT (Adam)' has no gap here yet: 'angpt' has no confirm run" in capsys.readouterr().err
+
+def test_the_committed_ladder_spans_30x_compute_and_pins_its_precision():
+    """records/ladder/ladder.json as committed: every rung's flags parse with each arm it runs, pin --bf16, and the
+    top rung trains >= 30x the bottom rung's compute C = 6 N T (issue 24's bar); anGPT vs GPT and nGPT vs GPT (the
+    claims the issue requires) have both arms at every rung."""
+    from dataclasses import asdict
+    import shlex
+    import train_gpt
+    folder = REPO / "records" / "ladder"
+    ladder = scaling.load_ladder(str(folder))
+    compute = []
+    for rung in ladder["rungs"]:
+        assert "--bf16" in shlex.split(rung["flags"]), rung["name"]
+        runs = rung.get("arms", list(ladder["arms"]))
+        for arm in runs:
+            train_gpt.parse_args(shlex.split(rung["flags"]) + shlex.split(ladder["arms"][arm]), cuda_available=False)
+        required = [c for c in ladder["claims"] if c["arm"] in ("angpt", "ngpt") and c["baseline"].startswith("gpt")]
+        assert len(required) >= 2 and all(c["arm"] in runs and c["baseline"] in runs for c in required), rung["name"]
+        cfg = asdict(train_gpt.parse_args(shlex.split(rung["flags"]), cuda_available=False))
+        compute.append(scaling.training_compute(cfg, ladder.get("count_head", False))[0])
+    assert len(compute) >= 3 and compute == sorted(compute) and compute[-1] / compute[0] >= 30, compute
