@@ -331,8 +331,9 @@ def format_claim(claim, results, extrapolate=None, markdown=False):
         lines.append("trend: n/a (needs 2 rungs of different compute)")
     else:
         lines.append(f"trend: gain = {trend.intercept:+.4f} {trend.slope:+.4f} x log10(C); slope 95% CI "
-                     f"[{trend.low:+.4f}, {trend.high:+.4f}] per decade of compute: the gain {trend.verdict}"
-                     f" ({len(results)} rungs)")
+                     f"[{trend.low:+.4f}, {trend.high:+.4f}] per decade of compute: the gain "
+                     f"{'is flat' if trend.verdict == 'flat' else trend.verdict} ({len(results)} rungs"
+                     f"{'; from their CIs alone: the scatter check needs 3' if len(results) == 2 else ''})")
         if extrapolate:
             y, lo, hi = trend.predict(math.log10(extrapolate))
             outside = not trend.x_range[0] <= math.log10(extrapolate) <= trend.x_range[1]
