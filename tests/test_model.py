@@ -448,7 +448,7 @@ def test_muon_split_over_ranks_matches_one_rank_and_divides_the_work(tmp_path, b
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
                str(ROOT / "tests/bench_muon.py"), f"--scale={scale}", f"--out={tmp_path}"]
         r = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=240)
-        assert r.returncode == 0, r.stderr[-3000:]
+        assert r.returncode == 0, f"world {world}: {r.stdout[-1500:]}{r.stderr[-3000:]}"
     params = {w: torch.load(tmp_path / f"params_w{w}.pt") for w in worlds}
     for w in worlds[1:]:
         for name, p in params[1].items():
