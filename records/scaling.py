@@ -42,7 +42,7 @@ slope's 95% CI uses those se (normal quantile) and, when the rungs scatter more 
 (chi^2/dof > 1), se scaled by sqrt(chi^2/dof) with Student's t on n-2 dof. Verdict: the gain grows (CI above
 0), shrinks (below 0) or is flat (CI holds 0). Needs 2 rungs (3 for the scatter check). --extrapolate=C prints
 the fitted gain at compute C with its 95% prediction interval (the fit's uncertainty plus a new rung's spread),
-labelled an extrapolation when C lies outside the ladder's range.
+labelled an extrapolation when C lies outside the ladder's range (from 2 rungs, labelled a lower bound too).
 The plot: mean final val loss (confirm seeds, at each arm's pick) against C, log axes, one line per arm, 95% CI
 bars over the confirm seeds.
 """
@@ -339,8 +339,10 @@ def format_claim(claim, results, extrapolate=None, markdown=False):
             outside = not trend.x_range[0] <= math.log10(extrapolate) <= trend.x_range[1]
             label = ("EXTRAPOLATION beyond the measured compute "
                      f"[{10 ** trend.x_range[0]:.3g}, {10 ** trend.x_range[1]:.3g}] FLOPs" if outside else "interpolation")
+            # two rungs fit a line exactly: the interval then comes from their CIs alone and cannot see curvature
+            caveat = "; 2 rungs: no scatter check, the interval is a lower bound" if len(results) == 2 else ""
             lines.append(f"{label}: at C = {extrapolate:.3g} FLOPs the fitted gain is {y:+.4f}, 95% prediction "
-                         f"interval [{lo:+.4f}, {hi:+.4f}] (assumes the trend holds in log10(C))")
+                         f"interval [{lo:+.4f}, {hi:+.4f}] (assumes the trend holds in log10(C){caveat})")
     edges = [f"{r.rung}/{name}" for r in results for name, g in ((claim["arm"], r.arm), (claim["baseline"], r.base))
              if g.pick["edge"]]
     if edges:

@@ -135,6 +135,8 @@ def test_a_rung_may_run_a_subset_of_the_arms(tmp_path, capsys):
     results, arms_by_rung = scaling.ladder_results(str(root), scaling.load_ladder(str(root)))
     err = capsys.readouterr().err
     assert [r.rung for r in results["DyT"][1]] == ["r1", "r2"]
+    two, three = (scaling.format_claim(*results[name], extrapolate=1e18) for name in ("DyT", "anGPT vs GPT (Adam)"))
+    assert "2 rungs: no scatter check, the interval is a lower bound" in two and "lower bound" not in three
     assert [r.gain for r in results["DyT"][1]] == pytest.approx([-0.05, -0.05], abs=0.006)
     assert [r.rung for r in results["anGPT vs GPT (Adam)"][1]] == ["r1", "r2", "r3"]
     assert set(arms_by_rung["r3"]) == {"gpt_adam", "angpt"} and set(arms_by_rung["r1"]) == {"gpt_adam", "angpt", "dyt"}
