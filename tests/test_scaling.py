@@ -172,3 +172,15 @@ def test_the_committed_ladder_spans_30x_compute_and_pins_its_precision():
         cfg = asdict(train_gpt.parse_args(shlex.split(rung["flags"]), cuda_available=False))
         compute.append(scaling.training_compute(cfg, ladder.get("count_head", False))[0])
     assert len(compute) >= 3 and compute == sorted(compute) and compute[-1] / compute[0] >= 30, compute
+
+def test_the_committed_report_is_what_the_committed_logs_say(capsys):
+    """records/ladder/scaling.txt (the numbers the READMEs quote) is what scaling.py prints today from the committed
+    logs and sweep.json files, so a changed log, pick or statistic cannot leave a stale report behind."""
+    folder = REPO / "records" / "ladder"
+    committed = (folder / "scaling.txt").read_text().splitlines()
+    assert scaling.main([str(folder), "--extrapolate=3.62e17", "--plot=none"]) == 0
+    out, err = capsys.readouterr()
+    body = lambda lines: [l for l in lines if not l.startswith(("compare: warning", "plot:"))]
+    assert body(out.splitlines()) == body(committed)
+    assert [l for l in committed if l.startswith("compare: warning")] == err.splitlines()
+    assert all(f"rung {r}" not in err for r in ("r1", "r2"))  # only r3 leaves claims out (DyT, depth scaling)
