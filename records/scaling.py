@@ -44,7 +44,7 @@ slope's 95% CI uses those se (normal quantile) and, when the rungs scatter more 
 the fitted gain at compute C with its 95% prediction interval (the fit's uncertainty plus a new rung's spread),
 labelled an extrapolation when C lies outside the ladder's range (from 2 rungs, labelled a lower bound too).
 The plot: mean final val loss (confirm seeds, at each arm's pick) against C, log axes, one line per arm, 95% CI
-bars over the confirm seeds.
+bands over the confirm seeds.
 """
 import argparse
 import json
@@ -350,7 +350,7 @@ def format_claim(claim, results, extrapolate=None, markdown=False):
     return "\n".join(lines) + "\n"
 
 def plot(arms_by_rung, ladder, path):
-    """Mean final val loss against compute (log axes), one line per arm, 95% CI bars over the confirm seeds."""
+    """Mean final val loss against compute (log axes), one line per arm, a 95% CI band over the confirm seeds."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -370,12 +370,17 @@ def plot(arms_by_rung, ladder, path):
                 pts.append((rung_c[rung], float(np.mean(xs)), half))
         if pts:
             c, m, h = map(np.array, zip(*sorted(pts)))
-            ax.errorbar(c, m, yerr=h, marker="o", capsize=3, label=arm)
+            line, = ax.plot(c, m, marker="o", label=arm)
+            ax.fill_between(c, m - h, m + h, color=line.get_color(), alpha=0.15, linewidth=0)
     ax.set(xscale="log", yscale="log", xlabel="training compute C = 6·N·tokens (FLOPs)",
-           ylabel="final val loss (mean, 95% CI)", title="best against best, confirm seeds")
-    for which in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):  # losses span less than a decade
-        which(FormatStrFormatter("%.2f"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
+           ylabel="final val loss (mean, 95% CI band)", title="best against best, confirm seeds")
+    # losses span less than a decade, where a log axis has at most one labelled tick: up to 9 round ones instead
+    low, high = ax.get_ylim()
+    step = next((s for s in (0.02, 0.05, 0.1, 0.2, 0.25, 0.5, 1.0) if (high - low) / s <= 9), 2.0)
+    ax.set_yticks(np.arange(math.ceil(low / step) * step, high, step))
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%.2f"))
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_minor_formatter(NullFormatter())
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
