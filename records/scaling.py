@@ -327,20 +327,20 @@ def format_claim(claim, results, extrapolate=None, markdown=False):
         lines = [title, fmt(head), "  ".join("-" * x for x in w)] + [fmt(c) for c in body]
     lines.append("")
     trend = fit_trend([math.log10(r.compute) for r in results], [r.gain for r in results], [r.se for r in results])
+    two_rungs = len(results) == 2  # a line through two points: its CIs come from the rungs' alone, no scatter check
     if trend is None:
         lines.append("trend: n/a (needs 2 rungs of different compute)")
     else:
         lines.append(f"trend: gain = {trend.intercept:+.4f} {trend.slope:+.4f} x log10(C); slope 95% CI "
                      f"[{trend.low:+.4f}, {trend.high:+.4f}] per decade of compute: the gain "
                      f"{'is flat' if trend.verdict == 'flat' else trend.verdict} ({len(results)} rungs"
-                     f"{'; from their CIs alone: the scatter check needs 3' if len(results) == 2 else ''})")
+                     f"{'; from their CIs alone: the scatter check needs 3' if two_rungs else ''})")
         if extrapolate:
             y, lo, hi = trend.predict(math.log10(extrapolate))
             outside = not trend.x_range[0] <= math.log10(extrapolate) <= trend.x_range[1]
             label = ("EXTRAPOLATION beyond the measured compute "
                      f"[{10 ** trend.x_range[0]:.3g}, {10 ** trend.x_range[1]:.3g}] FLOPs" if outside else "interpolation")
-            # two rungs fit a line exactly: the interval then comes from their CIs alone and cannot see curvature
-            caveat = "; 2 rungs: no scatter check, the interval is a lower bound" if len(results) == 2 else ""
+            caveat = "; 2 rungs: no scatter check, the interval is a lower bound" if two_rungs else ""
             lines.append(f"{label}: at C = {extrapolate:.3g} FLOPs the fitted gain is {y:+.4f}, 95% prediction "
                          f"interval [{lo:+.4f}, {hi:+.4f}] (assumes the trend holds in log10(C){caveat})")
     edges = [f"{r.rung}/{name}" for r in results for name, g in ((claim["arm"], r.arm), (claim["baseline"], r.base))
