@@ -66,12 +66,46 @@ class Hyperparameters:
     merged_qkv: bool = flag(False, "q, k, v from one (3, d, d) weight: one matmul, one batched Muon update")
     attn_scale: float = flag(0.0, "softmax scale; 0 = 1/sqrt(head_dim) (record: 0.12)", ge=0, archs=["gpt"])
     rope_half: bool = flag(False, "half-truncated RoPE: head_dim/4 frequencies from 1 to 1/rope_base, the other pairs unrotated (record base 1024)")
-    logit_softcap_form: str = flag("tanh", "tanh: cap*tanh(z/cap); sigmoid: cap*(tanh(z/cap)+1) = 2cap*sigmoid(2z/cap) (record: cap 15, sigmoid)", choices=["tanh", "sigmoid"], archs=["gpt"])
+    logit_softcap_form: str = flag("tanh", "tanh: cap*tanh(z/cap); sigmoid: cap*(tanh(z/cap)+1) = 2cap*sigmoid(2z/cap) (2025 record: cap 15, sigmoid); "
+                                   "shifted: cap*sigmoid((z + shift)/temp) (2026 record: 23, 5, 7.5)", choices=["tanh", "sigmoid", "shifted"], archs=["gpt"])
+    logit_softcap_shift: float = flag(5.0, "--logit_softcap_form=shifted: the logit shift", archs=["gpt"])
+    logit_softcap_temp: float = flag(7.5, "--logit_softcap_form=shifted: the temperature", gt=0, archs=["gpt"])
     skip_attn_layers: str = flag("", "comma-separated blocks without attention (record: 7)")
     doc_mask: bool = flag(False, "attention stays inside documents (<|endoftext|> starts one)")
     attn_window: int = flag(0, "sliding window (tokens, a multiple of 128) of the long layers, grown from 128 over the run; short layers get half; 0 = off (record: 1792)", ge=0)
     window_long_layers: str = flag("", "comma-separated layers with the long window, the others short; '' = all long (record: 0,4,7,11)")
     fp8_head: bool = flag(False, "lm_head matmul in FP8 while training (e4m3 forward, e5m2 gradients; torch._scaled_mm on sm_90, emulated elsewhere)")
+    # the current record's (#89, 2026-08) training recipe: optimizer, schedule, data order, losses. Each off here and usable
+    # under any preset; all on in --preset=speedrun. They apply to every arch but the three marked GPT (see the README)
+    muon_ortho: str = flag("newton_schulz", "Muon's orthogonalisation: the quintic Newton-Schulz, or Polar Express (5 tuned steps; record)",
+                           group="recipe", choices=["newton_schulz", "polar_express"])
+    normuon_beta2: float = flag(0.0, "NorMuon: each orthogonalised update row (or column) rescaled by an EMA of its mean square, at this beta2; 0 = off (record 0.9)", ge=0, lt=1)
+    muon_wd: float = flag(0.0, "Muon's cautious weight decay (only where update*p >= 0), times lr * the matrix's lr (record 1.2)", ge=0)
+    muon_groups: str = flag("matrix", "matrix: each weight matrix one orthogonalisation, lr x sqrt(max(1, rows/cols)); record: Q and K per pair of "
+                            "heads, the MLP's lr x sqrt(hidden/d) both ways and its down projection's x --muon_proj_lr_mult", choices=["matrix", "record"])
+    muon_proj_lr_mult: float = flag(2.0, "--muon_groups=record: the MLP down projection's extra lr factor (record 2)", gt=0)
+    muon_momentum_cooldown: int = flag(0, "Muon momentum falls back to 0.85 over the last N steps (record: 50)", ge=0)
+    adam_table: str = flag("flat", "flat: --embed_lr/--head_lr/--scalar_lr with one pair of betas; record: the record's lr multiplier, betas "
+                           "and weight-decay multiplier per kind of parameter (ADAM_TABLE), on --adam_table_lr", choices=["flat", "record"])
+    adam_table_lr: float = flag(0.008, "--adam_table=record: the Adam lr that each kind's multiplier scales (record 0.008)", gt=0)
+    adam_wd: float = flag(0.0, "Adam's cautious weight decay (only where update*p > 0), times lr^2 and the kind's multiplier (record 0.005)", ge=0)
+    adam_every: int = flag(1, "Adam steps every k-th step on the gradients summed since its last (record 2: odd steps only)", ge=1)
+    stages: str = flag("", "staged schedule, stages split by ';': 'TOKENSxSEQ wSHORT/LONG lrL mtpW,..[>W,..] preP[>P]', e.g. the record's first "
+                           "'131072x896 w1/3 lr1 mtp1,.5,.25>1,.5,0 pre.25'; tokens per step, the document cap of --bos_align, attention "
+                           "windows in 128-token blocks applied per token, the lr multiplier and the MTP / prefix-loss weights (a>b: "
+                           "linear over the stage). A stage starting '+N ' runs N steps after the others (their split is even). '' = off")
+    final_window: int = flag(0, "--stages: the long window (blocks) of the final validation; 0 = the last stage's (record 20)", ge=0)
+    yarn: bool = flag(False, "YaRN: when the long window grows W -> W', rotary frequencies are interpolated and the softmax scale x (1 + 0.2 ln W'/W) (record)")
+    bos_align: bool = flag(False, "every row is whole documents from their start (<|endoftext|>), each cut at the stage's SEQ, "
+                                  "the last cut to fill the row; what a cut leaves is not trained on (record)")
+    mtp: bool = flag(False, "multi-token prediction: loss sum_k w_k CE(z_t, y_{t+k}) through the one head, weights from --stages (record)")
+    prefix_loss: bool = flag(False, "+ w CE(z_t, P(y_t)), P(y) = the longest proper byte-prefix of y that is a token, w from --stages (record)")
+    untie_frac: float = flag(0.0, "embedding = head (N(0, 0.005), kept equal) until this fraction of the scheduled steps (the "
+                                  "step made odd), then apart, the head's Adam state copied to the embedding; 0 = off (record 2/3)",
+                             ge=0, lt=1, archs=["gpt"])
+    init: str = flag("zero_out", "zero_out: every output projection and an untied head start at 0; record: attention's out-projection "
+                                 "uniform like q/k/v (std 0.5/sqrt(d)), the head N(0, 0.005)", choices=["zero_out", "record"], archs=["gpt"])
+    val_seq_len: int = flag(0, "tokens per validation row; 0 = --seq_len (record 262,144: a whole rank's batch)", ge=0)
     # DyT (--norm=dyt)
     dyt_alpha_attn: float = flag(0.8, "DyT alpha init before attention (and QK)", group="dyt")
     dyt_alpha_mlp: float = flag(0.2, "DyT alpha init before the MLP")
@@ -327,9 +361,25 @@ def validate(c: Hyperparameters):
             bad = [getattr(c, name)]
         need(not bad, f"--{name}={getattr(c, name)!r}: give comma-separated layer indices (0 = the first block)")
     need(int(c.mlp_ratio * c.n_embd) >= 1, f"--mlp_ratio={c.mlp_ratio} gives an MLP of width 0 at --n_embd={c.n_embd}")
-    need(c.val_tokens == 0 or c.val_tokens >= c.seq_len, f"--val_tokens={c.val_tokens} must be >= --seq_len ({c.seq_len}) (or 0: no validation)")
+    val_len, val_flag = (c.val_seq_len, "--val_seq_len") if c.val_seq_len else (c.seq_len, "--seq_len")
+    need(c.val_tokens == 0 or c.val_tokens >= val_len, f"--val_tokens={c.val_tokens} must be >= {val_flag} ({val_len}) (or 0: no validation)")
     if c.norm_skip_tol > 0:
         need(c.norm == "rmsnorm", f"--norm_skip_tol is a rule of RMSNorm; it does not apply to --norm={c.norm}")
+    stages = parse_stages(c.stages)
+    for name in ("mtp", "prefix_loss", "final_window", "yarn"):
+        need(not getattr(c, name) or stages, f"--{name} takes its weights / windows from --stages: give the stages too")
+    if stages:
+        need(not c.attn_window, "--attn_window (the 2025 record's warm-up) and --stages (windows per stage) are two window schedules: give one")
+        need(c.lr_schedule == "trapezoid" and not c.warmup_steps, "--stages runs the record's lr schedule (stage lr, then the cooldown): "
+                                                                  "it takes no --lr_schedule=cosine or --warmup_steps")
+        ext = sum(s.steps for s in stages)
+        need(c.steps > ext, f"--steps={c.steps} leaves no scheduled steps after the extension stages' {ext}")
+        for i, st in enumerate(stages):
+            need(st.tokens % c.batch_size == 0 and st.tokens // c.batch_size <= c.seq_len,
+                 f"--stages: stage {i + 1}'s {st.tokens} tokens must split into --batch_size={c.batch_size} rows of at most "
+                 f"--seq_len={c.seq_len} tokens (raise --seq_len: it is the longest row)")
+        need(not c.yarn or (c.rope and all(st.windows for st in stages)), "--yarn rescales RoPE as the windows grow: it needs --rope and windows in every stage")
+    need(not (c.untie_frac and c.tie_embeddings), "--untie_frac ties embedding and head until it unties them; --tie_embeddings ties them for good: give one")
     # the batch must split for every world size: checked here, before any data is read
     if c.grad_accum:
         need(c.batch_size % c.grad_accum == 0, f"--batch_size={c.batch_size} is not divisible by --grad_accum={c.grad_accum}")
@@ -439,7 +489,10 @@ class Scalars(nn.Module):
 
 class Rotary(nn.Module):
     """RoPE on (B, T, H, D), the pairs being (x[:D/2], x[D/2:]). half: the record's half-truncated RoPE, D/4
-    frequencies from 1 down to 1/base and D/4 pairs left unrotated (frequency 0)."""
+    frequencies from 1 down to 1/base and D/4 pairs left unrotated (frequency 0). One per model, shared by its layers.
+    yarn_to(windows): YaRN as the record applies it when its long window grows W -> W' (Yarn.apply, L1033): a frequency
+    turning fewer than 1 time over W is divided by W'/W, one turning more than 32 times kept, linear between; the softmax
+    scale multiplier `scale_mult` grows by 1 + 0.2 ln(W'/W). The state is a function of the chain of windows."""
     def __init__(self, head_dim, max_len, base, half=False):
         super().__init__()
         if half:
@@ -447,9 +500,30 @@ class Rotary(nn.Module):
             inv_freq = torch.cat([freq, freq.new_zeros(head_dim // 4)])
         else:
             inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
-        self.register_buffer("cos", freqs.cos()[None, :, None, :], persistent=False)
-        self.register_buffer("sin", freqs.sin()[None, :, None, :], persistent=False)
+        self.max_len, self.windows, self.scale_mult = max_len, (), 1.0
+        self.register_buffer("base_inv_freq", inv_freq, persistent=False)
+        self.register_buffer("inv_freq", inv_freq.clone(), persistent=False)
+        self.register_buffer("cos", None, persistent=False)
+        self.register_buffer("sin", None, persistent=False)
+        self.tables()
+    def tables(self):
+        freqs = torch.outer(torch.arange(self.max_len, dtype=torch.float32, device=self.inv_freq.device), self.inv_freq)
+        self.cos, self.sin = freqs.cos()[None, :, None, :], freqs.sin()[None, :, None, :]
+    @torch.no_grad()
+    def yarn_to(self, windows):
+        """The YaRN state after the long window went through `windows` (tokens, in order)."""
+        windows = tuple(windows)
+        if windows == self.windows:
+            return
+        self.inv_freq.copy_(self.base_inv_freq)
+        self.scale_mult = 1.0
+        for old, new in zip(windows[:-1], windows[1:]):
+            turns = old * self.inv_freq / (2 * math.pi)
+            ratio = old / new
+            self.inv_freq.mul_(ratio + torch.clamp((turns - 1) / (32 - 1), 0, 1) * (1 - ratio))
+            self.scale_mult *= 1 + 0.2 * math.log(new / old)
+        self.windows = windows
+        self.tables()
     def forward(self, x):  # (B, T, H, D)
         T = x.size(1)
         cos, sin = self.cos[:, :T], self.sin[:, :T]
@@ -463,7 +537,7 @@ class Attention(nn.Module):
     """Causal self-attention. qk: 'rmsnorm' / 'dyt' (a Norm per head), 'l2' (nGPT/anGPT: s_qk * q/||q|| after
     RoPE, softmax scale sqrt(d_head)) or 'none'. v_scale / out_scale are anGPT's constant nu factors.
     merged_qkv: one (3, H*D, d) weight; value_mix: v = lambda0 * v + lambda1 * ve (the record's value embeddings)."""
-    def __init__(self, dim, n_head, head_dim, ops, qk="rmsnorm", rope_len=0, rope_base=10000.0, rope_half=False, dyt_alpha=0.8,
+    def __init__(self, dim, n_head, head_dim, ops, qk="rmsnorm", rotary=None, dyt_alpha=0.8,
                  v_scale=1.0, out_scale=1.0, softmax_scale=0.0, merged_qkv=False, value_mix=False):
         super().__init__()
         self.n_head, self.head_dim, self.ops = n_head, head_dim, ops
@@ -472,7 +546,7 @@ class Attention(nn.Module):
         else:
             self.c_q, self.c_k, self.c_v = linear(dim, n_head * head_dim), linear(dim, n_head * head_dim), linear(dim, n_head * head_dim)
         self.c_proj = linear(n_head * head_dim, dim)
-        self.rotary = Rotary(head_dim, rope_len, rope_base, rope_half) if rope_len else None
+        self.rotary = rotary  # the model's one Rotary (None: no RoPE)
         self.qk, self.v_scale, self.out_scale = qk, v_scale, out_scale
         if qk in ("rmsnorm", "dyt"):
             self.q_norm, self.k_norm = Norm(qk, head_dim, ops, dyt_alpha=dyt_alpha), Norm(qk, head_dim, ops, dyt_alpha=dyt_alpha)
@@ -500,7 +574,8 @@ class Attention(nn.Module):
             q, k = s_qk * self.ops.l2_norm(q), s_qk * self.ops.l2_norm(k)
         if self.v_scale != 1.0:
             v = v * self.v_scale
-        y = self.c_proj(attend(q, k, v, mask, self.softmax_scale).reshape(B, T, self.n_head * self.head_dim))
+        scale = self.softmax_scale * (self.rotary.scale_mult if self.rotary is not None else 1.0)  # YaRN's
+        y = self.c_proj(attend(q, k, v, mask, scale).reshape(B, T, self.n_head * self.head_dim))
         return y * self.out_scale if self.out_scale != 1.0 else y
 
 def attend(q, k, v, mask, scale):
@@ -524,30 +599,40 @@ def document_ids(idx):
     """(B, T) tokens -> the document each belongs to."""
     return (idx == EOT_TOKEN).cumsum(-1)
 
-def dense_attention_mask(idx, window_blocks=None, doc_mask=True):
+def in_window(q, k, window_blocks, per_token):
+    """Whether query position q sees key position k <= q under a window of `window_blocks` ATTN_BLOCK blocks: per
+    block (the 2025 record's FlexAttention: its own block and the W-1 before) or per token (the current record's FA3
+    window_size=(W*128, 0): the W*128 tokens before it)."""
+    if per_token:
+        return (q - k) <= window_blocks * ATTN_BLOCK
+    return (q // ATTN_BLOCK - k // ATTN_BLOCK) < window_blocks
+
+def dense_attention_mask(idx, window_blocks=None, doc_mask=True, per_token=False):
     """The mask as a (B, 1, T, T) boolean: the CPU path, and the reference the BlockMask is tested against."""
     pos = torch.arange(idx.size(1), device=idx.device)
     mask = (pos[:, None] >= pos[None, :])[None]
     if window_blocks is not None:
-        mask = mask & ((pos[:, None] // ATTN_BLOCK - pos[None, :] // ATTN_BLOCK) < window_blocks)[None]
+        mask = mask & in_window(pos[:, None], pos[None, :], window_blocks, per_token)[None]
     if doc_mask:
         docs = document_ids(idx)
         mask = mask & (docs[:, :, None] == docs[:, None, :])
     return mask[:, None]
 
-def block_attention_mask(idx, window_blocks=None, doc_mask=True):
+def block_attention_mask(idx, window_blocks=None, doc_mask=True, per_token=False):
     """The same mask as FlexAttention's block-sparse BlockMask, built from per-block document ranges without a
-    T x T tensor: a kv block is 'full' (no per-token masking) when it lies strictly before the query block, in the
-    window, and both blocks sit inside one document; 'partial' (mask_mod decides per token) when it is the
-    diagonal block or touches a document boundary; absent otherwise."""
+    T x T tensor: a kv block is 'full' (no per-token masking) when it lies strictly before the query block, wholly in
+    the window, and both blocks sit inside one document; 'partial' (mask_mod decides per token) when it is the
+    diagonal block, partly in the window or touches a document boundary; absent otherwise."""
     B, T = idx.shape
     nb = T // ATTN_BLOCK
     docs = document_ids(idx)
     first, last = docs.view(B, nb, ATTN_BLOCK)[..., 0], docs.view(B, nb, ATTN_BLOCK)[..., -1]
     qb, kb = torch.arange(nb, device=idx.device)[:, None], torch.arange(nb, device=idx.device)[None, :]
     some, full = (qb >= kb)[None], (qb > kb)[None]
-    if window_blocks is not None:
-        some, full = some & ((qb - kb) < window_blocks), full & ((qb - kb) < window_blocks)
+    if window_blocks is not None:  # the block's nearest and farthest (query, key) pairs
+        near, far = qb * ATTN_BLOCK, qb * ATTN_BLOCK + ATTN_BLOCK - 1
+        some = some & in_window(near, kb * ATTN_BLOCK + ATTN_BLOCK - 1, window_blocks, per_token)
+        full = full & in_window(far, kb * ATTN_BLOCK, window_blocks, per_token)
     if doc_mask:  # document ranges [first, last] of the query and kv blocks overlap / are one and the same document
         some = some & (first[:, :, None] <= last[:, None, :]) & (first[:, None, :] <= last[:, :, None])
         full = full & (first[:, :, None] == last[:, :, None]) & (first[:, None, :] == last[:, None, :]) & (first[:, :, None] == first[:, None, :])
@@ -556,7 +641,7 @@ def block_attention_mask(idx, window_blocks=None, doc_mask=True):
     def mask_mod(b, h, q, kv):  # the whole rule per token too: eager FlexAttention applies it and ignores the block lists
         keep = q >= kv
         if window_blocks is not None:
-            keep = keep & (q // ATTN_BLOCK - kv // ATTN_BLOCK < window_blocks)
+            keep = keep & in_window(q, kv, window_blocks, per_token)
         return keep & (docs[b, q] == docs[b, kv]) if doc_mask else keep
     return BlockMask.from_kv_blocks(*ordered(some & ~full), *ordered(full), BLOCK_SIZE=ATTN_BLOCK, mask_mod=mask_mod)
 
@@ -636,11 +721,41 @@ def softcapped_cross_entropy(logits, targets, cap, reduction="mean", rows=16):
     losses = _SoftcapCrossEntropy.apply(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), float(cap), rows)
     return losses.sum() if reduction == "sum" else losses.mean()
 
-def attention(config, ops, **kw):
-    """The Attention of a block at the config's width, heads and RoPE."""
-    head_dim = config.qkv_head_dim or config.n_embd // config.n_head
-    return Attention(config.n_embd, config.n_head, head_dim, ops, rope_len=config.seq_len if config.rope else 0,
-                     rope_base=config.rope_base, rope_half=config.rope_half, **kw)
+def multi_token_cross_entropy(logits, targets, mtp_weights, prefix_targets=None, prefix_weight=None, reduction="mean"):
+    """The current record's training loss (FusedSoftcappedCrossEntropy's forward, triton_kernels.py L1208): per token t
+    of a row, sum_k w_k CE(z_t, y_{t+k}) over the k with t+k inside the row (multi-token prediction through the one
+    head), + w_p CE(z_t, P_t) where the prefix target P_t >= 0 (-1: none). logits (B, T, V), soft-capped, fp32."""
+    lse = torch.logsumexp(logits, dim=-1)
+    T = logits.size(1)
+    total = torch.zeros_like(lse)
+    for k in range(min(mtp_weights.numel(), T)):
+        nll = lse[:, :T - k] - logits[:, :T - k].gather(-1, targets[:, k:, None]).squeeze(-1)
+        total = total + F.pad(mtp_weights[k] * nll, (0, k))
+    if prefix_targets is not None:
+        nll = lse - logits.gather(-1, prefix_targets.clamp_min(0)[..., None]).squeeze(-1)
+        total = total + prefix_weight * torch.where(prefix_targets >= 0, nll, torch.zeros_like(nll))
+    return total.sum() if reduction == "sum" else total.mean()
+
+def build_prefix_table(vocab_size, ranks=None):
+    """token id -> the id of the longest proper byte-prefix of its bytes that is itself a token, -1 where none (or for
+    ids past GPT-2's BPE tokens): the prefix-token loss's targets (the record's build_prefix_table, L1175)."""
+    ranks = gpt2_ranks() if ranks is None else ranks
+    table = [-1] * vocab_size
+    for token, tid in ranks.items():
+        prefix = next((ranks[token[:k]] for k in range(len(token) - 1, 0, -1) if token[:k] in ranks), -1)
+        if tid < vocab_size: table[tid] = prefix if prefix < vocab_size else -1
+    return torch.tensor(table, dtype=torch.int64)
+
+def attn_head_dim(config):
+    return config.qkv_head_dim or config.n_embd // config.n_head
+
+def build_rotary(config) -> Optional[Rotary]:
+    """The model's RoPE, long enough for a training row and a validation row (None with --no-rope)."""
+    return Rotary(attn_head_dim(config), max(config.seq_len, config.val_seq_len), config.rope_base, config.rope_half) if config.rope else None
+
+def attention(config, ops, rotary, **kw):
+    """The Attention of a block at the config's width and heads, with the model's rotary."""
+    return Attention(config.n_embd, config.n_head, attn_head_dim(config), ops, rotary=rotary, **kw)
 
 # -----------------------------------------------------------------------------
 # Architectures: each is a block and an Arch that owns everything else that differs for it (the embedding and
@@ -655,8 +770,16 @@ class Arch(nn.Module):
     def __init__(self, config, ops, probe):
         super().__init__()
         self.config, self.ops, self.probe = config, ops, probe
+        self.schedule = Schedule(config)        # every step's plan: windows, lr, MTP / prefix weights, ...
+        self.rotary = build_rotary(config)      # one RoPE (and its YaRN state) for every layer
         self.long_layers = set(layer_list(config.window_long_layers) or range(config.n_layer))
-        self.register_buffer("window_blocks", torch.tensor(1, dtype=torch.int32), persistent=False)  # grown by before_step
+        self.windowed = any(plan.windows for plan in self.schedule.plans)
+        self.register_buffer("window_blocks", torch.tensor(1, dtype=torch.int32), persistent=False)  # long; set by before_step
+        self.register_buffer("short_window_blocks", torch.tensor(1, dtype=torch.int32), persistent=False)
+        n_mtp = max(len(s.mtp[0]) for s in self.schedule.stages) if config.mtp else 1
+        self.register_buffer("mtp_weights", torch.ones(n_mtp), persistent=False)  # tensors: a compiled graph reads them
+        self.register_buffer("prefix_weight", torch.zeros(()), persistent=False)
+        self.register_buffer("prefix_table", build_prefix_table(config.vocab_size) if config.prefix_loss else None, persistent=False)
     def block(self, layer) -> nn.Module:
         raise NotImplementedError
     def embed(self, x):                         # token embeddings -> the residual stream
@@ -669,25 +792,34 @@ class Arch(nn.Module):
     def attention_masks(self, idx):
         """{True: the long layers' mask, False: the short layers'} (None = plain causal)."""
         c = self.config
-        if not (c.doc_mask or c.attn_window):
+        if not (c.doc_mask or self.windowed):
             return {True: None, False: None}
         # FlexAttention's blocks need whole 128-token blocks; a short sampling context takes the dense form
         build = block_attention_mask if idx.is_cuda and idx.size(1) % ATTN_BLOCK == 0 else dense_attention_mask
-        long_blocks = self.window_blocks if c.attn_window else None
-        short_blocks = torch.clamp_min(self.window_blocks // 2, 1) if c.attn_window else None
-        return {True: build(idx, long_blocks, c.doc_mask), False: build(idx, short_blocks, c.doc_mask)}
+        per_token = bool(self.schedule.stages)
+        long_blocks, short_blocks = (self.window_blocks, self.short_window_blocks) if self.windowed else (None, None)
+        return {True: build(idx, long_blocks, c.doc_mask, per_token), False: build(idx, short_blocks, c.doc_mask, per_token)}
     def head_matmul(self, x, lm_head):          # the head's matmul: FP8 while training under --fp8_head (the record), else bf16/fp32
         return fp8_linear(x, lm_head.weight) if self.config.fp8_head and self.training else lm_head(x)
     def logits(self, x, lm_head):               # the last residual stream -> logits
         return self.head_matmul(x, lm_head)
-    def loss(self, x, lm_head, targets, reduction="mean"):  # the last residual stream -> cross-entropy
+    def loss(self, x, lm_head, targets, reduction="mean"):  # the last residual stream -> cross-entropy (+ MTP / prefix while training)
         logits = self.logits(x, lm_head)
+        if self.training and (self.config.mtp or self.config.prefix_loss):
+            prefix = self.prefix_table[targets] if self.prefix_table is not None else None
+            return multi_token_cross_entropy(logits.float(), targets, self.mtp_weights, prefix, self.prefix_weight, reduction)
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
+    @torch.no_grad()
     def before_step(self, step):                # before training step `step` (0-based) and before each validation
-        """The record's window warm-up: the long window grows linearly from one block to --attn_window over the run."""
-        c = self.config
-        if c.attn_window:
-            self.window_blocks.fill_(max(1, math.ceil((c.attn_window / ATTN_BLOCK - 0.5) * step / c.steps)))
+        """The step's plan (Schedule): the windows (--attn_window's warm-up, or the stage's), the MTP and prefix-loss
+        weights, and YaRN's state for the long windows so far."""
+        plan = self.schedule[step]
+        if plan.windows:
+            self.short_window_blocks.fill_(plan.windows[0]); self.window_blocks.fill_(plan.windows[1])
+        self.mtp_weights.zero_()[:len(plan.mtp)] = torch.tensor(plan.mtp)
+        self.prefix_weight.fill_(plan.prefix)
+        if self.config.yarn and self.rotary is not None:
+            self.rotary.yarn_to(self.schedule.yarn_windows(step))
     @torch.no_grad()
     def init_weights(self, model):              # after GPT's common init (uniform matrices, normal embedding)
         pass
@@ -706,14 +838,14 @@ class GPTBlock(nn.Module):
     """Pre-norm (or --post_norm) residual block; --mlp_skip_threshold runs the MLP only on tokens whose
     residual RMS reaches the threshold (gather / scatter, so skipped tokens cost nothing). The record's options:
     no attention in this layer, the x0 mix, value embeddings in V, a document / window mask."""
-    def __init__(self, config, ops, probe, layer=0):
+    def __init__(self, config, ops, probe, layer=0, rotary=None):
         super().__init__()
         c = config
         scale = (layer + 1) ** -0.5 if c.depth_scaling else 1.0
         self.attn_norm = Norm(c.norm, c.n_embd, ops, probe, c.dyt_alpha_attn, c.norm_skip_tol, scale)
         self.mlp_norm = Norm(c.norm, c.n_embd, ops, probe, c.dyt_alpha_mlp, c.norm_skip_tol, scale)
         if layer not in layer_list(c.skip_attn_layers):
-            self.attn = attention(c, ops, qk="dyt" if c.norm == "dyt" and c.dyt_qk else "rmsnorm", dyt_alpha=c.dyt_alpha_attn,
+            self.attn = attention(c, ops, rotary, qk="dyt" if c.norm == "dyt" and c.dyt_qk else "rmsnorm", dyt_alpha=c.dyt_alpha_attn,
                                   softmax_scale=c.attn_scale, merged_qkv=c.merged_qkv, value_mix=c.value_embeds > 0)
         else:
             self.attn = None
@@ -749,7 +881,7 @@ class GPTArch(Arch):
         self.value_embeds = nn.ModuleList([nn.Embedding(c.vocab_size, c.n_embd) for _ in range(min(c.value_embeds, c.n_layer))])
         self.skip_weights = nn.Parameter(torch.ones(c.n_layer - c.n_layer // 2)) if c.unet_skips else None
     def block(self, layer):
-        return GPTBlock(self.config, self.ops, self.probe, layer)
+        return GPTBlock(self.config, self.ops, self.probe, layer, self.rotary)
     def embed(self, x):
         if self.config.x0_mix:  # the record's stream starts normalised: x0 = norm(embedding)
             x = self.ops.rms_norm(x, None, 1e-6, 0.0)
@@ -772,24 +904,31 @@ class GPTArch(Arch):
     def logits(self, x, lm_head):
         c = self.config
         logits, cap = self.head(x, lm_head), c.logit_softcap
-        if cap > 0 and c.logit_softcap_form == "sigmoid":  # 30*sigmoid(z/7.5) at cap 15, in fp32 as the record does
+        if cap > 0 and c.logit_softcap_form == "sigmoid":  # 30*sigmoid(z/7.5) at cap 15, in fp32 as the 2025 record does
             return 2 * cap * torch.sigmoid(logits.float() * (2 / cap))
+        if cap > 0 and c.logit_softcap_form == "shifted":  # 23*sigmoid((z+5)/7.5), in fp32 as the current record does
+            return cap * torch.sigmoid((logits.float() + c.logit_softcap_shift) / c.logit_softcap_temp)
         return cap * torch.tanh(logits / cap) if cap > 0 else logits
     def loss(self, x, lm_head, targets, reduction="mean"):
         c = self.config
-        if 0 < c.logit_softcap <= 40 and c.logit_softcap_form == "tanh" and x.device.type == "cpu":
+        if 0 < c.logit_softcap <= 40 and c.logit_softcap_form == "tanh" and x.device.type == "cpu" and not (self.training and (c.mtp or c.prefix_loss)):
             return softcapped_cross_entropy(self.head(x, lm_head), targets, c.logit_softcap, reduction)
         return super().loss(x, lm_head, targets, reduction)
     @torch.no_grad()
-    def init_weights(self, model):  # zero output projections: every block starts as the identity
+    def init_weights(self, model):  # zero output projections: every block starts as the identity (--init=record: the MLP's)
+        c = self.config
         for block in model.blocks:
-            if block.attn is not None:
+            if block.attn is not None and c.init == "zero_out":
                 block.attn.c_proj.weight.zero_()
             block.mlp.c_proj.weight.zero_()
         for emb in self.value_embeds:
             nn.init.normal_(emb.weight)
-        if not self.config.tie_embeddings:
+        if c.init == "record":
+            nn.init.normal_(model.lm_head.weight, std=0.005)
+        elif not c.tie_embeddings:
             model.lm_head.weight.zero_()
+        if c.untie_frac:  # tied until the untie step: the embedding starts as the head
+            model.wte.weight.copy_(model.lm_head.weight)
 
 # ---- nGPT (Loshchilov et al. 2024): everything on the unit sphere
 
@@ -804,11 +943,11 @@ def ngpt_alpha_multipliers(schedule, n_layer):
 
 class NGPTBlock(nn.Module):
     """nGPT: h <- norm(h + alpha * (norm(f(h)) - h)) for attention then MLP (or the gated / add forms)."""
-    def __init__(self, config, ops, layer):
+    def __init__(self, config, ops, layer, rotary=None):
         super().__init__()
         c, d = config, config.n_embd
         self.ops = ops
-        self.attn = (attention(c, ops, qk="l2" if c.ngpt_qk_norm else "none", merged_qkv=c.merged_qkv)
+        self.attn = (attention(c, ops, rotary, qk="l2" if c.ngpt_qk_norm else "none", merged_qkv=c.merged_qkv)
                      if layer not in layer_list(c.skip_attn_layers) else None)
         self.mlp = MLP(d, mlp_hidden(c), c.mlp, ngpt_scalars=True)
         mult = float(ngpt_alpha_multipliers(c.ngpt_alpha_schedule, c.n_layer)[layer])
@@ -857,7 +996,7 @@ class NGPTArch(Arch):
         super().__init__(config, ops, probe)
         self.s_z = logit_scale(config, config.ngpt_logit_scale)
     def block(self, layer):
-        return NGPTBlock(self.config, self.ops, layer)
+        return NGPTBlock(self.config, self.ops, layer, self.rotary)
     def embed(self, x):  # the embedding rows are unit (or radius r) already; the stream starts on the sphere
         return self.ops.l2_norm(x)
     def logits(self, x, lm_head):
@@ -915,12 +1054,12 @@ class ANGPTBlock(nn.Module):
     std nu_up, where the paper's factors hold) and nu_act brings its output back to unit norm: for SwiGLU the
     gate silu(sqrt(d) z) gets nu_act and multiplies the unit-norm value half; a plain activation also gets
     1/sqrt(d_ff). Then nu_down * W_down."""
-    def __init__(self, config, ops, nu_act, layer=0):
+    def __init__(self, config, ops, nu_act, layer=0, rotary=None):
         super().__init__()
         c, d = config, config.n_embd
         hd = c.qkv_head_dim or d // c.n_head
         self.ops = ops
-        self.attn = (attention(c, ops, qk="l2", v_scale=(d / hd) ** 0.5, out_scale=(hd / d) ** 0.5, merged_qkv=c.merged_qkv)
+        self.attn = (attention(c, ops, rotary, qk="l2", v_scale=(d / hd) ** 0.5, out_scale=(hd / d) ** 0.5, merged_qkv=c.merged_qkv)
                      if layer not in layer_list(c.skip_attn_layers) else None)
         self.mlp = MLP(d, mlp_hidden(c), c.mlp)
         self.mlp.up_scale, self.mlp.act_in_scale = (d / self.mlp.hidden) ** 0.5, d ** 0.5
@@ -951,7 +1090,7 @@ class ANGPTArch(Arch):
         self.nu_act = angpt_activation_nu(config.mlp, self.nu_up, config.angpt_nu_samples)
         self.s_z = logit_scale(config, config.angpt_logit_scale)
     def block(self, layer):
-        return ANGPTBlock(self.config, self.ops, self.nu_act, layer)
+        return ANGPTBlock(self.config, self.ops, self.nu_act, layer, self.rotary)
     def logits(self, x, lm_head):
         return scaled_logits(self, x, lm_head, self.ops.l2_norm if self.config.angpt_norm == "input" else None)
     @torch.no_grad()
@@ -1600,6 +1739,39 @@ def zeropower_via_newtonschulz5(G, steps=5, dtype=torch.bfloat16):
         X = a * X + (b * A + c * A @ A) @ X
     return X.mT if transposed else X
 
+# Polar Express (Amsel et al. 2025, arXiv 2505.16932): one (a, b, c) per step, tuned for 5 steps with safety factor 2e-2
+# and cushion 2; the values of the current record (peer/record_2026-08/train_gpt.py L177)
+POLAR_EXPRESS_COEFFS = ((8.156554524902461, -22.48329292557795, 15.878769915207462),
+                        (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+                        (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+                        (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+                        (2.3465413258596377, -1.7097828382687081, 0.42323551169305323))
+
+def polar_express(G, steps=5, dtype=torch.bfloat16):
+    """Orthogonalise G with Polar Express: X = G / (1.02 ||G||_F), then X <- aX + (bA + cA^2)X, A = XX^T, for the 5
+    coefficient triples (a tall X multiplies from the right: A = X^T X). `steps` is fixed by the coefficients."""
+    X = G.to(dtype)
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) * (1 + 2e-2) + 1e-6)
+    tall = X.size(-2) > X.size(-1)
+    for a, b, c in POLAR_EXPRESS_COEFFS:
+        A = X.mT @ X if tall else X @ X.mT
+        B = b * A + c * A @ A
+        X = a * X + (X @ B if tall else B @ X)
+    return X
+
+def normuon_rescale(v, second_moment, beta2):
+    """NorMuon (arXiv 2510.05491) as the record runs it: each row of an orthogonalised (n, r, c) update (each column when
+    r < c) is divided by the root of an EMA of its mean square (`second_moment`, updated in place), then the matrix is
+    scaled back to its Frobenius norm before the rescale."""
+    red = -1 if v.size(-2) >= v.size(-1) else -2
+    mean_sq = v.float().square().mean(dim=red, keepdim=True)
+    n = v.size(red)
+    norm = (mean_sq.sum(dim=(-2, -1), keepdim=True) * n).sqrt()
+    second_moment.lerp_(mean_sq, 1 - beta2)
+    scale = second_moment.clamp_min(1e-10).rsqrt()
+    new_norm = ((mean_sq * n) * scale.square()).sum(dim=(-2, -1), keepdim=True).sqrt()
+    return v * (scale * (norm / new_norm.clamp_min(1e-10))).to(v.dtype)
+
 def muon_owners(counts, world):
     """Which rank orthogonalises each matrix: `counts` matrices per shape group, in order. Round-robin within a group
     (same-shape matrices cost the same) from where the previous group stopped, so every rank gets within one matrix
@@ -1610,76 +1782,189 @@ def muon_owners(counts, world):
         start = (start + n) % world
     return owners
 
+def muon_blocks(p):
+    """How Muon cuts a weight into the matrices it orthogonalises: [(index into p, (n, rows, cols), lr multiplier)].
+    A model may set p.muon_blocks (--muon_groups=record); by default a 2-D weight is one matrix and a 3-D weight a stack,
+    each at lr x sqrt(max(1, rows/cols))."""
+    blocks = getattr(p, "muon_blocks", None)
+    if blocks is not None:
+        return blocks
+    n, r, c = (1, *p.shape) if p.ndim == 2 else tuple(p.shape)
+    return [((), (n, r, c), max(1, r / c) ** 0.5)]
+
 class Muon(torch.optim.Optimizer):
-    """SGD-momentum (Nesterov) whose update is orthogonalised; for hidden weight matrices (a 3-D weight is a stack
-    of matrices). batched: same-shape updates are orthogonalised as one batch (one launch per shape, not per
-    matrix); compiled: the Newton-Schulz iteration goes through torch.compile (CUDA).
+    """SGD-momentum (Nesterov) whose update is orthogonalised, for hidden weight matrices (muon_blocks says how a weight
+    splits into matrices). ortho: newton_schulz or polar_express; batched: same-shape matrices are orthogonalised as one
+    batch (one launch per shape, not per matrix); compiled: the iteration goes through torch.compile (CUDA).
+    The current record's additions, each off at 0: normuon_beta2 (NorMuon's per-row rescale, normuon_rescale) and
+    weight_decay (cautious: p -= wd * lr * lr_matrix * p only where update * p >= 0, before the update).
     Over several ranks (world > 1) each rank orthogonalises its share of every shape group (muon_owners) and the
-    updates are all-gathered, asynchronously, one group's gather overlapping the next group's Newton-Schulz, as the
-    record does; every rank then applies every update, so the parameters stay identical. The momentum (elementwise)
-    stays on every rank: each rank's optimizer state, and so a checkpoint, is whole, whatever the world size."""
+    updates are all-gathered, asynchronously, one group's gather overlapping the next group's orthogonalisation, as the
+    record does; every rank then applies every update, so the parameters stay identical. The momentum and NorMuon
+    buffers (elementwise, per row) stay on every rank: each rank's state, and so a checkpoint, is whole."""
     def __init__(self, params, lr=0.05, momentum=0.95, nesterov=True, ns_steps=5, ns_dtype=torch.bfloat16, batched=False,
-                 compiled=False, rank=0, world=1):
-        super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps))
-        self.ns_dtype, self.batched, self.rank, self.world = ns_dtype, batched, rank, world
-        self.orthogonalise = torch.compile(zeropower_via_newtonschulz5) if compiled else zeropower_via_newtonschulz5
+                 compiled=False, rank=0, world=1, ortho="newton_schulz", normuon_beta2=0.0, weight_decay=0.0):
+        super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay))
+        self.ns_dtype, self.batched, self.rank, self.world, self.normuon_beta2 = ns_dtype, batched, rank, world, normuon_beta2
+        fn = polar_express if ortho == "polar_express" else zeropower_via_newtonschulz5
+        self.orthogonalise = torch.compile(fn) if compiled else fn
     @torch.no_grad()
     def step(self):
         for group in self.param_groups:
-            by_shape = {}  # shape -> [(param, nesterov momentum)], in parameter order: the same on every rank
+            updates = {}  # param -> its (Nesterov) momentum update, in parameter order: the same on every rank
             for p in group["params"]:
                 if p.grad is None: continue  # the same on every rank: DDP all-reduces a gradient or none
                 g, state = p.grad, self.state[p]
                 buf = state.setdefault("momentum_buffer", torch.zeros_like(g))
                 buf.lerp_(g, 1 - group["momentum"])
-                by_shape.setdefault(p.shape, []).append((p, g.lerp(buf, group["momentum"]) if group["nesterov"] else buf))
-            apply = lambda p, u: p.add_(u.to(p.dtype), alpha=-group["lr"] * max(1, p.size(-2) / p.size(-1)) ** 0.5)
-            pending = []  # (pairs, owners, gathered buffer, work handle) of the groups being gathered
-            for pairs, owners in zip(by_shape.values(), muon_owners([len(v) for v in by_shape.values()], self.world)):
-                mine = [u for (_, u), r in zip(pairs, owners) if r == self.rank]
+                updates[p] = g.lerp(buf, group["momentum"]) if group["nesterov"] else buf
+            by_shape = {}  # (rows, cols) -> [(param, block, matrix)]
+            for p, u in updates.items():
+                for b, (index, shape, _) in enumerate(muon_blocks(p)):
+                    by_shape.setdefault(shape[1:], []).extend((p, b, i) for i in range(shape[0]))
+            ortho = {p: u.new_empty(u.shape, dtype=self.ns_dtype) for p, u in updates.items()}
+            block = lambda t, p, b: t[muon_blocks(p)[b][0]].view(muon_blocks(p)[b][1])
+            pending = []  # (matrices, owners, gathered buffer, work handle) of the groups being gathered
+            for (shape, mats), owners in zip(by_shape.items(), muon_owners([len(v) for v in by_shape.values()], self.world)):
+                mine = [block(updates[p], p, b)[i] for (p, b, i), r in zip(mats, owners) if r == self.rank]
                 if self.batched and len(mine) > 1:
-                    ortho = list(self.orthogonalise(torch.stack(mine), group["ns_steps"], self.ns_dtype))
+                    done = list(self.orthogonalise(torch.stack(mine), group["ns_steps"], self.ns_dtype))
                 else:
-                    ortho = [self.orthogonalise(u, group["ns_steps"], self.ns_dtype) for u in mine]
+                    done = [self.orthogonalise(u, group["ns_steps"], self.ns_dtype) for u in mine]
                 if self.world == 1:
-                    for (p, _), u in zip(pairs, ortho): apply(p, u)
+                    for (p, b, i), x in zip(mats, done): block(ortho[p], p, b)[i] = x
                     continue
-                slots = -(-len(pairs) // self.world)  # each rank sends `slots` matrices (zero-padded)
-                send = pairs[0][1].new_zeros((slots, *pairs[0][1].shape), dtype=self.ns_dtype)
-                for k, u in enumerate(ortho): send[k] = u
+                slots = -(-len(mats) // self.world)  # each rank sends `slots` matrices (zero-padded)
+                send = updates[mats[0][0]].new_zeros((slots, *shape), dtype=self.ns_dtype)
+                for k, x in enumerate(done): send[k] = x
                 gathered = send.new_empty((self.world, *send.shape))
-                pending.append((pairs, owners, gathered, dist.all_gather(list(gathered.unbind(0)), send, async_op=True)))
-            for pairs, owners, gathered, work in pending:
+                pending.append((mats, owners, gathered, dist.all_gather(list(gathered.unbind(0)), send, async_op=True)))
+            for mats, owners, gathered, work in pending:
                 work.wait()
                 sent = [0] * self.world
-                for (p, _), r in zip(pairs, owners):
-                    apply(p, gathered[r, sent[r]]); sent[r] += 1
+                for (p, b, i), r in zip(mats, owners):
+                    block(ortho[p], p, b)[i] = gathered[r, sent[r]]; sent[r] += 1
+            for p, v in ortho.items():
+                state, blocks = self.state[p], muon_blocks(p)
+                if self.normuon_beta2 and "second_moment" not in state:
+                    state["second_moment"] = [p.new_zeros((n, r, 1) if r >= c else (n, 1, c), dtype=torch.float32) for _, (n, r, c), _ in blocks]
+                for b, (index, shape, lr_mult) in enumerate(blocks):
+                    vb, pb = block(v, p, b), p.data[index].view(shape)
+                    if self.normuon_beta2:
+                        vb = normuon_rescale(vb, state["second_moment"][b], self.normuon_beta2)
+                    lr = group["lr"] * lr_mult
+                    if group["weight_decay"]:
+                        pb.sub_(pb * ((vb * pb) >= 0) * (group["weight_decay"] * group["lr"] * lr))
+                    pb.sub_(vb.to(p.dtype) * lr)
+
+class Adam(torch.optim.Optimizer):
+    """Adam as the current record steps it (NorMuonAndAdam._adam_update, L902): the step lr*sqrt(1-b2^t)/(1-b1^t) times
+    m/(sqrt(v)+eps) (eps outside the bias correction, unlike torch's Adam), then cautious weight decay: the update gains
+    lr^2 * weight_decay * p where it and p agree in sign. fp32 state. Used for --adam_table=record or --adam_wd."""
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.99), eps=1e-10, weight_decay=0.0):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            (b1, b2), lr = group["betas"], group["lr"]
+            for p in group["params"]:
+                if p.grad is None: continue
+                state = self.state[p]
+                if not state:
+                    state.update(step=0, exp_avg=torch.zeros_like(p, dtype=torch.float32), exp_avg_sq=torch.zeros_like(p, dtype=torch.float32))
+                state["step"] += 1
+                g, m, v, t = p.grad.float(), state["exp_avg"], state["exp_avg_sq"], state["step"]
+                m.lerp_(g, 1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                update = m / (v.sqrt() + group["eps"]) * (lr * (1 - b2 ** t) ** 0.5 / (1 - b1 ** t))
+                if group["weight_decay"]:
+                    update.addcmul_(p, (update * p) > 0, value=lr * lr * group["weight_decay"])
+                p.sub_(update.to(p.dtype))
+
+# The current record's Adam table (TrainingManager.param_table, L2026ff): per kind of parameter, the multiplier of
+# --adam_table_lr, the betas and the multiplier of --adam_wd. A parameter's kind: its `adam_kind` attribute, else adam_kind().
+ADAM_TABLE = {
+    "embed":        (1.0,  (0.5, 0.95),  150.0),
+    "head":         (1.0,  (0.5, 0.95),  150.0),
+    "value_embed":  (75.0, (0.75, 0.95), 5.0),
+    "bigram":       (75.0, (0.75, 0.95), 5.0),
+    "scalar":       (5.0,  (0.9, 0.99),  0.0),   # the record's `scalars` bank: attention lambdas, smear and skip lambdas
+    "smear_gate":   (0.01, (0.9, 0.99),  0.0),
+    "ve_gate":      (1.0,  (0.9, 0.99),  1.0),
+    "post_lambda":  (1.0,  (0.9, 0.95),  0.0),
+    "resid_lambda": (5.0,  (0.9, 0.95),  0.0),
+    "mudd_weight":  (0.25, (0.9, 0.99),  1.0),
+    "mudd_bias":    (0.25, (0.9, 0.99),  0.0),
+    "gate_weight":  (0.1,  (0.9, 0.99),  1.0),
+    "gate_bias":    (0.1,  (0.9, 0.99),  0.0),
+}
+FLAT_ADAM_LR = {"embed": "embed_lr", "value_embed": "embed_lr", "bigram": "embed_lr", "head": "head_lr"}  # the rest: scalar_lr
+
+def adam_kind(name, p, model) -> Optional[str]:
+    """The ADAM_TABLE kind of a parameter Adam steps beside Muon, or None for Muon's matrices."""
+    if hasattr(p, "adam_kind"):
+        return p.adam_kind
+    if p is model.lm_head.weight:
+        return "head"  # a tied embedding too: the head's settings, as the record's tied phase
+    if name == "wte.weight":
+        return "embed"
+    if any(p is m.weight for m in model.modules() if isinstance(m, nn.Embedding)):
+        return "value_embed"
+    return "scalar" if p.ndim < 2 else None
+
+def record_muon_blocks(model, config):
+    """--muon_groups=record: the record's Muon groups on our per-layer weights. Q and K orthogonalised per pair of heads
+    (its qk_bank), V and O per matrix (vo_bank); the MLP's two matrices at lr x sqrt(hidden/d), as the record stores both
+    (hidden, d), the down projection x --muon_proj_lr_mult (its mlp_bank)."""
+    for m in model.modules():
+        if isinstance(m, Attention):
+            pair = (2 * m.head_dim, -1)
+            if hasattr(m, "qkv_w"):
+                hd, d = m.qkv_w.shape[1:]
+                m.qkv_w.muon_blocks = [((slice(0, 2),), (2 * hd // pair[0], pair[0], d), 1.0), ((slice(2, 3),), (1, hd, d), 1.0)]
+            else:
+                for w in (m.c_q.weight, m.c_k.weight):
+                    w.muon_blocks = [((), (w.size(0) // pair[0], pair[0], w.size(1)), 1.0)]
+        if isinstance(m, MLP):
+            hidden, d = m.c_fc.weight.size(0) // (2 if m.kind == "swiglu" else 1), m.c_proj.weight.size(0)
+            mult = max(1, hidden / d) ** 0.5
+            m.c_fc.weight.muon_blocks = [((), (1, *m.c_fc.weight.shape), mult)]
+            m.c_proj.weight.muon_blocks = [((), (1, *m.c_proj.weight.shape), mult * config.muon_proj_lr_mult)]
 
 def build_optimizers(model: GPT, config: Hyperparameters, rank=0, world=1):
-    """Muon for the hidden matrices and Adam for embedding, head and 1-D parameters; or Adam/AdamW for all.
-    Without --optimizer / --lr the model's Arch says which, and Adam's lr. Over `world` ranks Muon splits its
-    Newton-Schulz work (Muon's docstring). Each param group keeps its lr as initial_lr: the schedules scale that."""
-    kind = config.optimizer or model.arch.optimizer
-    params = dict(model.named_parameters())  # de-duplicates a tied embedding/head
-    trainable = {n: p for n, p in params.items() if p.requires_grad}
-    betas, adam_kw = (config.adam_beta1, config.adam_beta2), dict(eps=config.adam_eps, fused=config.fused_adam or None)
+    """Muon for the hidden matrices and Adam for embedding, head and 1-D parameters (or Adam/AdamW for all).
+    Without --optimizer / --lr the model's Arch says which, and Adam's lr. Muon mode's Adam groups: flat (embedding,
+    head, the rest at --embed_lr / --head_lr / --scalar_lr) or the record's ADAM_TABLE, a group per kind. Over `world`
+    ranks Muon splits its orthogonalisation (Muon's docstring). Each param group keeps its lr as initial_lr: the
+    schedules scale that. The Adam beside Muon steps every --adam_every steps (StepPlan.adam)."""
+    c = config
+    kind = c.optimizer or model.arch.optimizer
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}  # de-duplicates a tied embedding/head
+    betas, adam_kw = (c.adam_beta1, c.adam_beta2), dict(eps=c.adam_eps, fused=c.fused_adam or None)
     if kind in ("adam", "adamw"):
-        lr = (config.lr or model.arch.adam_lr) * config.lr_scale
-        wd = config.weight_decay if kind == "adamw" else 0.0
+        lr = (c.lr or model.arch.adam_lr) * c.lr_scale
+        wd = c.weight_decay if kind == "adamw" else 0.0
         decay = [p for n, p in trainable.items() if p.ndim >= 2]
         no_decay = [p for n, p in trainable.items() if p.ndim < 2]
         return with_initial_lr([torch.optim.AdamW([dict(params=decay, weight_decay=wd), dict(params=no_decay, weight_decay=0.0)],
                                                   lr=lr, betas=betas, **adam_kw)])
-    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}  # wte and the value embeddings
-    head = [p for n, p in trainable.items() if n == "lm_head.weight" or (n == "wte.weight" and config.tie_embeddings)]
-    embed = [p for n, p in trainable.items() if id(p) in embeddings and not (n == "wte.weight" and config.tie_embeddings)]
-    scalars = [p for n, p in trainable.items() if p.ndim < 2]
-    hidden = [p for n, p in trainable.items() if p.ndim >= 2 and id(p) not in embeddings and n != "lm_head.weight"]
-    scale = config.lr_scale
-    adam = torch.optim.Adam([dict(params=embed, lr=config.embed_lr * scale), dict(params=head, lr=config.head_lr * scale),
-                             dict(params=scalars, lr=config.scalar_lr * scale)], betas=betas, **adam_kw)
-    muon = Muon(hidden, lr=config.muon_lr * scale, momentum=config.muon_momentum, ns_dtype=torch.bfloat16 if config.bf16 else torch.float32,
-                batched=config.muon_batched, compiled=config.compile and torch.cuda.is_available(), rank=rank, world=world)
+    kinds = {n: adam_kind(n, p, model) for n, p in trainable.items()}
+    if c.adam_table == "record":
+        groups = [dict(params=[trainable[n] for n in kinds if kinds[n] == k], lr=c.adam_table_lr * mult * c.lr_scale, betas=b,
+                       weight_decay=c.adam_wd * wd_mult, kind=k) for k, (mult, b, wd_mult) in ADAM_TABLE.items()]
+        adam = Adam([g for g in groups if g["params"]], eps=c.adam_eps)
+    else:
+        lr_flag = lambda k: FLAT_ADAM_LR.get(k, "scalar_lr")
+        groups = [dict(params=[trainable[n] for n in kinds if kinds[n] is not None and lr_flag(kinds[n]) == f],
+                       lr=getattr(c, f) * c.lr_scale, kind=f) for f in ("embed_lr", "head_lr", "scalar_lr")]
+        adam = (Adam(groups, betas=betas, eps=c.adam_eps, weight_decay=c.adam_wd) if c.adam_wd else
+                torch.optim.Adam(groups, betas=betas, **adam_kw))
+    adam.on_adam_steps = True  # steps when the schedule's plan says (every --adam_every steps)
+    if c.muon_groups == "record":
+        record_muon_blocks(model, c)
+    muon = Muon([trainable[n] for n in kinds if kinds[n] is None], lr=c.muon_lr * c.lr_scale, momentum=c.muon_momentum,
+                ns_dtype=torch.bfloat16 if c.bf16 else torch.float32, batched=c.muon_batched, rank=rank, world=world,
+                compiled=c.compile and torch.cuda.is_available(), ortho=c.muon_ortho, normuon_beta2=c.normuon_beta2, weight_decay=c.muon_wd)
     return with_initial_lr([adam, muon])
 
 def with_initial_lr(optimizers):
@@ -1687,37 +1972,218 @@ def with_initial_lr(optimizers):
         for g in opt.param_groups: g["initial_lr"] = g["lr"]
     return optimizers
 
-def muon_momentum(step, config: Hyperparameters):
-    """The record's momentum warm-up: 0.85 -> --muon_momentum over the first --muon_momentum_warmup steps."""
-    frac = min(step / config.muon_momentum_warmup, 1.0) if config.muon_momentum_warmup else 1.0
-    return (1 - frac) * 0.85 + frac * config.muon_momentum
+@torch.no_grad()
+def step_tied_embedding(model, optimizers, step, untie_step):
+    """--untie_frac, as the record keeps its tie (NorMuonAndAdam.step, copy_lm_state_to_embed): embedding and head are two
+    tensors from the start, the head the one Adam steps while tied. Before the Adam step the embedding's gradient joins
+    the head's; after it the embedding is set to the head; after `untie_step` the embedding takes a copy of the head's
+    Adam state and steps on its own. Returns whether the embedding is still tied after this step."""
+    embed, head = model.wte.weight, model.lm_head.weight
+    adam = next(opt for opt in optimizers if any(p is head for g in opt.param_groups for p in g["params"]))
+    if embed.grad is not None:
+        head.grad = embed.grad if head.grad is None else head.grad.add_(embed.grad)
+        embed.grad = None
+    adam.step()
+    embed.copy_(head)
+    if step == untie_step and head in adam.state:
+        adam.state[embed] = {k: v.clone() if torch.is_tensor(v) else v for k, v in adam.state[head].items()}
 
-def lr_multiplier(step, config: Hyperparameters):
-    """trapezoid: (optional warmup), constant, then linear cooldown over the last cooldown_frac of the steps;
-    cosine: linear warmup then cosine down to min_lr_frac."""
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    if config.lr_schedule == "cosine":
-        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-        return config.min_lr_frac + (1 - config.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    cooldown_start = config.steps * (1 - config.cooldown_frac)
+def muon_momentum(step, config: Hyperparameters):
+    """The record's momentum schedule: 0.85 -> --muon_momentum over the first --muon_momentum_warmup steps, and back to
+    0.85 over the last --muon_momentum_cooldown."""
+    c = config
+    if c.muon_momentum_warmup and step < c.muon_momentum_warmup:
+        frac = step / c.muon_momentum_warmup
+        return (1 - frac) * 0.85 + frac * c.muon_momentum
+    cooldown_start = c.steps - c.muon_momentum_cooldown
+    if c.muon_momentum_cooldown and step > cooldown_start:
+        frac = (step - cooldown_start) / c.muon_momentum_cooldown
+        return c.muon_momentum - frac * (c.muon_momentum - 0.85)
+    return c.muon_momentum
+
+def lr_multiplier(step, config: Hyperparameters, base=1.0, horizon=None):
+    """trapezoid: (optional warmup), constant `base`, then linear cooldown over the last cooldown_frac of the steps to
+    min_lr_frac; cosine: linear warmup then cosine down to min_lr_frac. Under --stages, `base` is the stage's lr and the
+    cooldown runs as the record's get_lr: from int(S (1 - cooldown_frac)) to S = `horizon`, the scheduled steps, then
+    holds (the extension steps)."""
+    c = config
+    if step < c.warmup_steps:
+        return (step + 1) / c.warmup_steps
+    if c.lr_schedule == "cosine":
+        progress = (step - c.warmup_steps) / max(1, c.steps - c.warmup_steps)
+        return c.min_lr_frac + (1 - c.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    if horizon is not None:
+        start = int(horizon * (1 - c.cooldown_frac))
+        t = min(1.0, (step - start) / max(horizon - start, 1)) if step >= start else 0.0
+        return base * (1 - t) + c.min_lr_frac * t
+    cooldown_start = c.steps * (1 - c.cooldown_frac)
     if step < cooldown_start:
         return 1.0
-    w = (config.steps - step) / max(config.steps * config.cooldown_frac, 1e-9)
-    return config.min_lr_frac + (1 - config.min_lr_frac) * w
+    w = (c.steps - step) / max(c.steps * c.cooldown_frac, 1e-9)
+    return c.min_lr_frac + (1 - c.min_lr_frac) * w
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of --stages (its grammar in the flag's help): tokens per step, --bos_align's document cap, the (short,
+    long) attention windows in ATTN_BLOCK blocks (None: none), the lr multiplier, the MTP weights and the prefix-loss
+    weight at the stage's start and end, and for an extension stage its fixed number of steps."""
+    tokens: int
+    seq_len: int
+    windows: Optional[tuple] = None
+    lr: float = 1.0
+    mtp: tuple = ((1.0,), (1.0,))
+    prefix: tuple = (0.0, 0.0)
+    steps: int = 0
+    def __str__(self):
+        ends = lambda a, b, f: f(a) if a == b else f"{f(a)}>{f(b)}"
+        weights = lambda w: ",".join(f"{x:g}" for x in w)
+        return " ".join([f"+{self.steps}" if self.steps else "", f"{self.tokens}x{self.seq_len}",
+                         f"w{self.windows[0]}/{self.windows[1]}" if self.windows else "", f"lr{self.lr:g}",
+                         f"mtp{ends(*self.mtp, weights)}", f"pre{ends(*self.prefix, lambda x: f'{x:g}')}"]).strip().replace("  ", " ")
+
+def parse_stages(text) -> list:
+    """--stages text -> [Stage]; a ConfigError names the stage and what is wrong with it."""
+    stages = []
+    for i, part in enumerate(p.strip() for p in text.split(";")):
+        if not part:
+            continue
+        bad = lambda why: ConfigError(f"--stages: stage {i + 1} ({part!r}) {why}; a stage reads 'TOKENSxSEQ wSHORT/LONG lrL "
+                                      f"mtpW,..[>W,..] preP[>P]', an extension stage starts '+N '")
+        words, kw = part.split(), {}
+        try:
+            if words[0].startswith("+"):
+                kw["steps"] = int(words.pop(0)[1:])
+                if kw["steps"] < 1: raise bad("runs fewer than 1 step")
+            m = re.fullmatch(r"(\d+)x(\d+)", words.pop(0) if words else "")
+            if not m: raise bad("does not start with TOKENSxSEQ")
+            kw["tokens"], kw["seq_len"] = int(m[1]), int(m[2])
+            for w in words:
+                key = next((k for k in ("mtp", "pre", "lr", "w") if w.startswith(k)), "")
+                value = w[len(key):]
+                if key == "w":
+                    short, long = (int(x) for x in value.split("/"))
+                    kw["windows"] = (short, long)
+                elif key == "lr":
+                    kw["lr"] = float(value)
+                elif key in ("mtp", "pre"):
+                    ends = [tuple(float(x) for x in e.split(",")) for e in value.split(">")]
+                    if len(ends) == 1: ends *= 2
+                    if len(ends) != 2 or len(ends[0]) != len(ends[1]): raise bad(f"has {w!r}: give W,.. or W,..>W,.. of one length")
+                    kw["mtp" if key == "mtp" else "prefix"] = tuple(ends) if key == "mtp" else (ends[0][0], ends[1][0])
+                else:
+                    raise bad(f"has {w!r}, which is none of w, lr, mtp, pre")
+        except ValueError as e:
+            if isinstance(e, ConfigError): raise
+            raise bad("has a number that does not parse") from None
+        stage = Stage(**kw)
+        if stage.tokens < 1 or stage.seq_len < 1 or (stage.windows and min(stage.windows) < 1):
+            raise bad("needs tokens, seq len and windows >= 1")
+        if stages and stages[-1].steps and not stage.steps:
+            raise bad("follows an extension stage: extension stages come last")
+        stages.append(stage)
+    return stages
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What one training step runs with (Schedule): its stage, tokens over all ranks and per row (the micro-batches' rows
+    are --batch_size per step), --bos_align's document cap, the (short, long) windows in blocks (None = no window),
+    whether windows are per token (--stages) or per 128-token block (--attn_window), the lr multiplier, Muon's momentum,
+    the MTP weights, the prefix-loss weight and whether the Adam beside Muon steps."""
+    stage: int
+    tokens: int
+    row_len: int
+    doc_len: int
+    windows: Optional[tuple]
+    per_token: bool
+    lr: float
+    momentum: float
+    mtp: tuple
+    prefix: float
+    adam: bool
+
+class Schedule:
+    """Every step's StepPlan, made once from the config: with --stages the record's TrainingSchedule (stage boundaries at
+    round(k/n x S) of the S = --steps minus extension scheduled steps, weights interpolated within a stage, lr per
+    stage then the cooldown, the final validation's long window), else the plain schedules (one stage of --batch_size x
+    --seq_len tokens, --attn_window's warm-up in blocks). schedule[step] for step 0..--steps (the last is the final
+    validation's); untie_step: --untie_frac's step; describe(): the table for the log."""
+    def __init__(self, config: Hyperparameters):
+        c = self.config = config
+        self.stages = parse_stages(c.stages)
+        self.scheduled = c.steps - sum(s.steps for s in self.stages)
+        fixed = [s for s in self.stages if not s.steps]
+        ends = [round(k / len(fixed) * self.scheduled) for k in range(len(fixed) + 1)] if fixed else [0]
+        for s in self.stages[len(fixed):]: ends.append(ends[-1] + s.steps)
+        self.bounds = list(zip(ends[:-1], ends[1:]))
+        self.untie_step = round(c.untie_frac * self.scheduled) | 1 if c.untie_frac else None
+        self.plans = [self.plan(step) for step in range(c.steps + 1)]
+    def lookup(self, step):
+        for i, (start, end) in enumerate(self.bounds):
+            if step < end:
+                return i, (step - start) / (end - start)
+        return len(self.bounds) - 1, 1.0
+    def plan(self, step):
+        c = self.config
+        adam = (step + 1) % c.adam_every == 0
+        momentum = muon_momentum(step, c)
+        if not self.stages:
+            windows = None
+            if c.attn_window:
+                long = max(1, math.ceil((c.attn_window / ATTN_BLOCK - 0.5) * min(step, c.steps) / c.steps))
+                windows = (max(long // 2, 1), long)
+            return StepPlan(0, c.batch_size * c.seq_len, c.seq_len, c.seq_len, windows, False, lr_multiplier(step, c), momentum, (1.0,), 0.0, adam)
+        i, t = self.lookup(step)
+        s = self.stages[i]
+        lerp = lambda a, b: a + (b - a) * t
+        windows = s.windows
+        if step == c.steps and c.final_window and windows:
+            windows = (windows[0], c.final_window)
+        mtp = tuple(lerp(a, b) for a, b in zip(*s.mtp)) if c.mtp else (1.0,)
+        return StepPlan(i, s.tokens, s.tokens // c.batch_size, s.seq_len, windows, True,
+                        lr_multiplier(step, c, base=s.lr, horizon=self.scheduled), momentum, mtp,
+                        lerp(*s.prefix) if c.prefix_loss else 0.0, adam)
+    def __getitem__(self, step):
+        return self.plans[min(step, len(self.plans) - 1)]
+    def yarn_windows(self, step):
+        """The long windows (tokens) the stages went through up to `step`: YaRN's chain. The final validation's wider
+        window is not in it: the record applies YaRN in advance_schedule only, not at apply_final_ws_ext."""
+        chain = []
+        for s in self.stages[:self.lookup(step)[0] + 1]:
+            if s.windows and (not chain or chain[-1] != s.windows[1] * ATTN_BLOCK):
+                chain.append(s.windows[1] * ATTN_BLOCK)
+        return chain
+    def describe(self) -> list:
+        if not self.stages:
+            return []
+        lines = [f"stages (scheduled steps {self.scheduled}, {self.config.steps} in all):"]
+        for (start, end), s in zip(self.bounds, self.stages):
+            lines.append(f"  steps {start}-{end - 1}: {s}")
+        if self.config.final_window:
+            lines.append(f"  final validation: long window {self.config.final_window}")
+        if self.untie_step is not None:
+            lines.append(f"  untie embedding and head after step {self.untie_step}")
+        return lines
 
 def optimizer_step(model: GPT, optimizers, config: Hyperparameters, step):
-    """The end of training step `step`, after the backward: clip → the lr and Muon-momentum schedules → each optimizer's
-    step → drop the gradients → the arch's after_step (nGPT's projection, anGPT's clamp). train_step calls it."""
+    """The end of training step `step`, after the backward: clip → the lr and Muon-momentum schedules → each optimizer
+    that is due steps and drops its gradients (the Adam beside Muon every --adam_every steps, on the gradients summed
+    since; while --untie_frac ties them, embedding and head as one) → the arch's after_step (nGPT's projection, anGPT's
+    clamp). train_step calls it."""
     if config.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-    mult, momentum = lr_multiplier(step, config), muon_momentum(step, config)
+    schedule = model.arch.schedule
+    plan, untie = schedule[step], schedule.untie_step
     for opt in optimizers:
+        if getattr(opt, "on_adam_steps", False) and not plan.adam:
+            continue
         for g in opt.param_groups:
-            g["lr"] = g["initial_lr"] * mult
-            if isinstance(opt, Muon): g["momentum"] = momentum
-        opt.step()
-    model.zero_grad(set_to_none=True)
+            g["lr"] = g["initial_lr"] * plan.lr
+            if isinstance(opt, Muon): g["momentum"] = plan.momentum
+        if untie is not None and step <= untie and any(p is model.lm_head.weight for g in opt.param_groups for p in g["params"]):
+            step_tied_embedding(model, optimizers, step, untie)
+        else:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
     model.after_step(step)
 
 # -----------------------------------------------------------------------------
@@ -1759,9 +2225,9 @@ def read_shard(path) -> np.ndarray:
     ntok = read_shard_header(path)
     return np.memmap(path, dtype=np.uint16, mode="r", offset=HEADER_INTS * 4, shape=(ntok,))
 
-def gpt2_encoding(bpe_dir=None):
-    """tiktoken's gpt2 encoding built from the BPE files shipped in data/gpt2 (hash-checked, no network)."""
-    import tiktoken, tiktoken.load
+def gpt2_ranks(bpe_dir=None) -> dict:
+    """GPT-2's BPE tokens (bytes -> id) from the files shipped in data/gpt2, hash-checked: no network."""
+    import tiktoken.load
     bpe_dir = bpe_dir or os.path.join(REPO, "data", "gpt2")
     for name, (nbytes, sha) in BPE_FILES.items():
         path = os.path.join(bpe_dir, name)
@@ -1771,14 +2237,19 @@ def gpt2_encoding(bpe_dir=None):
             digest = hashlib.sha256(f.read()).hexdigest()
         if digest != sha:
             raise ValueError(f"{path}: sha256 {digest} != {sha}; the GPT-2 BPE file is corrupted, restore it with `git checkout -- data/gpt2`")
-    ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(os.path.join(bpe_dir, "vocab.bpe"), os.path.join(bpe_dir, "encoder.json"))
+    return tiktoken.load.data_gym_to_mergeable_bpe_ranks(os.path.join(bpe_dir, "vocab.bpe"), os.path.join(bpe_dir, "encoder.json"))
+
+def gpt2_encoding(bpe_dir=None):
+    """tiktoken's gpt2 encoding built from the BPE files shipped in data/gpt2 (hash-checked, no network)."""
+    import tiktoken
+    ranks = gpt2_ranks(bpe_dir)
     return tiktoken.Encoding(name="gpt2", explicit_n_vocab=50257, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": EOT_TOKEN},
                              pat_str=r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s""")
 
 def data_fix_hint(pattern):
     """The command that fetches or prepares the shards a glob names."""
     if "fineweb10B" in pattern:
-        return "fetch them with `python data/cached_fineweb10B.py 8` (or `./run.sh`, which fetches them)"
+        return "fetch them with `python data/cached_fineweb10B.py 10` (`./run.sh` does so itself on a GPU node, not on a CPU)"
     if "shakespeare" in pattern:
         return "they ship with the repo: restore them with `git checkout -- data/shakespeare` or rebuild with `python data/prepare_shakespeare.py`"
     return "make shards from text with `python data/tokenize_text.py FILES... --out DIR --name NAME`"
@@ -1804,34 +2275,65 @@ def find_shards(pattern, flag, vocab_size=None):
     return files
 
 class DataLoader:
-    """Deterministic distributed loader. Each step reads the next batch_size*seq_len(+1) tokens of the global
-    stream; rank r's micro-step m takes sequences [(m*W + r)*mb, (m*W + r + 1)*mb) of it, so the global batch
-    is the same for every world size W. The position (shard, pos) is all the state there is. pin: the batch goes
-    through one reused page-locked buffer, so the copies to the GPU can be non-blocking (the train step's one host
-    sync, at its end, comes before the buffer is refilled)."""
-    def __init__(self, files, seq_len, batch_size, micro_batch, rank, world, pin=False):
+    """Deterministic distributed loader. A step's batch is --batch_size rows of row_len tokens (seq_len, or the stage's:
+    Schedule); rank r's micro-step m takes rows [(m*W + r)*mb, (m*W + r + 1)*mb), so the global batch is the same for
+    every world size W. Plain rows are the stream's next batch_size*row_len(+1) tokens. bos_align (the record's
+    distributed_data_generator, L1712ff): each row is whole documents from their start (<|endoftext|>), in order, each
+    cut at doc_len, the last cut so that the row holds row_len + 1 tokens; what a cut leaves is skipped, and a shard
+    that runs out of documents mid-batch is left for the next (the batch starts over there). The position (shard, pos:
+    a token offset, or the index of the next document start) is all the state there is. pin: the batch goes through
+    one reused page-locked buffer (rows are at most seq_len), so the copies to the GPU can be non-blocking (the train
+    step's one host sync, at its end, comes before the buffer is refilled)."""
+    def __init__(self, files, seq_len, batch_size, micro_batch, rank, world, pin=False, bos_align=False):
         self.files, self.T, self.B, self.mb, self.rank, self.world = files, seq_len, batch_size, micro_batch, rank, world
-        self.grad_accum = batch_size // (micro_batch * world)
-        self.shard, self.pos = 0, 0
-        self.tokens = read_shard(files[0])
-        self.pinned = torch.empty(batch_size * seq_len + 1, dtype=torch.int64, pin_memory=True) if pin else None
+        self.grad_accum, self.bos_align = batch_size // (micro_batch * world), bos_align
+        self.load(0, 0)
+        self.pinned = torch.empty(batch_size * (seq_len + 1), dtype=torch.int64, pin_memory=True) if pin else None
+    def load(self, shard, pos):
+        self.shard, self.pos = shard, pos
+        self.tokens = read_shard(self.files[shard])
+        self.starts = np.flatnonzero(self.tokens == EOT_TOKEN) if self.bos_align else None
     def state_dict(self):
         return dict(shard=self.shard, pos=self.pos)
     def load_state_dict(self, s):
-        self.shard, self.pos = s["shard"], s["pos"]
-        self.tokens = read_shard(self.files[self.shard])
-    def next_batch(self):
-        need = self.B * self.T + 1
-        if self.pos + need > len(self.tokens):  # next shard (wrapping round: another epoch)
-            self.shard, self.pos = (self.shard + 1) % len(self.files), 0
-            self.tokens = read_shard(self.files[self.shard])
-            if need > len(self.tokens):
-                raise ValueError(f"shard {self.files[self.shard]} has {len(self.tokens)} tokens, fewer than one batch ({need}): lower --batch_size or --seq_len")
-        buf = torch.from_numpy(self.tokens[self.pos:self.pos + need].astype(np.int64))
+        self.load(s["shard"], s["pos"])
+    def bos_rows(self, row_len, doc_len) -> Optional[list]:
+        """The step's rows as [(start, end)] pieces of the current shard from position pos on, and the position after
+        them; None when the shard runs out of documents first."""
+        rows, i, n = [], self.pos, len(self.starts)
+        while len(rows) < self.B:
+            pieces, have = [], 0
+            while have <= row_len:
+                if i >= n:
+                    return None
+                start = int(self.starts[i]); i += 1
+                end = min(int(self.starts[i]) if i < n else len(self.tokens), start + doc_len, start + row_len - have + 1)
+                pieces.append((start, end)); have += end - start
+            rows.append(pieces)
+        return rows, i
+    def next_batch(self, row_len=None, doc_len=None):
+        """This rank's micro-batches of the step: [(inputs, targets)], each (micro_batch, row_len)."""
+        T = row_len or self.T
+        mine = [r for m in range(self.grad_accum) for r in range((m * self.world + self.rank) * self.mb, (m * self.world + self.rank + 1) * self.mb)]
+        while True:  # this shard, else the next (wrapping round: another epoch)
+            if self.bos_align and (found := self.bos_rows(T, doc_len or T)) is not None:
+                rows, self.pos = found
+                flat = np.concatenate([self.tokens[a:b] for r in mine for a, b in rows[r]])
+                break
+            if not self.bos_align and self.pos + self.B * T + 1 <= len(self.tokens):
+                flat, self.pos = self.tokens[self.pos:self.pos + self.B * T + 1], self.pos + self.B * T
+                break
+            if self.pos == 0:  # a whole shard cannot give one batch
+                raise ValueError(f"shard {self.files[self.shard]} has {len(self.tokens)} tokens" + (f" in {len(self.starts)} documents"
+                                 if self.bos_align else "") + f", fewer than one batch ({self.B} x {T} + 1): lower --batch_size or --seq_len")
+            self.load((self.shard + 1) % len(self.files), 0)
+        buf = torch.from_numpy(flat.astype(np.int64))
         if self.pinned is not None:
-            buf = self.pinned.copy_(buf)
-        self.pos += self.B * self.T
-        x, y = buf[:-1].view(self.B, self.T), buf[1:].view(self.B, self.T)
+            buf = self.pinned[:buf.numel()].copy_(buf)
+        if self.bos_align:
+            x, y = buf.view(len(mine), T + 1)[:, :-1], buf.view(len(mine), T + 1)[:, 1:]
+            return [(x[m * self.mb:(m + 1) * self.mb], y[m * self.mb:(m + 1) * self.mb]) for m in range(self.grad_accum)]
+        x, y = buf[:-1].view(self.B, T), buf[1:].view(self.B, T)
         chunks = [slice((m * self.world + self.rank) * self.mb, (m * self.world + self.rank + 1) * self.mb) for m in range(self.grad_accum)]
         return [(x[c], y[c]) for c in chunks]
 
@@ -1874,7 +2376,7 @@ def evaluate(model, raw_model, val, config, d: Dist):
     """Mean loss over the fixed val tokens (sequences dealt round-robin to ranks), plus what the model's probe
     measures on one eager forward of the first val batch (skip fractions, the hidden-state norm) and its stats."""
     model.eval()
-    T, mb = config.seq_len, config.device_batch_size
+    T, mb = config.val_seq_len or config.seq_len, config.device_batch_size
     seqs = (len(val) - 1) // T
     mine = list(range(d.rank, seqs, d.world))
     total, count = torch.zeros((), dtype=torch.float64, device=d.device), torch.zeros((), dtype=torch.float64, device=d.device)
@@ -2266,7 +2768,8 @@ class Trainer:
         """One optimizer step over grad_accum micro-batches; returns the mean train loss over all ranks. Its one
         host sync is that loss, at the end (the log line needs it): a non-finite loss stops the run there, and the
         weights it made are never checkpointed."""
-        loss = train_step(self.model, self.raw_model, self.optimizers, self.loader.next_batch(), self.config, self.step, self.d.device)
+        plan = self.raw_model.arch.schedule[self.step]
+        loss = train_step(self.model, self.raw_model, self.optimizers, self.loader.next_batch(plan.row_len, plan.doc_len), self.config, self.step, self.d.device)
         return all_reduce_mean(loss).item()
 
 def remove_stub_log(path):
@@ -2332,8 +2835,10 @@ def start(config: Hyperparameters, d: Dist, held: Optional[contextlib.ExitStack]
     torch.manual_seed(config.seed)
     raw_model = build_model(config, ops).to(d.device)
     optimizers = build_optimizers(raw_model, config, d.rank, d.world)
-    loader = DataLoader(train_files, config.seq_len, config.batch_size, micro, d.rank, d.world, pin=d.device.type == "cuda")
-    val = load_val_tokens(val_files, config.val_tokens // config.seq_len * config.seq_len) if config.val_tokens else None
+    schedule = raw_model.arch.schedule
+    loader = DataLoader(train_files, config.seq_len, config.batch_size, micro, d.rank, d.world, pin=d.device.type == "cuda", bos_align=config.bos_align)
+    val_len = config.val_seq_len or config.seq_len
+    val = load_val_tokens(val_files, config.val_tokens // val_len * val_len) if config.val_tokens else None
     model = raw_model
     if d.world > 1:
         # DDP all-reduces the gradients in buckets while the backward still runs (the record of 2025-01 all-reduces each
@@ -2347,8 +2852,8 @@ def start(config: Hyperparameters, d: Dist, held: Optional[contextlib.ExitStack]
     if ckpt is not None:
         trainer.restore(ckpt)
     else:
-        summary = raw_model.arch.summary()
-        if summary: log(summary)
+        for line in [raw_model.arch.summary()] + schedule.describe():
+            if line: log(line)
     log(f"parameters: {sum(p.numel() for p in raw_model.parameters()):,} kernels: {ops.name}{'(' + ','.join(ops.triton_ops) + ')' if ops.name == 'mixed' else ''} grad_accum: {loader.grad_accum} micro_batch: {micro}")
     return trainer
 
@@ -2376,7 +2881,6 @@ def train(config: Hyperparameters, d: Dist) -> int:
     with contextlib.ExitStack() as held:  # the run's locks, released however the run ends
         t = start(config, d, held)
         stop = StopSignal(); stop.install()
-        tokens_per_step = config.batch_size * config.seq_len
         while True:
             last = t.step == config.steps
             if config.val_tokens and (last or t.step % config.val_every == 0):
@@ -2392,7 +2896,7 @@ def train(config: Hyperparameters, d: Dist) -> int:
             dt = (time.perf_counter() - t0) * 1000
             t.step += 1; t.train_time_ms += dt
             t.log(f"step:{t.step}/{config.steps} train_loss:{train_loss:.4f} train_time:{t.train_time_ms:.0f}ms "
-                  f"step_avg:{t.train_time_ms / t.step:.2f}ms tok/s:{tokens_per_step / dt * 1000:.0f}")
+                  f"step_avg:{t.train_time_ms / t.step:.2f}ms tok/s:{t.raw_model.arch.schedule[t.step - 1].tokens / dt * 1000:.0f}")
             signum = stop.signum
             if d.world > 1:  # every rank stops at the same step
                 signum = torch.tensor(signum, device=d.device); dist.all_reduce(signum, op=dist.ReduceOp.MAX); signum = int(signum.item())

@@ -84,6 +84,31 @@ def tiny_shards(tmp_path_factory):
     return [f"--train_files={d}/tiny_train_*.bin", f"--val_files={d}/tiny_val_*.bin"]
 
 
+DOC_VOCAB, DOC_EOT = 1024, 0  # documents_shards: the vocabulary, and the id that starts a document in it
+
+
+@pytest.fixture(scope="session")
+def documents_shards(tmp_path_factory):
+    """Shakespeare re-numbered by frequency for a 1,024-token vocabulary: EOT -> id 0, the 1,022 most frequent other
+    tokens -> 1..1022, the rest -> 1023. The plays are ~40K-token documents, so an EOT is also put at every 40th-400th
+    token (seeded): most 256-token rows then hold several documents. Tests that read documents set T.EOT_TOKEN to
+    DOC_EOT (monkeypatch). Returns the folder: sr_train_000000.bin (120,000 tokens) and sr_val_000000.bin (20,000)."""
+    d = tmp_path_factory.mktemp("documents")
+    tok = np.asarray(T.read_shard(str(ROOT / "data/shakespeare/shakespeare_train_000000.bin"))).astype(np.int64)
+    ids, counts = np.unique(tok[tok != T.EOT_TOKEN], return_counts=True)
+    rank = np.full(1 << 16, DOC_VOCAB - 1, dtype=np.int64)
+    top = ids[np.argsort(-counts, kind="stable")][:DOC_VOCAB - 2]
+    rank[top] = np.arange(1, len(top) + 1)
+    rank[T.EOT_TOKEN] = DOC_EOT
+    small = rank[tok[:140_000]]
+    rng = np.random.default_rng(0)
+    cuts = np.cumsum(rng.integers(40, 400, size=2000))
+    small[cuts[cuts < len(small)]] = DOC_EOT
+    T.write_shard(str(d / "sr_train_000000.bin"), small[:120_000])
+    T.write_shard(str(d / "sr_val_000000.bin"), small[120_000:])
+    return d
+
+
 @pytest.fixture
 def triton_ops():
     """The Triton ops, run by Triton's interpreter on a CPU."""

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import train_gpt as T
 from conftest import ROOT, SMALL_VOCAB as VOCAB, step_lines, tiny_config, tiny_model, train_in_process
 from conftest import small_vocab_config as cfg, small_vocab_model as mdl
+from conftest import DOC_EOT, DOC_VOCAB
 
 EOT = 50256           # the record: GPT-2's <|endoftext|> starts a document
 BLOCK = 128           # the record's windows count 128-token blocks
@@ -867,29 +868,12 @@ def test_real_pinned_loader_gives_the_same_batches(tiny_shards):
 
 # ----------------------------------------------------------------------------- 13. a reduced --preset=speedrun run that learns
 
-RUN_VOCAB = 1024
-RUN_EOT = 0  # the EOT's id in the small vocabulary
+RUN_VOCAB, RUN_EOT = DOC_VOCAB, DOC_EOT  # conftest's documents_shards
 
 
 @pytest.fixture(scope="module")
-def speedrun_shards(tmp_path_factory):
-    """Shakespeare re-numbered by frequency (as tests/test_full_width.py does): EOT -> id 0, the 1,022 most
-    frequent other tokens -> 1..1022, the rest -> 1023. The plays are ~40K-token documents, so an EOT is also
-    put at every 40th-400th token (seeded): most 256-token sequences then hold several documents."""
-    d = tmp_path_factory.mktemp("speedrun")
-    tok = np.asarray(T.read_shard(str(ROOT / "data/shakespeare/shakespeare_train_000000.bin"))).astype(np.int64)
-    ids, counts = np.unique(tok[tok != EOT], return_counts=True)
-    rank = np.full(1 << 16, RUN_VOCAB - 1, dtype=np.int64)
-    top = ids[np.argsort(-counts, kind="stable")][:RUN_VOCAB - 2]
-    rank[top] = np.arange(1, len(top) + 1)
-    rank[EOT] = RUN_EOT
-    small = rank[tok[:140_000]]
-    rng = np.random.default_rng(0)
-    cuts = np.cumsum(rng.integers(40, 400, size=2000))
-    small[cuts[cuts < len(small)]] = RUN_EOT
-    T.write_shard(str(d / "sr_train_000000.bin"), small[:120_000])
-    T.write_shard(str(d / "sr_val_000000.bin"), small[120_000:])
-    return d
+def speedrun_shards(documents_shards):
+    return documents_shards
 
 
 @pytest.mark.slow
