@@ -106,6 +106,33 @@ class Hyperparameters:
     init: str = flag("zero_out", "zero_out: every output projection and an untied head start at 0; record: attention's out-projection "
                                  "uniform like q/k/v (std 0.5/sqrt(d)), the head N(0, 0.005)", choices=["zero_out", "record"], archs=["gpt"])
     val_seq_len: int = flag(0, "tokens per validation row; 0 = --seq_len (record 262,144: a whole rank's batch)", ge=0)
+    # the current record's model: each off here, all on in --preset=speedrun. Layer lists name the record's 11 layers
+    # (an index past --n_layer is ignored); layer_plan() turns them into one plan per layer, printed at start. The
+    # stream-level pieces act on GPT's residual stream: --arch=ngpt/angpt drop them (README: a variant against the record)
+    smear: bool = flag(False, "smear: x_t += lambda * sigmoid(w . x_t[:12]) * x_{t-1} on the embedding (lambda, w start at 0)", group="record model", archs=["gpt"])
+    bigram_vocab: int = flag(0, "bigram hash embedding rows (0 = off; record 377,280): a hash of (previous, current) token, signs from "
+                                "a +-1 table, zero init, added through gates before layer 0 and after each attention", ge=0, archs=["gpt"])
+    bigram_sign_rows: int = flag(8192, "rows of the bigram's +-1 sign table", ge=1, archs=["gpt"])
+    value_embed_layers: str = flag("", "layers with an untied value-embedding table each (N(0, 0.01)) added to V, each head gated by "
+                                       "2 sigmoid(W [x[:6], ve[:6]]) (record 1,2,8,9,10)", archs=["gpt"])
+    residual_lambdas: bool = flag(False, "each sub-layer: x <- a x + b f(norm x) (+ g x0 + g' bigram), a from sqrt(1.1), b from 1, learned", archs=["gpt"])
+    skip_connection: str = flag("", "FROM:TO: layer TO (without attention) adds sigmoid(lambda) g h_FROM (record 3:6)", archs=["gpt"])
+    saved_layer: int = flag(-1, "the stream after this layer is saved: every later attention reads norm(h_saved) (record 7); -1 = off", ge=-1, archs=["gpt"])
+    backout: float = flag(0.0, "the head's input gets backout * h_saved (record -0.5: the initial bias of the last MUDD mix)", archs=["gpt"])
+    weight_lambdas: bool = flag(False, "W_qkv x lambda0 (0.5) and W_o x lambda1 (1), learned per layer", archs=["gpt"])
+    key_offset: bool = flag(False, "on long-window, non-paired layers the keys' unrotated half is shifted one token on: k[t] takes k[t-1]'s")
+    paired_head_layers: str = flag("", "layers whose heads attend in pairs over a 2T sequence (record 0,2,5,9)")
+    xsa_layers: str = flag("", "layers with XSA: y_h -= tanh(alpha) <y_h, v_h>/|v_h|^2 v_h (record 1,3,4,7)", archs=["gpt"])
+    attn_gate_layers: str = flag("", "layers whose heads' outputs are scaled by a gate (record 3,10)", archs=["gpt"])
+    dc_layers: str = flag("", "layers with DC-MHA: + w2_h (sum_g w1_g P_g) v_h over a --dc_window inside the document (record 10)", archs=["gpt"])
+    dc_window: int = flag(112, "DC-MHA's window (tokens, at most 128)", ge=1, le=128, archs=["gpt"])
+    mudd: bool = flag(False, "MUDD dense connections: the last layer's input and V mix h0, h_saved and x, and the head's input adds "
+                             "h0, h_saved, h_{L-2}, the first value embedding and the skip source, per token from small GELU MLPs", archs=["gpt"])
+    mudd_gates: bool = flag(False, "XSA alphas, attention gates, x0 / bigram gates, the skip gate and DC's weights per token from two "
+                                   "small GELU MLPs (at x0 and at layer --mudd_gate_layer's input); off: learned per layer", archs=["gpt"])
+    mudd_gate_layer: int = flag(4, "--mudd_gates: the layer whose input feeds the second gate MLP (record 4)", ge=1, archs=["gpt"])
+    fp8_mlp: bool = flag(False, "the MLP's up and down projections in FP8 while training (weights and input at their current amax, the "
+                                "down projection's input at the last step's amax x 1.8); emulated off sm_90")
     # DyT (--norm=dyt)
     dyt_alpha_attn: float = flag(0.8, "DyT alpha init before attention (and QK)", group="dyt")
     dyt_alpha_mlp: float = flag(0.2, "DyT alpha init before the MLP")
@@ -156,7 +183,8 @@ class Hyperparameters:
     cooldown_frac: float = flag(0.4, "trapezoid: fraction of the steps spent cooling down", ge=0, le=1)
     min_lr_frac: float = flag(0.0, "lr multiplier at the end of the schedule", ge=0, le=1)
     # run
-    preset: str = flag("", "named defaults; '' = speedrun on CUDA, cpu otherwise", group="run", choices=["", "cpu", "speedrun", "speedrun_2024"])
+    preset: str = flag("", "named defaults; '' = speedrun on CUDA, cpu otherwise", group="run",
+                       choices=["", "cpu", "speedrun", "speedrun_cpu", "speedrun_2025", "speedrun_2024"])
     steps: int = flag(200, "optimizer steps", ge=1)
     val_every: int = flag(40, "validate every k steps (and after the last)", ge=1)
     seed: int = flag(0, "sets the init; the token stream is the same for every seed", ge=0)
@@ -182,21 +210,60 @@ SPEEDRUN_2024 = dict(  # modded-nanogpt's 124M recipe before the record's compon
     n_layer=12, n_embd=768, n_head=6, steps=1750, val_every=125, compile=True,
     embed_lr=0.6, head_lr=0.008, scalar_lr=0.04, muon_lr=0.05,
 )
-SPEEDRUN_COMPONENTS = {  # the record's components on top of SPEEDRUN_2024 -> the flag that turns each off again
+SPEEDRUN_2025 = {**SPEEDRUN_2024,  # modded-nanogpt's record #20 of 2025-01-16 (2.99 min to val 3.28 on 8xH100)
+    "seq_len": 65536, "batch_size": 8, "device_batch_size": 1, "steps": 1393, "min_lr_frac": 0.1,
+    "value_embeds": 3, "unet_skips": True, "x0_mix": True, "merged_qkv": True, "attn_scale": 0.12, "rope_half": True,
+    "rope_base": 1024.0, "logit_softcap": 15.0, "logit_softcap_form": "sigmoid", "skip_attn_layers": "7", "doc_mask": True,
+    "attn_window": 1792, "window_long_layers": "0,4,7,11", "fp8_head": True,
+    "muon_momentum_warmup": 300, "muon_batched": True, "fused_adam": True}
+SPEEDRUN_2025_COMPONENTS = {  # the 2025 record's components on top of SPEEDRUN_2024 -> the flag that turns each off again
     "value_embeds": "--value_embeds=0", "unet_skips": "--no-unet_skips", "x0_mix": "--no-x0_mix", "merged_qkv": "--no-merged_qkv",
     "attn_scale": "--attn_scale=0", "rope_half": "--no-rope_half", "skip_attn_layers": "--skip_attn_layers=",
     "doc_mask": "--no-doc_mask", "attn_window": "--attn_window=0", "fp8_head": "--no-fp8_head",
     "muon_batched": "--no-muon_batched", "fused_adam": "--no-fused_adam",
 }
+# The current record (#89, peer/record_2026-08/train_gpt.py: 1.23 min to val 3.28 on 8xH100, ~339M tokens). Its schedule
+# (TRAINING_STAGES, L1960): tokens per step, document cap, windows (blocks), lr, MTP and prefix weights per stage
+RECORD_STAGES = ("131072x896 w1/3 lr1 mtp1,.5,.25>1,.5,0 pre.25; 262144x2048 w3/7 lr1.52 mtp1,.5>1,0 pre.25>0; "
+                 "393216x2048 w5/11 lr1.73; +15 393216x2048 w6/13")
+RECORD_RECIPE = dict(  # its training recipe (issue 30)
+    muon_ortho="polar_express", normuon_beta2=0.9, muon_wd=1.2, muon_groups="record", muon_momentum_warmup=300,
+    muon_momentum_cooldown=50, adam_table="record", adam_table_lr=0.008, adam_wd=0.005, adam_every=2, stages=RECORD_STAGES,
+    final_window=20, yarn=True, bos_align=True, mtp=True, prefix_loss=True, untie_frac=2 / 3, init="record", logit_softcap=23.0,
+    logit_softcap_form="shifted", cooldown_frac=0.6, min_lr_frac=0.15, muon_lr=0.023, muon_batched=True)
+RECORD_MODEL = dict(  # its model (issue 31): the layer lists name its 11 layers
+    n_layer=11, skip_attn_layers="6", window_long_layers="3,10", paired_head_layers="0,2,5,9", xsa_layers="1,3,4,7",
+    attn_gate_layers="3,10", dc_layers="10", value_embed_layers="1,2,8,9,10", saved_layer=7, skip_connection="3:6", smear=True,
+    bigram_vocab=377280, residual_lambdas=True, weight_lambdas=True, key_offset=True, backout=-0.5, mudd=True, mudd_gates=True,
+    mudd_gate_layer=4, merged_qkv=True, doc_mask=True, rope_half=True, rope_base=1024.0, attn_scale=0.1, fp8_head=True, fp8_mlp=True)
+# each piece -> the flags that turn it (or a group that only works together) off: the one-piece-off table
+RECORD_PIECES = {
+    "polar_express": ["--muon_ortho=newton_schulz"], "normuon": ["--normuon_beta2=0"], "cautious_wd": ["--muon_wd=0", "--adam_wd=0"],
+    "muon_groups": ["--muon_groups=matrix"], "adam_every_other": ["--adam_every=1"], "adam_table": ["--adam_table=flat"],
+    "momentum_cooldown": ["--muon_momentum_cooldown=0"], "yarn": ["--no-yarn"], "bos_align": ["--no-bos_align"], "mtp": ["--no-mtp"],
+    "prefix_loss": ["--no-prefix_loss"], "untie": ["--untie_frac=0"], "init": ["--init=zero_out"], "final_window": ["--final_window=0"],
+    "smear": ["--no-smear"], "bigram": ["--bigram_vocab=0"], "value_embeds": ["--value_embed_layers="],
+    "residual_lambdas": ["--no-residual_lambdas"], "weight_lambdas": ["--no-weight_lambdas"], "key_offset": ["--no-key_offset"],
+    "paired_heads": ["--paired_head_layers="], "xsa": ["--xsa_layers="], "attn_gates": ["--attn_gate_layers="], "dc": ["--dc_layers="],
+    "mudd": ["--no-mudd", "--backout=0"], "mudd_gates": ["--no-mudd_gates"], "skip": ["--skip_connection="],
+    "fp8_mlp": ["--no-fp8_mlp"],
+}
+SPEEDRUN = {**SPEEDRUN_2024, **RECORD_RECIPE, **RECORD_MODEL,  # rows of the stages' tokens / 8; validation rows of 2,097,152 / 8
+            "seq_len": 49152, "batch_size": 8, "device_batch_size": 1, "val_seq_len": 262144, "steps": 1285, "val_every": 250}
+SPEEDRUN_CPU = {**SPEEDRUN,  # the current record with every piece on, shrunk to a 2-core CPU (~5 min): Shakespeare by scene, 6 x 256
+    "train_files": "data/shakespeare_scenes/shakespeare_scenes_train_*.bin", "val_files": "data/shakespeare_scenes/shakespeare_scenes_val_*.bin",
+    "n_layer": 6, "n_embd": 256, "n_head": 4, "seq_len": 1536, "batch_size": 1, "device_batch_size": 1, "val_seq_len": 1536,
+    "val_tokens": 24576, "steps": 124, "val_every": 31, "compile": False,  # one row a step: long enough for caps and windows to act
+    "stages": "512x256 w1/2 lr1 mtp1,.5,.25>1,.5,0 pre.25; 1024x512 w1/3 lr1.52 mtp1,.5>1,0 pre.25>0; 1536x512 w2/4 lr1.73; +4 1536x512 w2/5",
+    "final_window": 6, "skip_attn_layers": "3", "window_long_layers": "1,5", "paired_head_layers": "0,2", "xsa_layers": "1,4",
+    "attn_gate_layers": "1,5", "dc_layers": "5", "value_embed_layers": "1,4,5", "saved_layer": 4, "skip_connection": "1:3",
+    "mudd_gate_layer": 2, "bigram_vocab": 16384}
 PRESETS = {
     "cpu": dict(fused_adam=True),  # the dataclass defaults, and torch's fused Adam: one pass over each tensor
     "speedrun_2024": SPEEDRUN_2024,
-    "speedrun": {**SPEEDRUN_2024,  # modded-nanogpt's 2025-01-16 record (2.99 min to val 3.28 on 8xH100)
-        "seq_len": 65536, "batch_size": 8, "device_batch_size": 1, "steps": 1393, "min_lr_frac": 0.1,
-        "value_embeds": 3, "unet_skips": True, "x0_mix": True, "merged_qkv": True, "attn_scale": 0.12, "rope_half": True,
-        "rope_base": 1024.0, "logit_softcap": 15.0, "logit_softcap_form": "sigmoid", "skip_attn_layers": "7", "doc_mask": True,
-        "attn_window": 1792, "window_long_layers": "0,4,7,11", "fp8_head": True,
-        "muon_momentum_warmup": 300, "muon_batched": True, "fused_adam": True},
+    "speedrun_2025": SPEEDRUN_2025,
+    "speedrun": SPEEDRUN,
+    "speedrun_cpu": SPEEDRUN_CPU,
 }
 # fields that say how a run is run, not what it trains: they may differ on resume
 RUN_ONLY_FIELDS = {"val_every", "run_name", "log_dir", "save_every", "keep_checkpoints", "checkpoint_dir",
@@ -299,6 +366,67 @@ def layer_list(text):
     """'0,4,7' -> [0, 4, 7]; '' -> []."""
     return [int(x) for x in text.split(",") if x.strip()]
 
+@dataclass(frozen=True)
+class LayerPlan:
+    """What one layer runs, from the flags' layer lists (layer_plan): whether it has attention, its window (long or
+    short), paired heads, the key offset, XSA, an attention gate, DC-MHA, which gated value-embedding table it adds to V,
+    whether its attention reads the saved activation, whether its output is kept (the saved layer, the skip's source),
+    the skip it adds, whether it is MUDD's last layer, and which gate MLP serves it. Every block reads its entry."""
+    layer: int
+    attention: bool = True
+    long_window: bool = True
+    paired: bool = False
+    key_offset: bool = False
+    xsa: bool = False
+    attn_gate: bool = False
+    dc: bool = False
+    value_embed: int = -1
+    reads_saved: bool = False
+    saves: bool = False
+    skip_from: int = -1
+    mudd: bool = False
+    gate_mlp: int = 0
+    def __str__(self):
+        if not self.attention:
+            parts = ["no attention"]
+        else:
+            parts = ["long" if self.long_window else "short"] + [name for name, on in (
+                ("paired", self.paired), ("key offset", self.key_offset), ("xsa", self.xsa), ("gate", self.attn_gate), ("dc", self.dc),
+                (f"ve{self.value_embed}", self.value_embed >= 0), ("reads saved", self.reads_saved)) if on]
+        parts += [name for name, on in ((f"adds h{self.skip_from}", self.skip_from >= 0), ("saved", self.saves), ("mudd", self.mudd)) if on]
+        return f"layer {self.layer}: " + ", ".join(parts)
+
+def record_stream(config) -> list:
+    """The current record's stream-level flags a config turns on (GPTArch.run_record runs them; the 2025 record's
+    stream flags --value_embeds, --unet_skips, --x0_mix run in the plain loop)."""
+    c = config
+    return [name for name, on in (("smear", c.smear), ("bigram_vocab", c.bigram_vocab), ("value_embed_layers", c.value_embed_layers),
+            ("residual_lambdas", c.residual_lambdas), ("skip_connection", c.skip_connection), ("saved_layer", c.saved_layer >= 0),
+            ("backout", c.backout), ("xsa_layers", c.xsa_layers), ("attn_gate_layers", c.attn_gate_layers), ("dc_layers", c.dc_layers),
+            ("mudd", c.mudd), ("mudd_gates", c.mudd_gates)) if on]
+
+def layer_plan(config) -> list:
+    """The per-layer plan of the flags' layer lists (indices past --n_layer ignored: presets name the record's layers).
+    The record's rules: XSA and DC act on non-paired layers, the key offset on long non-paired ones; layers after the
+    saved one read it; MUDD acts on the last layer; the second gate MLP serves the layers from --mudd_gate_layer on."""
+    c, L = config, config.n_layer
+    on = lambda text: {l for l in layer_list(text) if l < L}
+    no_attn, paired = on(c.skip_attn_layers), on(c.paired_head_layers)
+    long_layers = on(c.window_long_layers) if c.window_long_layers else set(range(L))  # '' = every layer long
+    values = sorted(on(c.value_embed_layers) - no_attn)
+    skip_from, skip_to = (int(x) for x in c.skip_connection.split(":")) if c.skip_connection else (-1, -1)
+    plans = []
+    for l in range(L):
+        attn = l not in no_attn
+        plans.append(LayerPlan(l, attention=attn, long_window=l in long_layers, paired=attn and l in paired,
+                               key_offset=c.key_offset and attn and l in long_layers and l not in paired,
+                               xsa=attn and l in on(c.xsa_layers), attn_gate=attn and l in on(c.attn_gate_layers),
+                               dc=attn and l in on(c.dc_layers), value_embed=values.index(l) if l in values else -1,
+                               reads_saved=attn and 0 <= c.saved_layer < l, saves=l in (c.saved_layer, skip_from),
+                               skip_from=skip_from if l == skip_to else -1, mudd=c.mudd and l == L - 1,
+                               gate_mlp=int(l >= c.mudd_gate_layer)))
+    return plans
+
 def cpu_bf16_instructions(cpuinfo="/proc/cpuinfo") -> str:
     """The CPU's bf16 matmul instructions named in /proc/cpuinfo (x86 flags: avx512_bf16, amx_bf16; aarch64 Features:
     bf16), '' for none. With them bf16 autocast ran both trainers faster (records/cpu_bench); without them it made
@@ -380,6 +508,28 @@ def validate(c: Hyperparameters):
                  f"--seq_len={c.seq_len} tokens (raise --seq_len: it is the longest row)")
         need(not c.yarn or (c.rope and all(st.windows for st in stages)), "--yarn rescales RoPE as the windows grow: it needs --rope and windows in every stage")
     need(not (c.untie_frac and c.tie_embeddings), "--untie_frac ties embedding and head until it unties them; --tie_embeddings ties them for good: give one")
+    for name in ("paired_head_layers", "xsa_layers", "attn_gate_layers", "dc_layers", "value_embed_layers"):
+        try:
+            bad = [l for l in layer_list(getattr(c, name)) if l < 0]
+        except ValueError:
+            bad = [getattr(c, name)]
+        need(not bad, f"--{name}={getattr(c, name)!r}: give comma-separated layer indices (0 = the first block)")
+    old_stream = [f"--{name}" for name in ("value_embeds", "unet_skips", "x0_mix") if getattr(c, name)]
+    need(not (old_stream and record_stream(c)), f"{', '.join(old_stream)} (the 2025 record's stream) and --{', --'.join(record_stream(c))} "
+                                                 f"(the current record's) build two different residual streams: give one set")
+    need(not c.key_offset or c.rope_half, "--key_offset shifts the dims RoPE leaves unrotated: it needs --rope_half")
+    need(not (c.backout and c.saved_layer < 0), "--backout subtracts a share of the saved activation: give --saved_layer")
+    need(not c.skip_connection or re.fullmatch(r"\d+:\d+", c.skip_connection), f"--skip_connection={c.skip_connection!r}: give FROM:TO, e.g. 3:6")
+    if c.skip_connection and c.n_layer > max(int(x) for x in c.skip_connection.split(":")):
+        src, dst = (int(x) for x in c.skip_connection.split(":"))
+        need(src < dst and dst in layer_list(c.skip_attn_layers), f"--skip_connection={c.skip_connection}: layer {dst} must come after "
+             f"layer {src} and have no attention (--skip_attn_layers), as the record's 3:6")
+    plan = layer_plan(c)
+    for p in plan:
+        need(not (p.paired and (p.xsa or p.dc)), f"layer {p.layer} has paired heads and {'XSA' if p.xsa else 'DC'}: they need a layer's own "
+             f"heads (the record: non-paired layers only); take it out of --paired_head_layers or --{'xsa' if p.xsa else 'dc'}_layers")
+    need(not c.mudd or 0 <= c.saved_layer < c.n_layer - 1, "--mudd mixes in the saved activation: give --saved_layer (a layer before the last)")
+    need(not (c.mudd and plan[-1].paired), "--mudd's last layer adds to V per head: it cannot be a paired-head layer")
     # the batch must split for every world size: checked here, before any data is read
     if c.grad_accum:
         need(c.batch_size % c.grad_accum == 0, f"--batch_size={c.batch_size} is not divisible by --grad_accum={c.grad_accum}")
@@ -524,11 +674,18 @@ class Rotary(nn.Module):
             self.scale_mult *= 1 + 0.2 * math.log(new / old)
         self.windows = windows
         self.tables()
-    def forward(self, x):  # (B, T, H, D)
+    def unrotated_dims(self):
+        """(D,) bool: the dims of the pairs with frequency 0 (half RoPE's second half of each x1, x2)."""
+        return (self.base_inv_freq == 0).repeat(2)
+    def forward(self, x, paired=False):  # (B, T, H, D); paired: head h at position 2t + h % 2 (the record's paired heads)
         T = x.size(1)
-        cos, sin = self.cos[:, :T], self.sin[:, :T]
+        cos, sin = self.cos[:, :2 * T if paired else T], self.sin[:, :2 * T if paired else T]
+        if paired:
+            B, _, H, D = x.shape
+            x, cos, sin = x.view(B, T, H // 2, 2, D), cos.view(1, T, 1, 2, -1), sin.view(1, T, 1, 2, -1)
         x1, x2 = x.float().chunk(2, dim=-1)
-        return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1).type_as(x)
+        out = torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1).type_as(x)
+        return out.flatten(2, 3) if paired else out
 
 def linear(d_in, d_out):
     return nn.Linear(d_in, d_out, bias=False)
@@ -536,9 +693,12 @@ def linear(d_in, d_out):
 class Attention(nn.Module):
     """Causal self-attention. qk: 'rmsnorm' / 'dyt' (a Norm per head), 'l2' (nGPT/anGPT: s_qk * q/||q|| after
     RoPE, softmax scale sqrt(d_head)) or 'none'. v_scale / out_scale are anGPT's constant nu factors.
-    merged_qkv: one (3, H*D, d) weight; value_mix: v = lambda0 * v + lambda1 * ve (the record's value embeddings)."""
-    def __init__(self, dim, n_head, head_dim, ops, qk="rmsnorm", rotary=None, dyt_alpha=0.8,
-                 v_scale=1.0, out_scale=1.0, softmax_scale=0.0, merged_qkv=False, value_mix=False):
+    merged_qkv: one (3, H*D, d) weight; value_mix: v = lambda0 * v + lambda1 * ve (the 2025 record's value embeddings).
+    The current record's options (its LayerPlan): paired heads (paired_heads()), the key offset, weight lambdas
+    (W_qkv x lambda0, W_o x lambda1), and per call: aux_v added to V (gated value embeddings, MUDD's V mix), DC-MHA's
+    weights, XSA's alphas and an output gate per head."""
+    def __init__(self, dim, n_head, head_dim, ops, qk="rmsnorm", rotary=None, dyt_alpha=0.8, v_scale=1.0, out_scale=1.0,
+                 softmax_scale=0.0, merged_qkv=False, value_mix=False, plan=None, weight_lambdas=False, dc_window=112):
         super().__init__()
         self.n_head, self.head_dim, self.ops = n_head, head_dim, ops
         if merged_qkv:
@@ -553,9 +713,12 @@ class Attention(nn.Module):
         if qk == "l2":  # s_qk init 1, scale 1/sqrt(d), one per head channel (1-D: optimised as a scalar, not a matrix)
             self.s_qk = Scalars((n_head * head_dim,), 1.0, dim ** -0.5)
         self.lambdas = nn.Parameter(torch.tensor([0.5, 0.5])) if value_mix else None
+        self.weight_lambdas = nn.Parameter(torch.tensor([0.5, 1.0])) if weight_lambdas else None
+        plan = plan or LayerPlan(0)
+        self.paired, self.key_offset, self.dc_window = plan.paired, plan.key_offset, dc_window if plan.dc else 0
         # exact unit q, k make q.k a cosine in [-1, 1]: nGPT scales the softmax by sqrt(d_head), not 1/sqrt(d_head)
         self.softmax_scale = softmax_scale or (head_dim ** 0.5 if qk == "l2" else head_dim ** -0.5)
-    def forward(self, x, ve=None, mask=None):
+    def forward(self, x, ve=None, mask=None, aux_v=None, dc=None, xsa_alpha=None, gate=None, docs=None):
         B, T, _ = x.shape
         if hasattr(self, "qkv_w"):
             q, k, v = F.linear(x, self.qkv_w.flatten(0, 1)).view(B, T, 3 * self.n_head, self.head_dim).chunk(3, dim=-2)
@@ -563,20 +726,82 @@ class Attention(nn.Module):
             q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
             k = self.c_k(x).view(B, T, self.n_head, self.head_dim)
             v = self.c_v(x).view(B, T, self.n_head, self.head_dim)
+        if self.weight_lambdas is not None:  # W_qkv x lambda0 (q and k lose it to their norm)
+            q, k, v = (t * self.weight_lambdas[0].to(t.dtype) for t in (q, k, v))
         if self.lambdas is not None:  # layers without a value embedding still scale v by lambda0
             v = (self.lambdas[0] * v + self.lambdas[1] * ve.view_as(v) if ve is not None else self.lambdas[0] * v).to(q.dtype)
         if self.qk in ("rmsnorm", "dyt"):
             q, k = self.q_norm(q), self.k_norm(k)
         if self.rotary is not None:
-            q, k = self.rotary(q), self.rotary(k)
+            q, k = self.rotary(q, self.paired), self.rotary(k, self.paired)
+        if self.key_offset:  # the record's partial key offset: the dims RoPE leaves unrotated take the previous token's
+            unrotated = self.rotary.unrotated_dims()
+            k = torch.where(unrotated, torch.cat([k[:, :1], k[:, :-1]], dim=1), k)
         if self.qk == "l2":  # after RoPE, as in the nGPT paper
             s_qk = self.s_qk().view(self.n_head, self.head_dim).to(q.dtype)
             q, k = s_qk * self.ops.l2_norm(q), s_qk * self.ops.l2_norm(k)
         if self.v_scale != 1.0:
             v = v * self.v_scale
+        if aux_v is not None:
+            v = v + aux_v.view_as(v).to(v.dtype)
         scale = self.softmax_scale * (self.rotary.scale_mult if self.rotary is not None else 1.0)  # YaRN's
-        y = self.c_proj(attend(q, k, v, mask, scale).reshape(B, T, self.n_head * self.head_dim))
+        if self.paired:
+            y = paired_heads(attend(*(paired_heads(t) for t in (q, k, v)), mask, scale), T)
+        else:
+            y = attend(q, k, v, mask, scale)
+        if self.dc_window:
+            y = y + dc_correction(q, k, v, *dc, scale, self.dc_window, docs)
+        if xsa_alpha is not None:
+            y = xsa(y, v, xsa_alpha)
+        if gate is not None:
+            y = y * gate.to(y.dtype)[..., None]
+        y = y.reshape(B, T, self.n_head * self.head_dim)
+        if self.weight_lambdas is not None:
+            y = y * self.weight_lambdas[1].to(y.dtype)
+        y = self.c_proj(y)
         return y * self.out_scale if self.out_scale != 1.0 else y
+
+def paired_heads(t, T=None):
+    """The record's paired-head layout (CausalSelfAttention, L1117): (B, T, H, D) read as (B, 2T, H/2, D), so sequence
+    position 2t + s holds heads s*H/2 ... s*H/2 + H/2 - 1 of token t: each head slot attends over two heads' queries and
+    keys interleaved. With T given, the inverse. (Rotary(paired=True) rotated head h at position 2t + h % 2 before.)"""
+    B, n, H, D = t.shape
+    return t.reshape(B, n * 2, H // 2, D) if T is None else t.reshape(B, T, H * 2, D)
+
+def xsa(y, v, alpha):
+    """Gated XSA (arXiv 2603.09078, the record's L1151): each head's output loses tanh(alpha) of its component along its
+    value vector, y_h -= tanh(alpha_h) <y_h, v_h> / |v_h|^2 v_h. alpha: (..., H) per token, or per head."""
+    dot = (y * v).sum(-1, keepdim=True)
+    return y - torch.tanh(alpha).to(y.dtype)[..., None] * (dot / v.square().sum(-1, keepdim=True).clamp_min(1e-8)) * v
+
+def dc_correction(q, k, v, w1, w2, scale, window, docs=None):
+    """DC-MHA's post-only term (the record's dc_triton_kernels.py, layer 10): each head's own softmax attention P_h over
+    the `window` tokens up to and including the query, inside its document, composed across heads by per-token weights
+    w1 (RMS-normalised over heads), A = sum_h w1_h P_h, then head h adds w2_h (A v_h). q, k, v (B, T, H, D); w1, w2
+    (B, T, H). Blocked: a query block of 128 against itself and the block before (windows up to 128)."""
+    B, T, H, D = q.shape
+    n = ATTN_BLOCK
+    nb = -(-T // n)
+    pad = lambda t: F.pad(t, (0, 0) * (t.dim() - 2) + (0, nb * n - T)) if nb * n != T else t
+    qb = pad(q).view(B, nb, n, H, D)
+    kv = lambda t: torch.cat([F.pad(pad(t), (0, 0) * (t.dim() - 2) + (n, 0))[:, :nb * n].view(B, nb, n, *t.shape[2:]),
+                              pad(t).view(B, nb, n, *t.shape[2:])], dim=2)   # (B, nb, 2n, ...): the previous block, then this one
+    kb, vb = kv(k), kv(v)
+    pos = torch.arange(nb * n, device=q.device).view(nb, n)
+    kpos = torch.cat([pos - n, pos], dim=1)                                         # (nb, 2n)
+    rel = pos[:, :, None] - kpos[:, None, :]                                        # (nb, n, 2n)
+    valid = (rel >= 0) & (rel < window) & (kpos[:, None, :] >= 0)
+    if docs is not None:
+        dq, dk = pad(docs[..., None])[..., 0].view(B, nb, n), kv(docs[..., None])[..., 0]
+        valid = valid & (dq[..., :, None] == dk[..., None, :])
+    else:
+        valid = valid[None].expand(B, -1, -1, -1)
+    scores = torch.einsum("bqihd,bqjhd->bqhij", qb.float(), kb.float()) * scale
+    probs = torch.softmax(scores.masked_fill(~valid[:, :, None], float("-inf")), dim=-1).nan_to_num(0.0)
+    w1 = F.rms_norm(w1.float(), (H,), eps=1e-6)
+    composed = torch.einsum("bqih,bqhij->bqij", pad(w1).view(B, nb, n, H), probs)
+    out = torch.einsum("bqij,bqjhd->bqihd", composed, vb.float()) * pad(w2).view(B, nb, n, H)[..., None].float()
+    return out.reshape(B, nb * n, H, D)[:, :T].to(q.dtype)
 
 def attend(q, k, v, mask, scale):
     """(B, T, H, D) q, k, v -> (B, T, H, D): causal SDPA (flash), or under a mask (document / sliding window)
@@ -607,25 +832,30 @@ def in_window(q, k, window_blocks, per_token):
         return (q - k) <= window_blocks * ATTN_BLOCK
     return (q // ATTN_BLOCK - k // ATTN_BLOCK) < window_blocks
 
-def dense_attention_mask(idx, window_blocks=None, doc_mask=True, per_token=False):
-    """The mask as a (B, 1, T, T) boolean: the CPU path, and the reference the BlockMask is tested against."""
-    pos = torch.arange(idx.size(1), device=idx.device)
+def mask_documents(idx, paired=False):
+    """The document of each position a mask covers: of each token, or, for paired heads, of each of the 2T positions."""
+    docs = document_ids(idx)
+    return docs.repeat_interleave(2, dim=1) if paired else docs
+
+def dense_attention_mask(idx, window_blocks=None, doc_mask=True, per_token=False, paired=False):
+    """The mask as a (B, 1, T, T) boolean (2T for paired heads): the CPU path, and the reference the BlockMask is tested against."""
+    pos = torch.arange(idx.size(1) * (2 if paired else 1), device=idx.device)
     mask = (pos[:, None] >= pos[None, :])[None]
     if window_blocks is not None:
         mask = mask & in_window(pos[:, None], pos[None, :], window_blocks, per_token)[None]
     if doc_mask:
-        docs = document_ids(idx)
+        docs = mask_documents(idx, paired)
         mask = mask & (docs[:, :, None] == docs[:, None, :])
     return mask[:, None]
 
-def block_attention_mask(idx, window_blocks=None, doc_mask=True, per_token=False):
+def block_attention_mask(idx, window_blocks=None, doc_mask=True, per_token=False, paired=False):
     """The same mask as FlexAttention's block-sparse BlockMask, built from per-block document ranges without a
     T x T tensor: a kv block is 'full' (no per-token masking) when it lies strictly before the query block, wholly in
     the window, and both blocks sit inside one document; 'partial' (mask_mod decides per token) when it is the
     diagonal block, partly in the window or touches a document boundary; absent otherwise."""
-    B, T = idx.shape
+    docs = mask_documents(idx, paired)
+    B, T = docs.shape
     nb = T // ATTN_BLOCK
-    docs = document_ids(idx)
     first, last = docs.view(B, nb, ATTN_BLOCK)[..., 0], docs.view(B, nb, ATTN_BLOCK)[..., -1]
     qb, kb = torch.arange(nb, device=idx.device)[:, None], torch.arange(nb, device=idx.device)[None, :]
     some, full = (qb >= kb)[None], (qb > kb)[None]
@@ -656,14 +886,26 @@ ACTIVATIONS = {"relu2": lambda u: F.relu(u).square(), "gelu": F.gelu, "silu": F.
 class MLP(nn.Module):
     """relu2 / gelu / silu MLP, or SwiGLU (u * silu(v)). up_scale: nGPT's s_u*sqrt(d) (a Scalars, ngpt_scalars)
     or anGPT's constant nu_up; act_in_scale, act_scale, down_scale: anGPT's activation input scale and nu factors."""
-    def __init__(self, dim, hidden, kind, probe=None, ngpt_scalars=False):
+    def __init__(self, dim, hidden, kind, probe=None, ngpt_scalars=False, fp8=False):
         super().__init__()
-        self.kind, self.hidden, self.probe = kind, hidden, probe
+        self.kind, self.hidden, self.probe, self.fp8 = kind, hidden, probe, fp8
         self.c_fc = linear(dim, hidden * (2 if kind == "swiglu" else 1))
         self.c_proj = linear(hidden, dim)
         self.s_uv = Scalars((self.c_fc.out_features,), 1.0, 1.0) if ngpt_scalars else None  # s_u (and s_v for SwiGLU)
         self.sqrt_d = dim ** 0.5
         self.up_scale = self.act_in_scale = self.act_scale = self.down_scale = 1.0
+        if fp8:  # --fp8_mlp: the down projection's input scale comes from the last training step's amax (delayed)
+            self.register_buffer("down_amax", torch.zeros(()), persistent=False)
+    def matmul(self, x, w, down=False):
+        """x @ w.T, in FP8 while training under --fp8_mlp: e4m3 at the weight's and (up) the input's current amax, or
+        (down) the last step's activation amax x 1.8 (the record's delayed scale and headroom, L1668); backward in x's precision."""
+        if not (self.fp8 and self.training):
+            return F.linear(x, w.to(x.dtype))
+        amax = x.detach().abs().amax().float()
+        if down:
+            now, amax = amax, torch.where(self.down_amax > 0, self.down_amax * 1.8, amax)  # the first step bootstraps
+            self.down_amax.copy_(now)
+        return fp8_forward_linear(x, w, amax, w.detach().abs().amax().float())
     def act(self, u):
         if self.kind == "swiglu":  # act_in_scale scales the gate's input only: the value half stays linear
             u, v = u.chunk(2, dim=-1)
@@ -673,53 +915,81 @@ class MLP(nn.Module):
         if self.probe is not None:
             self.probe("mlp_rows", x.numel() // x.size(-1))
         if self.s_uv is not None:  # nGPT's per-channel s_u * sqrt(d) folded into the weight: no scaled copy of u is kept for the backward
-            u = F.linear(x, self.c_fc.weight * (self.s_uv() * self.sqrt_d)[:, None])
+            u = self.matmul(x, self.c_fc.weight * (self.s_uv() * self.sqrt_d)[:, None])
         else:
-            u = self.c_fc(x)
+            u = self.matmul(x, self.c_fc.weight)
         if self.up_scale != 1.0:
             u = u * self.up_scale
-        y = self.c_proj(self.act(u) * self.act_scale if self.act_scale != 1.0 else self.act(u))
+        y = self.matmul(self.act(u) * self.act_scale if self.act_scale != 1.0 else self.act(u), self.c_proj.weight, down=True)
         return y * self.down_scale if self.down_scale != 1.0 else y
 
-class _SoftcapCrossEntropy(torch.autograd.Function):
-    """cross_entropy(cap * tanh(logits / cap)) over rows of logits, a few rows at a time in fp32, with the gradient
-    made in the same pass: no (tokens x vocab) fp32 intermediates and one tanh and one exp per logit. On a CPU the
-    plain expression's passes over 2048 x 50304 logits (soft-cap, float copy, log-softmax and their backwards) are
-    memory-bound: after the matmuls, the largest part of the cpu preset's step when profiled. (On a GPU
-    torch.compile fuses the plain expression.) The capped logits are at most cap, so cap is the log-sum-exp's
-    stabiliser."""
+class _CappedCrossEntropy(torch.autograd.Function):
+    """Weighted cross-entropies of soft-capped logits, a few rows at a time in fp32, with the gradient made in the same
+    pass: no (tokens x vocab) fp32 intermediates. Row i's loss is sum_k w_k (lse(z_i) - z_i[targets[i, k]]) over its
+    targets >= 0 (one column: plain CE; the record's MTP and prefix targets: several). z = cap tanh(l / cap) (form
+    ("tanh", cap)) or A sigmoid((l + shift) / temp) (form ("sigmoid", A, shift, temp): both the 2025 and the current
+    record's caps). On a CPU the plain expression's passes over tokens x 50304 logits are memory-bound: after the
+    matmuls, the largest part of a step when profiled (on a GPU torch.compile fuses the plain expression). z is at most
+    the cap, so the cap is the log-sum-exp's stabiliser."""
     @staticmethod
-    def forward(ctx, logits, targets, cap, rows):
+    def forward(ctx, logits, targets, weights, form, rows):
         n, vocab = logits.shape
+        top = form[1]
         losses = logits.new_empty(n, dtype=torch.float32)
         dlogits = torch.empty_like(logits) if ctx.needs_input_grad[0] else None
-        tanh, p = logits.new_empty((rows, vocab), dtype=torch.float32), logits.new_empty((rows, vocab), dtype=torch.float32)
+        cap, e = logits.new_empty((rows, vocab), dtype=torch.float32), logits.new_empty((rows, vocab), dtype=torch.float32)
+        w = torch.tensor(weights, dtype=torch.float32, device=logits.device)
         for i in range(0, n, rows):
-            j = min(i + rows, n); t, e, target = tanh[:j - i], p[:j - i], targets[i:j, None]
-            t.copy_(logits[i:j]).mul_(1 / cap).tanh_()
-            torch.mul(t, cap, out=e).sub_(cap).exp_()  # exp(z - cap) <= 1; at caps above ~40 it could underflow
-            total = e.sum(-1, keepdim=True)
-            losses[i:j] = (total.log() + cap - cap * t.gather(1, target)).squeeze(1)
-            if dlogits is not None:  # d/dlogits = (softmax - onehot) * (1 - tanh^2), for a unit gradient of each row's loss
-                e.div_(total).scatter_add_(1, target, torch.full_like(target, -1, dtype=e.dtype))
-                dlogits[i:j] = e.mul_(t.mul_(t).neg_().add_(1))
+            j = min(i + rows, n); t, p, target = cap[:j - i], e[:j - i], targets[i:j]
+            valid_w = w * (target >= 0)                   # (r, K): an absent target (-1) weighs 0
+            target = target.clamp_min(0)
+            if form[0] == "tanh":
+                t.copy_(logits[i:j]).mul_(1 / top).tanh_()
+            else:
+                t.copy_(logits[i:j]).add_(form[2]).mul_(1 / form[3]).sigmoid_()
+            torch.mul(t, top, out=p).sub_(top).exp_()     # exp(z - top) <= 1; at caps above ~40 it could underflow
+            total = p.sum(-1, keepdim=True)
+            losses[i:j] = (valid_w * (total.log() + top - top * t.gather(1, target))).sum(1)
+            if dlogits is not None:  # d/dz = S softmax - sum_k w_k onehot_k, S = sum_k w_k; times dz/dl
+                p.mul_(valid_w.sum(1, keepdim=True) / total).scatter_add_(1, target, -valid_w)
+                if form[0] == "tanh":
+                    t.mul_(t).neg_().add_(1)                 # 1 - tanh^2
+                else:
+                    t.sub_(t.square()).mul_(top / form[3])    # A s (1 - s) / temp
+                dlogits[i:j] = p.mul_(t)
         ctx.save_for_backward(dlogits)
         ctx.used = False
         return losses
     @staticmethod
     def backward(ctx, grad):
         if ctx.used:
-            raise RuntimeError("softcapped_cross_entropy scales its saved gradient in place: it cannot be backpropagated twice")
+            raise RuntimeError("capped_cross_entropy scales its saved gradient in place: it cannot be backpropagated twice")
         ctx.used = True
         dlogits, = ctx.saved_tensors
-        return dlogits.mul_(grad[:, None].to(dlogits.dtype)), None, None, None
+        return dlogits.mul_(grad[:, None].to(dlogits.dtype)), None, None, None, None
+
+def capped_cross_entropy(logits, targets, form, weights=(1.0,), reduction="mean", rows=16):
+    """(..., V) raw logits, (...) targets or (..., K) target columns (-1: none) and K weights -> the weighted cross-entropy
+    of the soft-capped logits (_CappedCrossEntropy), mean over rows or summed."""
+    if form[1] > 40 or form[1] <= 0:
+        raise ValueError(f"capped_cross_entropy: cap {form[1]} outside (0, 40] would underflow exp(z - cap); use the plain expression")
+    targets = targets.reshape(-1, len(weights))
+    losses = _CappedCrossEntropy.apply(logits.reshape(-1, logits.size(-1)), targets, tuple(float(w) for w in weights), tuple(form), rows)
+    return losses.sum() if reduction == "sum" else losses.mean()
 
 def softcapped_cross_entropy(logits, targets, cap, reduction="mean", rows=16):
-    """F.cross_entropy(cap * torch.tanh(logits / cap), targets) computed by _SoftcapCrossEntropy (cap <= 40)."""
-    if cap > 40:
-        raise ValueError(f"softcapped_cross_entropy: cap {cap} > 40 would underflow exp(z - cap); use the plain expression")
-    losses = _SoftcapCrossEntropy.apply(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), float(cap), rows)
-    return losses.sum() if reduction == "sum" else losses.mean()
+    """F.cross_entropy(cap * torch.tanh(logits / cap), targets), by capped_cross_entropy (cap <= 40)."""
+    return capped_cross_entropy(logits, targets, ("tanh", float(cap)), reduction=reduction, rows=rows)
+
+def loss_targets(targets, mtp_weights, prefix_targets=None, prefix_weight=None):
+    """The target columns and weights of the record's loss: y_{t+k} for each MTP weight (-1 past the row's end), then
+    the prefix target. (B, T) -> (B, T, K [+ 1]), [w...]."""
+    T = targets.size(1)
+    cols = [F.pad(targets[:, k:], (0, k), value=-1) for k in range(min(mtp_weights.numel(), T))]
+    weights = mtp_weights[:len(cols)].tolist()
+    if prefix_targets is not None:
+        cols.append(prefix_targets); weights.append(float(prefix_weight))
+    return torch.stack(cols, dim=-1), weights
 
 def multi_token_cross_entropy(logits, targets, mtp_weights, prefix_targets=None, prefix_weight=None, reduction="mean"):
     """The current record's training loss (FusedSoftcappedCrossEntropy's forward, triton_kernels.py L1208): per token t
@@ -751,7 +1021,8 @@ def attn_head_dim(config):
 
 def build_rotary(config) -> Optional[Rotary]:
     """The model's RoPE, long enough for a training row and a validation row (None with --no-rope)."""
-    return Rotary(attn_head_dim(config), max(config.seq_len, config.val_seq_len), config.rope_base, config.rope_half) if config.rope else None
+    rows = max(config.seq_len, config.val_seq_len) * (2 if layer_list(config.paired_head_layers) else 1)  # paired heads: 2T positions
+    return Rotary(attn_head_dim(config), rows, config.rope_base, config.rope_half) if config.rope else None
 
 def attention(config, ops, rotary, **kw):
     """The Attention of a block at the config's width and heads, with the model's rotary."""
@@ -772,7 +1043,7 @@ class Arch(nn.Module):
         self.config, self.ops, self.probe = config, ops, probe
         self.schedule = Schedule(config)        # every step's plan: windows, lr, MTP / prefix weights, ...
         self.rotary = build_rotary(config)      # one RoPE (and its YaRN state) for every layer
-        self.long_layers = set(layer_list(config.window_long_layers) or range(config.n_layer))
+        self.plan = layer_plan(config)          # what each layer runs
         self.windowed = any(plan.windows for plan in self.schedule.plans)
         self.register_buffer("window_blocks", torch.tensor(1, dtype=torch.int32), persistent=False)  # long; set by before_step
         self.register_buffer("short_window_blocks", torch.tensor(1, dtype=torch.int32), persistent=False)
@@ -787,18 +1058,24 @@ class Arch(nn.Module):
     def run_blocks(self, blocks, x, idx):       # the residual stream through the blocks (each under its layer's mask)
         masks = self.attention_masks(idx)
         for i, block in enumerate(blocks):
-            x = block(x, mask=masks[i in self.long_layers])
+            x = block(x, mask=self.layer_mask(masks, i))
         return x
+    def layer_mask(self, masks, layer):
+        p = self.plan[layer]
+        return masks[(p.long_window, True)] if p.paired else masks[p.long_window]
     def attention_masks(self, idx):
         """{True: the long layers' mask, False: the short layers'} (None = plain causal)."""
         c = self.config
         if not (c.doc_mask or self.windowed):
-            return {True: None, False: None}
+            return {True: None, False: None, (True, True): None, (False, True): None}
         # FlexAttention's blocks need whole 128-token blocks; a short sampling context takes the dense form
         build = block_attention_mask if idx.is_cuda and idx.size(1) % ATTN_BLOCK == 0 else dense_attention_mask
         per_token = bool(self.schedule.stages)
         long_blocks, short_blocks = (self.window_blocks, self.short_window_blocks) if self.windowed else (None, None)
-        return {True: build(idx, long_blocks, c.doc_mask, per_token), False: build(idx, short_blocks, c.doc_mask, per_token)}
+        masks = {True: build(idx, long_blocks, c.doc_mask, per_token), False: build(idx, short_blocks, c.doc_mask, per_token)}
+        for long in {p.long_window for p in self.plan if p.paired}:  # paired heads: 2T positions
+            masks[long, True] = build(idx, long_blocks if long else short_blocks, c.doc_mask, per_token, paired=True)
+        return masks
     def head_matmul(self, x, lm_head):          # the head's matmul: FP8 while training under --fp8_head (the record), else bf16/fp32
         return fp8_linear(x, lm_head.weight) if self.config.fp8_head and self.training else lm_head(x)
     def logits(self, x, lm_head):               # the last residual stream -> logits
@@ -832,31 +1109,140 @@ class Arch(nn.Module):
     def summary(self) -> str:                   # a line for the log when a run starts
         return ""
 
+# ---- The current record's stream pieces (its GPT class, L1208ff): small modules GPTArch.run_blocks puts together
+
+def tag(p, kind):
+    """A parameter's ADAM_TABLE kind (Adam steps it, whatever its shape)."""
+    p.adam_kind = kind
+    return p
+
+class GateMLP(nn.Module):
+    """The record's small GELU MLPs (forward_mudd / forward_mudd_gate, L1382 and L1458): per-token coefficients
+    (gelu(x W1^T) W2^T + b) * scale, W1 (64, d) Kaiming-uniform, W2 zero, so each output starts at bias * scale.
+    scale: a float, or a shared learned parameter (the record's _mudd_gate_scale)."""
+    def __init__(self, dim, init, scale, weights="mudd_weight", bias="mudd_bias", hidden=64):
+        super().__init__()
+        self.w1, self.w2 = tag(nn.Parameter(torch.empty(hidden, dim)), weights), tag(nn.Parameter(torch.zeros(len(init), hidden)), weights)
+        self.b2 = tag(nn.Parameter(torch.tensor(init, dtype=torch.float32) / float(scale.detach() if torch.is_tensor(scale) else scale)), bias)
+        self.scale = scale
+        self.reset_parameters()
+    @torch.no_grad()
+    def reset_parameters(self):  # after GPT's common init, which reaches every matrix
+        nn.init.kaiming_uniform_(self.w1, a=math.sqrt(5))
+        self.w2.zero_()
+    def forward(self, x):
+        out = F.linear(F.gelu(F.linear(x, self.w1.to(x.dtype))), self.w2.to(x.dtype)) + self.b2.to(x.dtype)
+        return out * (self.scale.to(x.dtype) if torch.is_tensor(self.scale) else self.scale)
+
+# each gate's value at init: XSA's alpha (tanh 0: off), attention gates, the x0 and bigram gates, the skip gate, DC's weights
+GATE_INIT = {"xsa": 0.0, "attn_gate": 0.25, "x0": 0.0, "bigram": 0.05, "skip": 0.5, "dc_w1": 1.0, "dc_w2": 0.0}
+
+class Gates(nn.Module):
+    """The per-layer gates of the record's pieces: XSA alphas and attention gates (per head), the x0 and bigram gates,
+    the skip gate and DC's two weights per head. With --mudd_gates per token from two GateMLPs, the first reading x0 for
+    the layers before --mudd_gate_layer, the second that layer's input for the rest (the record's 26 and 41 outputs, in
+    its order: XSA layers, gate layers, (x0, bigram) per layer, skip, DC); otherwise one learned value per gate."""
+    def __init__(self, config, plan):
+        super().__init__()
+        c, H = config, config.n_head
+        self.layouts = []  # per half: [(layer, name, width)] in output order
+        for half in (0, 1):
+            ps = [p for p in plan if p.gate_mlp == half]
+            entries = [(p.layer, "xsa", H) for p in ps if p.xsa] + [(p.layer, "attn_gate", H) for p in ps if p.attn_gate]
+            entries += [(p.layer, name, 1) for p in ps if p.attention and not p.mudd for name, on in
+                        (("x0", c.residual_lambdas), ("bigram", c.bigram_vocab > 0)) if on]
+            entries += [(p.layer, "skip", 1) for p in ps if p.skip_from >= 0]
+            entries += [(p.layer, name, H) for p in ps if p.dc for name in ("dc_w1", "dc_w2")]
+            self.layouts.append(entries)
+        inits = [[GATE_INIT[name] for _, name, width in entries for _ in range(width)] for entries in self.layouts]
+        if c.mudd_gates:
+            self.scale = tag(nn.Parameter(torch.tensor(0.1)), "gate_bias")
+            self.mlps = nn.ModuleList([GateMLP(c.n_embd, init, self.scale, "gate_weight", "gate_bias") if init else nn.Identity() for init in inits])
+        else:
+            self.values = nn.ParameterList([tag(nn.Parameter(torch.tensor(init)), "gate_bias") for init in inits])
+    def read(self, half, x, into: dict):
+        """The gates of one half into `into` ({(layer, name): tensor}), per token from x (--mudd_gates) or learned."""
+        if not self.layouts[half]:
+            return
+        out = self.mlps[half](x) if hasattr(self, "mlps") else self.values[half]
+        start = 0
+        for layer, name, width in self.layouts[half]:
+            into[layer, name] = out[..., start:start + width]; start += width
+
+def bigram_hash(idx, rows):
+    """The record's get_bigram_hash (L1700): row t of the table for tokens (t-1, t), (36313 x_t ^ 27191 x_{t-1}) mod
+    (rows - 1) in int32; a batch row's first position takes the reserved last row, and, as the record's code reads its
+    own output there, position 1 hashes that reserved index (rows - 1) as its previous token (the product wraps)."""
+    x = idx.to(torch.int32)
+    prev = x[:, :-1].clone()
+    prev[:, 0] = rows - 1
+    h = torch.full_like(x, rows - 1)
+    h[:, 1:] = torch.bitwise_xor(36313 * x[:, 1:], 27191 * prev) % (rows - 1)
+    return h.long()
+
+def bigram_sign_index(idx, rows):
+    """Which row of the +-1 sign table multiplies position t's bigram embedding: (x_{t-1} ^ x_t) mod rows, 0 first."""
+    out = torch.zeros_like(idx)
+    out[:, 1:] = torch.bitwise_xor(idx[:, :-1], idx[:, 1:]) % rows
+    return out
+
+class Mudd(nn.Module):
+    """MUDD dense connections (arXiv 2502.12170) as the record trims them (init_mudd, L1352): one GateMLP at the last
+    layer's input gives 14 per-token coefficients (V mix of h0, h_saved, x; the input's mix; two value-embedding gate
+    lanes; the layer's attention and MLP residual coefficients, x0 -> h0 and bigram ones), one at the end gives 5 (the
+    head's input adds h0, h_saved, h_{L-2}, the first value embedding, the skip source). Outputs x 0.1; the biases start
+    at the plain stream's values, the h_saved one at --backout."""
+    def __init__(self, config):
+        super().__init__()
+        r = 1.1 ** 0.5
+        self.layer = GateMLP(config.n_embd, [0, 0, 0, 0, 0, 0, 2, 2, r, 1, 0, 0.05, r, 1], 0.1)
+        self.final = GateMLP(config.n_embd, [0, config.backout, 0, 0, 0], 0.1)
+
+class Stream:
+    """One forward's stream state for the record's pieces: x0, the bigram term, the kept activations, the gates read so far,
+    the documents (DC's window stays inside one), the value embeddings and MUDD's coefficients at the last layer."""
+    def __init__(self, x0, bigram, docs, values):
+        self.x0, self.bigram, self.docs, self.values = x0, bigram, docs, values
+        self.saved, self.gates, self.mu = {}, {}, None
+    def gate(self, layer, name):
+        return self.gates.get((layer, name))
+
 # ---- GPT baseline: pre-norm residual blocks, modded-nanogpt style
 
 class GPTBlock(nn.Module):
     """Pre-norm (or --post_norm) residual block; --mlp_skip_threshold runs the MLP only on tokens whose
-    residual RMS reaches the threshold (gather / scatter, so skipped tokens cost nothing). The record's options:
-    no attention in this layer, the x0 mix, value embeddings in V, a document / window mask."""
-    def __init__(self, config, ops, probe, layer=0, rotary=None):
+    residual RMS reaches the threshold (gather / scatter, so skipped tokens cost nothing). The 2025 record's options:
+    no attention in this layer, the x0 mix, value embeddings in V, a document / window mask. The current record's
+    (forward_record, with a Stream): its LayerPlan entry's attention pieces, residual lambdas, gated value embeddings,
+    x0 / bigram injection, the skip, the saved activation and MUDD's last layer."""
+    def __init__(self, config, ops, probe, plan: LayerPlan, rotary=None):
         super().__init__()
         c = config
-        scale = (layer + 1) ** -0.5 if c.depth_scaling else 1.0
+        scale = (plan.layer + 1) ** -0.5 if c.depth_scaling else 1.0
+        self.plan = plan
         self.attn_norm = Norm(c.norm, c.n_embd, ops, probe, c.dyt_alpha_attn, c.norm_skip_tol, scale)
         self.mlp_norm = Norm(c.norm, c.n_embd, ops, probe, c.dyt_alpha_mlp, c.norm_skip_tol, scale)
-        if layer not in layer_list(c.skip_attn_layers):
+        if plan.attention:
             self.attn = attention(c, ops, rotary, qk="dyt" if c.norm == "dyt" and c.dyt_qk else "rmsnorm", dyt_alpha=c.dyt_alpha_attn,
-                                  softmax_scale=c.attn_scale, merged_qkv=c.merged_qkv, value_mix=c.value_embeds > 0)
+                                  softmax_scale=c.attn_scale, merged_qkv=c.merged_qkv, value_mix=c.value_embeds > 0, plan=plan,
+                                  weight_lambdas=c.weight_lambdas, dc_window=c.dc_window)
         else:
             self.attn = None
-        self.mlp = MLP(c.n_embd, mlp_hidden(c), c.mlp, probe)
+        self.mlp = MLP(c.n_embd, mlp_hidden(c), c.mlp, probe, fp8=c.fp8_mlp)
         self.lambdas = nn.Parameter(torch.tensor([1.0, 0.0])) if c.x0_mix else None
-        self.post_norm, self.mlp_skip_threshold, self.probe = c.post_norm, c.mlp_skip_threshold, probe
+        if c.residual_lambdas and not plan.mudd:  # (attention, MLP): x <- resid * x + post * f(norm x)
+            self.resid_lambdas = tag(nn.Parameter(torch.full((2,), 1.1 ** 0.5)), "resid_lambda")
+            self.post_lambdas = tag(nn.Parameter(torch.ones(2)), "post_lambda")
+        if plan.value_embed >= 0 and not plan.mudd:  # per head: 2 sigmoid(W [norm(x)[:6], ve[:6]])
+            self.ve_gate = tag(nn.Parameter(torch.zeros(c.n_head, 12)), "ve_gate")
+        self.post_norm, self.mlp_skip_threshold, self.probe, self.n_head = c.post_norm, c.mlp_skip_threshold, probe, c.n_head
     def mlp_residual(self, x):
         if self.post_norm:
             return self.mlp_norm(x + self.mlp(x))
         return x + self.mlp(self.mlp_norm(x))
-    def forward(self, x, x0=None, ve=None, mask=None):
+    def forward(self, x, x0=None, ve=None, mask=None, stream=None):
+        if stream is not None:
+            return self.forward_record(x, mask, stream)
         if self.lambdas is not None:
             x = self.lambdas[0] * x + self.lambdas[1] * x0
         if self.attn is not None:
@@ -869,24 +1255,81 @@ class GPTBlock(nn.Module):
             self.probe("mlp_skip_frac", 1 - keep.numel() / flat.size(0))
         out = flat.index_copy(0, keep, self.mlp_residual(flat.index_select(0, keep)))
         return out.view_as(x)
+    def forward_record(self, x, mask, s: Stream):
+        """The record's layer (its forward loop, L1549ff): x <- a x + b attn(norm(x or h_saved)) + g x0 + g' bigram, then
+        x <- a' x + b' mlp(norm x); MUDD's last layer takes a, b, g, g', a', b' per token from s.mu, h0 for x0."""
+        p, H = self.plan, self.n_head
+        one = x.new_ones(())
+        resid = getattr(self, "resid_lambdas", None)
+        keep_a, out_a, keep_m, out_m = (resid[0], self.post_lambdas[0], resid[1], self.post_lambdas[1]) if resid is not None else (one,) * 4
+        if p.skip_from >= 0:  # the record's layer 6: sigmoid(lambda) * gate * h3
+            x = x + s.skip_scale * s.gate(p.layer, "skip") * s.saved[p.skip_from]
+        if self.attn is not None:
+            h = self.attn_norm(s.saved[s.saved_layer] if p.reads_saved else x)
+            B, T, _ = h.shape
+            ve = s.values[p.value_embed] if p.value_embed >= 0 else None
+            x0, g_x0, g_bigram, aux_v = s.x0, s.gate(p.layer, "x0"), s.gate(p.layer, "bigram") if p.layer else None, None
+            if p.mudd:  # MUDD's coefficients: the V mix, the input's mix, the value-embedding lanes, the residual coefficients
+                mu, h0, hs = s.mu, s.saved["h0"], s.saved[s.saved_layer]
+                aux_v = (mu[..., 0:1] * h0 + mu[..., 1:2] * hs + mu[..., 2:3] * x).view(B, T, H, -1)
+                x = (1 + mu[..., 5:6]) * x + mu[..., 3:4] * h0 + mu[..., 4:5] * hs
+                if ve is not None:
+                    aux_v = aux_v + mu[..., 6:8].repeat_interleave(H // 2, dim=-1)[..., None] * ve.view(B, T, H, -1)
+                keep_a, out_a, g_x0, x0, g_bigram = mu[..., 8:9], mu[..., 9:10], mu[..., 10:11], h0, mu[..., 11:12]
+                keep_m, out_m = mu[..., 12:13], mu[..., 13:14]
+            elif ve is not None:
+                gate = 2 * torch.sigmoid(F.linear(torch.cat([h[..., :6], ve[..., :6].to(h.dtype)], dim=-1), self.ve_gate.to(h.dtype)))
+                aux_v = gate[..., None] * ve.view(B, T, H, -1)
+            dc = (s.gate(p.layer, "dc_w1").expand(B, T, H), s.gate(p.layer, "dc_w2").expand(B, T, H)) if p.dc else None
+            y = self.attn(h, mask=mask, aux_v=aux_v, dc=dc, xsa_alpha=s.gate(p.layer, "xsa"), gate=s.gate(p.layer, "attn_gate"), docs=s.docs)
+            x = keep_a * x + out_a * y
+            if g_x0 is not None:
+                x = x + g_x0 * x0
+            if g_bigram is not None and s.bigram is not None:
+                x = x + g_bigram * s.bigram
+        return keep_m * x + out_m * self.mlp(self.mlp_norm(x))
 
 class GPTArch(Arch):
-    """Untied (or tied) head after a final norm, logit soft-cap, zero-initialised output projections, Muon; and
-    the speedrun record's components: value embeddings, U-net skips, the x0 mix, document / window masks, FP8 head."""
+    """Untied (or tied) head after a final norm, logit soft-cap, zero-initialised output projections, Muon; the 2025
+    record's components (value embeddings, U-net skips, the x0 mix, document / window masks, FP8 head) and the current
+    record's stream pieces (smear, bigram, gated value embeddings, residual lambdas, skip, saved activation, backout,
+    MUDD and its gates: run_record)."""
     def __init__(self, config, ops, probe):
         super().__init__(config, ops, probe)
-        c = config
-        self.final_norm = Norm("none" if c.post_norm else c.norm, c.n_embd, ops, probe, c.dyt_alpha_final)
-        self.embed_scale = nn.Parameter(torch.full((1,), c.n_embd ** 0.5)) if c.dyt_embed_scale else None
-        self.value_embeds = nn.ModuleList([nn.Embedding(c.vocab_size, c.n_embd) for _ in range(min(c.value_embeds, c.n_layer))])
+        c, d = config, config.n_embd
+        self.final_norm = Norm("none" if c.post_norm else c.norm, d, ops, probe, c.dyt_alpha_final)
+        self.embed_scale = nn.Parameter(torch.full((1,), d ** 0.5)) if c.dyt_embed_scale else None
+        self.value_embeds = nn.ModuleList([nn.Embedding(c.vocab_size, d) for _ in range(min(c.value_embeds, c.n_layer))])
         self.skip_weights = nn.Parameter(torch.ones(c.n_layer - c.n_layer // 2)) if c.unet_skips else None
+        # the current record's
+        self.record_stream = record_stream(c)
+        if c.smear:
+            self.smear_gate, self.smear_lambda = tag(nn.Parameter(torch.zeros(12)), "smear_gate"), tag(nn.Parameter(torch.zeros(())), "scalar")
+        if c.bigram_vocab:
+            self.bigram = nn.Embedding(c.bigram_vocab, d)
+            tag(self.bigram.weight, "bigram")
+            self.register_buffer("bigram_signs", torch.randn(c.bigram_sign_rows, d).sign())
+        self.value_tables = nn.ModuleList([nn.Embedding(c.vocab_size, d) for p in self.plan if p.value_embed >= 0])
+        if self.record_stream:
+            self.gates = Gates(c, self.plan)
+        if c.skip_connection:
+            self.skip_lambda = tag(nn.Parameter(torch.tensor(-1.5)), "scalar")
+        self.mudd = Mudd(c) if c.mudd else None
+        if c.backout and not c.mudd:
+            self.backout = tag(nn.Parameter(torch.tensor(float(c.backout))), "scalar")
     def block(self, layer):
-        return GPTBlock(self.config, self.ops, self.probe, layer, self.rotary)
+        return GPTBlock(self.config, self.ops, self.probe, self.plan[layer], self.rotary)
     def embed(self, x):
-        if self.config.x0_mix:  # the record's stream starts normalised: x0 = norm(embedding)
+        c = self.config
+        if c.smear:  # x_t += lambda * sigmoid(w . x_t[:12]) * x_{t-1}
+            gate = self.smear_lambda * torch.sigmoid(x[:, 1:, :12] @ self.smear_gate.to(x.dtype))[..., None]
+            x = torch.cat([x[:, :1], x[:, 1:] + gate.to(x.dtype) * x[:, :-1]], dim=1)
+        if c.x0_mix or c.residual_lambdas:  # the record's stream starts normalised: x0 = norm(embedding)
             x = self.ops.rms_norm(x, None, 1e-6, 0.0)
         return x * self.embed_scale if self.embed_scale is not None else x
     def run_blocks(self, blocks, x, idx):
+        if self.record_stream:
+            return self.run_record(blocks, x, idx)
         c, n = self.config, len(blocks)
         ve = [emb(idx) for emb in self.value_embeds]  # layer i < N uses ve[i], layer n-N+i uses ve[i] too
         masks = self.attention_masks(idx)
@@ -895,9 +1338,41 @@ class GPTArch(Arch):
             if self.skip_weights is not None and i >= n // 2:  # U-net: the decoder half adds the encoder's outputs, mirrored
                 x = x + self.skip_weights[i - n // 2] * skips.pop()
             j = i if i < len(ve) else i - (n - len(ve))
-            x = block(x, x0, ve[j] if 0 <= j < len(ve) else None, masks[i in self.long_layers])
+            x = block(x, x0, ve[j] if 0 <= j < len(ve) else None, self.layer_mask(masks, i))
             if self.skip_weights is not None and i < n // 2:
                 skips.append(x)
+        return x
+    def run_record(self, blocks, x, idx):
+        """The current record's stream (GPT.forward, L1485ff), one loop over the plan: the bigram term and the first
+        gates at x0, h0 = x0 + gate * bigram, each layer (the second gates at --mudd_gate_layer's input, MUDD's
+        coefficients at the last), the kept activations; then MUDD's final mix (or the backout)."""
+        c = self.config
+        bigram = None
+        if c.bigram_vocab:
+            bigram = (self.bigram(bigram_hash(idx, c.bigram_vocab)) * self.bigram_signs[bigram_sign_index(idx, c.bigram_sign_rows)]).to(x.dtype)
+        s = Stream(x, bigram, document_ids(idx) if c.doc_mask else None, [table(idx).to(x.dtype) for table in self.value_tables])
+        s.saved_layer, s.skip_scale = c.saved_layer, torch.sigmoid(self.skip_lambda) if c.skip_connection else None
+        self.gates.read(0, x, s.gates)
+        if bigram is not None and s.gate(0, "bigram") is not None:
+            x = x + s.gate(0, "bigram") * bigram
+        s.saved["h0"] = x
+        masks = self.attention_masks(idx)
+        for i, block in enumerate(blocks):
+            p = self.plan[i]
+            if i == c.mudd_gate_layer:
+                self.gates.read(1, x, s.gates)
+            if p.mudd:
+                s.saved["last_in"], s.mu = x, self.mudd.layer(x)
+            x = block(x, mask=self.layer_mask(masks, i), stream=s)
+            if p.saves:
+                s.saved[i] = x
+        if self.mudd is not None:
+            mu = self.mudd.final(x)
+            sources = [s.saved["h0"], s.saved[c.saved_layer], s.saved["last_in"], s.values[0] if s.values else None,
+                       s.saved.get(int(c.skip_connection.split(":")[0])) if c.skip_connection else None]
+            x = x + sum(mu[..., k:k + 1] * src for k, src in enumerate(sources) if src is not None)
+        elif c.backout:
+            x = x + self.backout * s.saved[c.saved_layer]
         return x
     def head(self, x, lm_head):  # the final norm and the head matmul, before the soft-cap
         return self.head_matmul(self.final_norm(x), lm_head)
@@ -911,9 +1386,14 @@ class GPTArch(Arch):
         return cap * torch.tanh(logits / cap) if cap > 0 else logits
     def loss(self, x, lm_head, targets, reduction="mean"):
         c = self.config
-        if 0 < c.logit_softcap <= 40 and c.logit_softcap_form == "tanh" and x.device.type == "cpu" and not (self.training and (c.mtp or c.prefix_loss)):
-            return softcapped_cross_entropy(self.head(x, lm_head), targets, c.logit_softcap, reduction)
-        return super().loss(x, lm_head, targets, reduction)
+        if not (0 < c.logit_softcap and x.device.type == "cpu"):
+            return super().loss(x, lm_head, targets, reduction)
+        form = {"tanh": ("tanh", c.logit_softcap), "sigmoid": ("sigmoid", 2 * c.logit_softcap, 0.0, c.logit_softcap / 2),
+                "shifted": ("sigmoid", c.logit_softcap, c.logit_softcap_shift, c.logit_softcap_temp)}[c.logit_softcap_form]
+        if self.training and (c.mtp or c.prefix_loss):  # on a CPU: the same loss in one pass (capped_cross_entropy)
+            targets, weights = loss_targets(targets, self.mtp_weights, self.prefix_table[targets] if c.prefix_loss else None, self.prefix_weight)
+            return capped_cross_entropy(self.head(x, lm_head), targets, form, weights, reduction)
+        return capped_cross_entropy(self.head(x, lm_head), targets, form, reduction=reduction)
     @torch.no_grad()
     def init_weights(self, model):  # zero output projections: every block starts as the identity (--init=record: the MLP's)
         c = self.config
@@ -921,8 +1401,16 @@ class GPTArch(Arch):
             if block.attn is not None and c.init == "zero_out":
                 block.attn.c_proj.weight.zero_()
             block.mlp.c_proj.weight.zero_()
+            if hasattr(block, "ve_gate"):
+                block.ve_gate.zero_()
         for emb in self.value_embeds:
             nn.init.normal_(emb.weight)
+        for table in self.value_tables:  # the record's 0.01 * randn
+            nn.init.normal_(table.weight, std=0.01)
+        if c.bigram_vocab:
+            self.bigram.weight.zero_()
+        for m in self.modules():
+            if isinstance(m, GateMLP): m.reset_parameters()
         if c.init == "record":
             nn.init.normal_(model.lm_head.weight, std=0.005)
         elif not c.tie_embeddings:
@@ -943,14 +1431,13 @@ def ngpt_alpha_multipliers(schedule, n_layer):
 
 class NGPTBlock(nn.Module):
     """nGPT: h <- norm(h + alpha * (norm(f(h)) - h)) for attention then MLP (or the gated / add forms)."""
-    def __init__(self, config, ops, layer, rotary=None):
+    def __init__(self, config, ops, plan: LayerPlan, rotary=None):
         super().__init__()
         c, d = config, config.n_embd
         self.ops = ops
-        self.attn = (attention(c, ops, rotary, qk="l2" if c.ngpt_qk_norm else "none", merged_qkv=c.merged_qkv)
-                     if layer not in layer_list(c.skip_attn_layers) else None)
-        self.mlp = MLP(d, mlp_hidden(c), c.mlp, ngpt_scalars=True)
-        mult = float(ngpt_alpha_multipliers(c.ngpt_alpha_schedule, c.n_layer)[layer])
+        self.attn = attention(c, ops, rotary, qk="l2" if c.ngpt_qk_norm else "none", merged_qkv=c.merged_qkv, plan=plan) if plan.attention else None
+        self.mlp = MLP(d, mlp_hidden(c), c.mlp, ngpt_scalars=True, fp8=c.fp8_mlp)
+        mult = float(ngpt_alpha_multipliers(c.ngpt_alpha_schedule, c.n_layer)[plan.layer])
         shape = (1,) if c.ngpt_scalar_alpha else (d,)
         self.alpha_attn = Scalars(shape, (c.ngpt_alpha_attn_init or c.ngpt_alpha_init) * mult, d ** -0.5)
         self.alpha_mlp = Scalars(shape, (c.ngpt_alpha_mlp_init or c.ngpt_alpha_init) * mult, d ** -0.5)
@@ -996,7 +1483,7 @@ class NGPTArch(Arch):
         super().__init__(config, ops, probe)
         self.s_z = logit_scale(config, config.ngpt_logit_scale)
     def block(self, layer):
-        return NGPTBlock(self.config, self.ops, layer, self.rotary)
+        return NGPTBlock(self.config, self.ops, self.plan[layer], self.rotary)
     def embed(self, x):  # the embedding rows are unit (or radius r) already; the stream starts on the sphere
         return self.ops.l2_norm(x)
     def logits(self, x, lm_head):
@@ -1054,14 +1541,14 @@ class ANGPTBlock(nn.Module):
     std nu_up, where the paper's factors hold) and nu_act brings its output back to unit norm: for SwiGLU the
     gate silu(sqrt(d) z) gets nu_act and multiplies the unit-norm value half; a plain activation also gets
     1/sqrt(d_ff). Then nu_down * W_down."""
-    def __init__(self, config, ops, nu_act, layer=0, rotary=None):
+    def __init__(self, config, ops, nu_act, plan: LayerPlan, rotary=None):
         super().__init__()
         c, d = config, config.n_embd
         hd = c.qkv_head_dim or d // c.n_head
         self.ops = ops
-        self.attn = (attention(c, ops, rotary, qk="l2", v_scale=(d / hd) ** 0.5, out_scale=(hd / d) ** 0.5, merged_qkv=c.merged_qkv)
-                     if layer not in layer_list(c.skip_attn_layers) else None)
-        self.mlp = MLP(d, mlp_hidden(c), c.mlp)
+        self.attn = (attention(c, ops, rotary, qk="l2", v_scale=(d / hd) ** 0.5, out_scale=(hd / d) ** 0.5, merged_qkv=c.merged_qkv, plan=plan)
+                     if plan.attention else None)
+        self.mlp = MLP(d, mlp_hidden(c), c.mlp, fp8=c.fp8_mlp)
         self.mlp.up_scale, self.mlp.act_in_scale = (d / self.mlp.hidden) ** 0.5, d ** 0.5
         self.mlp.act_scale = nu_act if c.mlp == "swiglu" else nu_act / self.mlp.hidden ** 0.5
         self.mlp.down_scale = (self.mlp.hidden / d) ** 0.5
@@ -1090,7 +1577,7 @@ class ANGPTArch(Arch):
         self.nu_act = angpt_activation_nu(config.mlp, self.nu_up, config.angpt_nu_samples)
         self.s_z = logit_scale(config, config.angpt_logit_scale)
     def block(self, layer):
-        return ANGPTBlock(self.config, self.ops, self.nu_act, layer, self.rotary)
+        return ANGPTBlock(self.config, self.ops, self.nu_act, self.plan[layer], self.rotary)
     def logits(self, x, lm_head):
         return scaled_logits(self, x, lm_head, self.ops.l2_norm if self.config.angpt_norm == "input" else None)
     @torch.no_grad()
@@ -1649,9 +2136,9 @@ def fp8_grad_scale(n_tokens):
     return 2.0 ** 13 * n_tokens
 
 def _fp8_matmul(a_f8, b_f8, scale_a, scale_b, out_dtype, fast_accum):
-    """a @ b for fp8 a (M, K) row-major and b (K, N) column-major, times scale_a * scale_b."""
+    """a @ b for fp8 a (M, K) row-major and b (K, N) column-major, times scale_a * scale_b (floats or 0-d tensors)."""
     if a_f8.is_cuda:
-        one = lambda v: torch.tensor(v, dtype=torch.float32, device=a_f8.device)
+        one = lambda v: v.float().reshape(()) if torch.is_tensor(v) else torch.tensor(v, dtype=torch.float32, device=a_f8.device)
         return torch._scaled_mm(a_f8, b_f8, out_dtype=out_dtype, scale_a=one(scale_a), scale_b=one(scale_b), use_fast_accum=fast_accum)
     return ((a_f8.float() @ b_f8.float()) * (scale_a * scale_b)).to(out_dtype)
 
@@ -1680,6 +2167,24 @@ def _fp8_mm_backward(ctx, g, *_):
     return grad_x, grad_w, None, None
 
 _fp8_mm_op.register_autograd(_fp8_mm_backward, setup_context=_fp8_mm_setup)
+
+class _FP8ForwardLinear(torch.autograd.Function):
+    """x @ w.T with both in e4m3 at scales 448/amax (saturating), products accumulated in fp32 and scaled back; the
+    backward in x's precision from the unquantized x and w (the record quantizes its MLP's forward only)."""
+    @staticmethod
+    def forward(ctx, x, w, x_amax, w_amax):
+        ctx.save_for_backward(x, w)
+        to_f8 = lambda t, amax: (t.float() * (448 / amax)).clamp(-448, 448).to(torch.float8_e4m3fn)
+        x2 = x.reshape(-1, x.size(-1))
+        out = _fp8_matmul(to_f8(x2, x_amax), to_f8(w, w_amax).t(), x_amax / 448, w_amax / 448, x.dtype, fast_accum=True)
+        return out.view(*x.shape[:-1], w.size(0))
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        return g @ w.to(g.dtype), (g.reshape(-1, g.size(-1)).t() @ x.reshape(-1, x.size(-1)).to(g.dtype)).to(w.dtype), None, None
+
+def fp8_forward_linear(x, w, x_amax, w_amax):
+    return _FP8ForwardLinear.apply(x, w, x_amax.clamp_min(1e-12), w_amax.clamp_min(1e-12))
 
 def fp8_linear(x, w):
     """x @ w.T through FP8 (bf16 out; the gradient of x in x's dtype, of w in fp32)."""
