@@ -43,8 +43,9 @@ only in lr_scale; each arm takes the lr_scale pick_lr finds best on the tuning s
 is its runs at that lr_scale on the other (confirm) seeds; extra columns lr (effective: Adam arms (lr or the
 arch's adam_lr) × lr_scale, Muon arms muon_lr × lr_scale), lr_scale and edge (EDGE: the pick sits at an end
 of the grid, with a warning to extend it; n/a: an arm run at one lr_scale, which is its own pick and is also
-shown on its confirm seeds). Tuning seeds: --tune_seeds, else sweep.json's tune_seeds in the folders given,
-else an error (exit 2) saying how to give them.
+shown on its confirm seeds). Tuning seeds: --tune_seeds, else sweep.json's in the folders given (its tune_seeds
+and every seed its tune-phase runs used; these are added to --tune_seeds too, with a warning: a seed an lr was
+picked on is never counted as a confirm seed), else an error (exit 2) saying how to give them.
 The table is printed before the plot is drawn: a plot path that cannot be written (a read-only folder)
 is an error (exit 2) after the table, never a loss of it. Bad input the user can fix is one line naming the
 file or flag (a warning and the run left out, or exit 2), never a traceback.
@@ -517,8 +518,9 @@ def best_against_best(runs, tune_seeds):
     return groups
 
 def tune_seeds_of(paths):
-    """The tuning seeds recorded by records/sweep.py in <folder>/sweep.json of the folders given, or None.
-    Folders that disagree are an error: one comparison has one set of tuning seeds."""
+    """The tuning seeds recorded by records/sweep.py in <folder>/sweep.json of the folders given: its tune_seeds and
+    every seed its tune-phase runs used (a pick's seed is never a confirm seed, whatever a later sweep wrote); None
+    when no folder has any. Folders that disagree are an error: one comparison has one set of tuning seeds."""
     found = {}
     for p in map(str, paths):
         f = os.path.join(p, "sweep.json")
@@ -526,11 +528,14 @@ def tune_seeds_of(paths):
             continue
         try:
             with open(f) as fh:
-                seeds = json.load(fh).get("tune_seeds")
-        except (OSError, ValueError, AttributeError) as e:
+                rec = json.load(fh)
+            seeds = set(rec.get("tune_seeds") or []) | {r.get("seed") for r in rec.get("runs") or []
+                                                       if isinstance(r, dict) and r.get("phase") == "tune"}
+            seeds = tuple(sorted(seeds))
+        except (OSError, ValueError, AttributeError, TypeError) as e:
             raise CompareError(f"{f} is unreadable ({e}): fix it, or give the seeds with --tune_seeds=0,1")
         if seeds:
-            found[f] = tuple(sorted(seeds))
+            found[f] = seeds
     if len(set(found.values())) > 1:
         raise CompareError("the sweep.json files disagree on tune_seeds (" + "; ".join(
             f"{f}: {list(v)}" for f, v in found.items()) + "): compare them apart or pass --tune_seeds")
@@ -689,12 +694,17 @@ def _tune_seeds(args):
     """--best_lr's tuning seeds: --tune_seeds, else sweep.json's, else an error saying how to give them."""
     if args.group_by:
         raise CompareError("--best_lr groups runs into arms by config (all but lr_scale): drop --group_by")
+    recorded = tune_seeds_of(p for p in args.paths if os.path.isdir(p))
     if args.tune_seeds:
         try:
-            return [int(s) for s in args.tune_seeds.split(",") if s.strip()]
+            given = [int(s) for s in args.tune_seeds.split(",") if s.strip()]
         except ValueError:
             raise CompareError(f"--tune_seeds={args.tune_seeds}: give integer seeds, e.g. --tune_seeds=0,1") from None
-    seeds = tune_seeds_of(p for p in args.paths if os.path.isdir(p))
+        if extra := sorted(set(recorded or []) - set(given)):  # a seed an lr was picked on is never a confirm seed
+            warn(f"--tune_seeds={args.tune_seeds}: sweep.json's tune-phase runs also used seeds {extra}: tuning seeds "
+                 f"{sorted(set(given) | set(extra))}")
+        return sorted(set(given) | set(extra))
+    seeds = recorded
     if seeds is None:
         raise CompareError("--best_lr needs the tuning seeds: pass --tune_seeds=0,1 (the seeds the lr was picked on), "
                            "or give a sweep folder whose sweep.json has tune_seeds")

@@ -28,7 +28,10 @@ LR grid (--lr_grid=0.5,1,2, values of train_gpt.py's --lr_scale): tune phase = e
 --tune_seeds seeds (seed0 ...); the pick per config is compare.pick_lr over the final val losses (a failed or
 diverged run counts as inf); a pick at an edge of the grid extends it one point past that edge (the grid's ratio
 there) and tunes that, at most --max_extend times, then stays flagged as an edge. Confirm phase = every config at
-its pick x --seeds fresh seeds (seed0 + tune_seeds ...); the comparison is of the confirm runs alone. A token
+its pick x --seeds fresh seeds (seed0 + tune_seeds ...); the comparison is of the confirm runs alone. Tune and
+confirm seeds never mix in one folder: a later lr sweep into it must tune on the folder's tune seeds (more confirm
+seeds: the same --seed0 and --tune_seeds with a larger --seeds), else it is refused (exit 2), and a sweep without
+a grid never shares a folder with an lr sweep. A token
 `--lr_grid=...` inside a config gives that config its own grid (stripped before launching). Run names carry the
 lr: <NAME>_c<i>_lr<x>_s<S>. A resumed sweep recomputes the picks from the tune logs and goes on where it stopped.
 
@@ -470,11 +473,39 @@ def plan_record(args, configs, out, previous, base):
     n_tune = args.tune_seeds if base is not None else 0
     tune_seeds = list(range(args.seed0, args.seed0 + n_tune))
     seeds = list(range(args.seed0 + n_tune, args.seed0 + n_tune + args.seeds))  # fresh: the pick never saw them
+    check_seeds(previous, base, tune_seeds, out)
     record = dict(previous, name=args.name, out=out, configs=all_configs, runs=list(previous.get("runs", [])),
                   seeds=sorted(set(previous.get("seeds", [])) | set(seeds) | set(tune_seeds)))
     if base is not None:
-        record.update(tune_seeds=tune_seeds, confirm_seeds=seeds, lr_grid=base, max_extend=args.max_extend)
+        record.update(tune_seeds=tune_seeds, confirm_seeds=sorted(set(previous.get("confirm_seeds", [])) | set(seeds)),
+                      lr_grid=base, max_extend=args.max_extend)
     return record, [all_configs.index(c) for c in configs], seeds, tune_seeds
+
+def phase_seeds(record, phase):
+    """The seeds the record says were used in this phase ("tune" or "confirm"): its list and its runs'."""
+    return set(record.get(f"{phase}_seeds", [])) | {r.get("seed") for r in record.get("runs", []) if r.get("phase") == phase}
+
+def check_seeds(previous, base, tune_seeds, out):
+    """Tune and confirm seeds never mix across the sweeps into one folder: a later lr sweep tunes on the folder's
+    tune seeds (so its confirm seeds follow them, and a larger --seeds adds confirm seeds); a sweep without a grid
+    and an lr sweep never share a folder (a plain run is an lr_scale-1 run of its config's arm)."""
+    old_tune, runs = phase_seeds(previous, "tune"), previous.get("runs", [])
+    if base is None:
+        if old_tune or any("phase" in r for r in runs):
+            raise SweepError(f"{out} holds an lr sweep (tuned on seeds {sorted(old_tune)}): a sweep without --lr_grid "
+                             f"into it would mix its runs with the tune and confirm runs: pass --lr_grid=... to add to "
+                             f"it, or another --out")
+        return
+    if plain := sorted({r.get("seed") for r in runs if "phase" not in r}):
+        raise SweepError(f"{out} holds the runs of a sweep without --lr_grid (seeds {plain}): an lr sweep into it would "
+                         f"mix them with its tune and confirm runs: pass another --out")
+    if old_tune and set(tune_seeds) != old_tune:
+        mixed = sorted(set(tune_seeds) & phase_seeds(previous, "confirm"))
+        what = f", an earlier confirm seed{'s' if len(mixed) > 1 else ''}" if mixed else ""
+        raise SweepError(f"{out}: its lr picks were tuned on seeds {sorted(old_tune)} (sweep.json); this sweep would "
+                         f"tune on {tune_seeds}{what}: tune and confirm seeds never mix in one folder. More confirm seeds: "
+                         f"--seed0={min(old_tune)} --tune_seeds={len(old_tune)} and a larger --seeds (confirm seeds follow "
+                         f"the tune seeds); tuning on other seeds: another --out")
 
 def report(args, sw, runs, out, base):
     """The comparison (of the confirm runs alone with a grid: the tune runs chose the lr), the failures, the exit code."""

@@ -653,3 +653,23 @@ def test_best_lr_cli_tuning_seeds_from_flag_or_sweep_json(tmp_path, capsys):
     assert compare.main([str(tmp_path), "--best_lr", "--plot=none"]) == 0
     assert capsys.readouterr().out == by_flag and "EDGE" in by_flag
     assert compare.main([str(tmp_path), "--best_lr", "--group_by=arch", "--plot=none"]) == 2
+
+# -----------------------------------------------------------------------------
+# issue 32: never a wrong number
+
+def test_best_lr_never_counts_a_tune_seed(tmp_path, capsys):
+    """A second lr sweep used to rewrite sweep.json's tune_seeds ([0] -> [2]), and --best_lr then reported n = 3 over
+    seeds 0, 1, 3, seed 0 being the one the lr was picked on. The tuning seeds are sweep.json's tune_seeds and every
+    seed its tune-phase runs used; an explicit --tune_seeds gets those added, with a warning."""
+    lr_sweep(tmp_path, "gpt", dict(arch="gpt"), {0.5: 3.40, 1.0: 3.30}, seeds=range(4), lrs=(0.5, 1.0))
+    runs = [dict(run_name=f"gpt_lr{lr:g}_s{s}", seed=s, lr_scale=lr, phase="tune") for s in (0, 2) for lr in (0.5, 1.0)]
+    runs += [dict(run_name=f"gpt_lr1_s{s}", seed=s, lr_scale=1.0, phase="confirm") for s in (1, 3)]
+    (tmp_path / "sweep.json").write_text(json.dumps(dict(tune_seeds=[2], confirm_seeds=[3], runs=runs)))
+    assert compare.tune_seeds_of([tmp_path]) == [0, 2]
+    [g] = compare.best_against_best(compare.load_runs([tmp_path]), compare.tune_seeds_of([tmp_path]))
+    assert sorted(r.config["seed"] for r in g.runs) == [1, 3]
+    capsys.readouterr()
+    assert compare.main([str(tmp_path), "--best_lr", "--tune_seeds=2", "--plot=none"]) == 0
+    out, err = capsys.readouterr()
+    assert "sweep.json's tune-phase runs also used seeds [0]: tuning seeds [0, 2]" in err
+    assert out.splitlines()[2].split()[:6] == ["baseline", "*", "0.025", "1", "EDGE", "2"]  # n: confirm seeds 1, 3

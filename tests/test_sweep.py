@@ -475,3 +475,47 @@ def test_ladder_runs_rung_by_rung_stops_on_the_budget_and_resumes(tmp_path, capf
     out = capfd.readouterr().out
     assert "stub training a_" not in out and "stub training b_c0_lr1_s0" in out
     assert (tmp_path / "b" / "compare.txt").exists()
+
+# -----------------------------------------------------------------------------
+# issue 32: the lr-sweep tools never print a wrong number
+
+def grid_record(out, cfg="--arch=gpt"):
+    """The sweep.json of `ov --lr_grid=0.5,1 --tune_seeds=1 --seeds=2 --max_extend=0`: tuned on seed 0, confirmed on 1, 2."""
+    runs = [dict(config=0, args=cfg, seed=s, run_name=f"ov_c0_lr{lr:g}_s{s}", cmd=["train_gpt.py", f"--seed={s}"],
+                 returncode=0, seconds=1.0,
+                 lr_scale=lr, phase=phase) for s, lr, phase in ((0, 0.5, "tune"), (0, 1, "tune"), (1, 1, "confirm"),
+                                                                  (2, 1, "confirm"))]
+    rec = dict(name="ov", out=str(out), configs=[cfg], seeds=[0, 1, 2], runs=runs, tune_seeds=[0], confirm_seeds=[1, 2],
+               lr_grid=[0.5, 1], max_extend=0, picks={"0": dict(lr_scale=1, edge=True, grid=[0.5, 1])})
+    out.mkdir(parents=True)
+    (out / "sweep.json").write_text(json.dumps(rec))
+    return rec
+
+def test_tune_and_confirm_seeds_never_mix_across_sweeps_into_a_folder(tmp_path, capsys):
+    """The README's "more seeds" recipe applied to an lr sweep (--seed0=2 --seeds=1 after --tune_seeds=1 --seeds=2)
+    used to tune on seed 2, an earlier confirm run, and rewrite tune_seeds to [2]. A later sweep into a folder tunes
+    on the folder's tune seeds or is refused; a plain sweep and an lr sweep never share a folder."""
+    out = tmp_path / "out"
+    rec = grid_record(out)
+    common = ["ov", f"--out={out}", "--lr_grid=0.5,1", "--tune_seeds=1", "--max_extend=0",
+              f"--script={write_stub(tmp_path)}", "--launcher=python"]
+    for extra in (["--dry_run"], []):
+        assert sweep.main(common + ["--seed0=2", "--seeds=1", *extra, "--", "--arch=gpt"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{out}: its lr picks were tuned on seeds [0] (sweep.json); this sweep would " \
+                                       "tune on [2], an earlier confirm seed" in err and "a larger --seeds" in err
+    assert json.loads((out / "sweep.json").read_text()) == rec and not logs(out)
+    # more confirm seeds: the same command with a larger --seeds (tune seed 0, confirm seeds 1, 2, 3)
+    assert sweep.main(common + ["--seeds=3", "--dry_run", "--", "--arch=gpt"]) == 0
+    plan = capsys.readouterr().out
+    assert "--seed=0" in plan and "--seed=2 " not in plan and "seed 3: run_name ov_c0_lr<pick>_s3" in plan
+    # a sweep without --lr_grid into it would add lr_scale-1 runs to the tune and confirm seeds' arms
+    assert sweep.main(["ov", f"--out={out}", "--seeds=1", "--seed0=5", "--dry_run", "--launcher=python", "--",
+                       "--arch=gpt"]) == 2
+    assert "holds an lr sweep (tuned on seeds [0])" in capsys.readouterr().err
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "sweep.json").write_text(json.dumps(dict(configs=["--arch=gpt"], seeds=[0], runs=[
+        dict(config=0, args="--arch=gpt", seed=0, run_name="p_c0_s0", cmd=[], returncode=0, seconds=1.0)])))
+    assert sweep.main(["p", f"--out={plain}", "--lr_grid=1,2", "--dry_run", "--launcher=python", "--", "--arch=gpt"]) == 2
+    assert "holds the runs of a sweep without --lr_grid" in capsys.readouterr().err
