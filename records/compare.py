@@ -32,9 +32,11 @@ Runs without step lines or without a val line are skipped with a warning. A log 
 its last step (a val line at step N of N), whatever trailer follows or is missing (modded-nanogpt's logs before
 2025 have none, later ones `peak memory ...`); a log cut before it is flagged incomplete and left out of the
 final-loss and training-time statistics unless --include_incomplete (its curve still counts for time-to-target
-and step time). An unterminated last line is dropped (it may be cut mid-way). A run whose final val
-loss is nan or inf (a diverged run) is named in a warning and left out of the loss statistics and the
-plot; the n column counts it as `+k nan/inf`, so the rest of its group still gets numbers.
+and step time). An unterminated last line is dropped (it may be cut mid-way). A diverged run (a nan or inf
+loss in a step line: its final val loss, or the loss train_gpt.py stopped it on, which ends its log before its last
+step) is named in a warning and left out of the loss and time statistics and the plot, with or without
+--include_incomplete; the n column counts it as `+k diverged`, so the rest of its group still gets numbers. In an lr
+pick it is the worst (inf); an arm whose every tuning lr diverged has no pick and is left out, by name.
 Zero variance (identical final losses): Δ=0 gives p=1 and CI [0, 0]; Δ≠0 gives p=0 and CI [Δ, Δ];
 with n < 2 on either side std/CI/p print as n/a.
 --x=time plots val loss against training time (s) instead of step.
@@ -102,8 +104,21 @@ class Run:
         return self.val[max(self.val)]["val_loss"]
 
     @property
+    def divergence(self):
+        """(key, value, step) of the first non-finite loss in its step lines, or None. train_gpt.py stops a run at a
+        non-finite train or val loss (its last line is then that step's), so such a run is diverged, not cut short."""
+        bad = [(s, k, f[k]) for lines in (self.val, self.train) for s, f in lines.items()
+               for k in ("val_loss", "train_loss") if isinstance(f.get(k), float) and not math.isfinite(f[k])]
+        return (lambda s, k, v: (k, v, s))(*min(bad, key=lambda b: b[:2])) if bad else None
+
+    @property
+    def diverged(self):
+        return self.divergence is not None
+
+    @property
     def finite(self):
-        return math.isfinite(self.final_val_loss)
+        """A usable final loss: the run did not diverge (a diverged run is counted as such, never averaged)."""
+        return not self.diverged and math.isfinite(self.final_val_loss)
 
     def _last_timed(self):
         """(step, train_time ms) of the last step line with a finite train_time, or None."""
@@ -210,10 +225,14 @@ def parse_log(path):
     # complete = it reached its last step (a val line at step N of N), whatever trailer follows or is missing:
     # modded-nanogpt's logs before 2025 end at that line, later ones add 'peak memory ...', ours a sample too
     run.incomplete = run.total_steps not in run.val
-    if run.incomplete:
-        warn(f"{path}: incomplete log (no val line at its last step {run.total_steps}), last val step {max(run.val)}")
-    if not run.finite:  # a diverged run: one nan would turn its whole group's mean/std/p into n/a
+    if not math.isfinite(run.final_val_loss):  # a diverged run: one nan would turn its group's mean/std/p into n/a
         warn(f"{path}: final val_loss is {run.final_val_loss}; left out of the statistics")
+    elif run.diverged:  # the trainer stopped it at a non-finite loss: not a cut run (never averaged at its last val)
+        key, value, step = run.divergence
+        warn(f"{path}: diverged ({key} {value} at step {step} of {run.total_steps}: train_gpt.py stops a run there); "
+             f"counted as diverged, left out of the statistics")
+    elif run.incomplete:
+        warn(f"{path}: incomplete log (no val line at its last step {run.total_steps}), last val step {max(run.val)}")
     return run
 
 def _walk_logs(folder):
@@ -489,8 +508,8 @@ def best_against_best(runs, tune_seeds):
         by_lr = {}
         for r in rs:
             by_lr.setdefault(float(r.config.get("lr_scale", 1.0)), []).append(r)
-        tuning = {lr: [math.inf if r.incomplete else r.final_val_loss for r in xs if r.config.get("seed") in tune]
-                  for lr, xs in by_lr.items()}
+        tuning = {lr: [math.inf if r.incomplete or not r.finite else r.final_val_loss for r in xs
+                       if r.config.get("seed") in tune] for lr, xs in by_lr.items()}
         tuning = {lr: losses for lr, losses in tuning.items() if losses}
         cfg = json.loads(key)
         if len(by_lr) == 1:
@@ -503,6 +522,11 @@ def best_against_best(runs, tune_seeds):
             if len(tuning) < len(by_lr):
                 warn(f"arm {cfg.get('arch')}: lr_scales {sorted(set(by_lr) - set(tuning))} have no tuning run: "
                      f"not in the pick")
+            if all(math.isinf(x) for v in tuning.values() for x in v):  # nothing trained: no lr to confirm
+                cut = "" if all(r.diverged for r in rs if r.config.get("seed") in tune) else " or was cut"
+                warn(f"arm {cfg.get('arch')}: every lr_scale of its grid {sorted(tuning)} diverged{cut} on the tuning "
+                     f"seeds {sorted(tune)}: no pick, left out (lower the grid)")
+                continue
             best, edge = pick_lr(tuning)
         confirm = [r for r in by_lr[best] if r.config.get("seed") not in tune]
         means = {lr: float(np.mean(v)) if all(map(math.isfinite, v)) else math.inf for lr, v in tuning.items()}
@@ -549,20 +573,20 @@ def compare(groups, baseline=None, target=None, alpha=0.01, include_incomplete=F
     """One row dict per group. baseline: a Group, a name/substring, or None (default pick)."""
     base = baseline if isinstance(baseline, Group) else pick_baseline(groups, baseline)
     counted = lambda g: [r for r in g.runs if include_incomplete or not r.incomplete]
-    used = lambda g: [r for r in counted(g) if r.finite]  # a nan/inf loss is named by parse_log, not averaged
+    used = lambda g: [r for r in counted(g) if r.finite]  # a diverged run is named by parse_log, never averaged
     b_loss = [r.final_val_loss for r in used(base)]
     b_by_seed = {r.config.get("seed"): r.final_val_loss for r in used(base) if r.config and "seed" in r.config}
     b_steps = [r.step_ms for r in base.runs if r.step_ms]
     b_step = _mean(b_steps)
-    times = lambda g: [r.time_s for r in counted(g) if r.time_s is not None]  # a cut run's time is not the run's
+    times = lambda g: [r.time_s for r in used(g) if r.time_s is not None]  # a cut or diverged run's is not a run's
     b_times = times(base)
     rows = []
     for g in [base] + [g for g in groups if g is not base]:  # baseline first
         runs = used(g)
         loss = [r.final_val_loss for r in runs]
         delta, lo, hi, p = welch(loss, b_loss)
-        row = dict(group=g.name, baseline=g is base, n=len(loss), n_incomplete=sum(r.incomplete for r in g.runs),
-                   n_nonfinite=sum(not r.finite for r in counted(g)),
+        row = dict(group=g.name, baseline=g is base, n=len(loss),
+                   n_incomplete=sum(r.incomplete and r.finite for r in g.runs), n_nonfinite=sum(not r.finite for r in g.runs),
                    mean=_mean(loss), std=_std(loss) if loss else float("nan"), delta=delta, ci_low=lo, ci_high=hi,
                    p=p, step_ms=_mean(r.step_ms for r in g.runs), pick=g.pick)
         pairs = [(r.final_val_loss, b_by_seed[r.config["seed"]]) for r in runs
@@ -603,7 +627,7 @@ def format_table(rows, markdown=False):
     head += ["time s", "p(time)", "step ms", "×base", "p(step)"]
     body = []
     for r in rows:
-        left = [f"+{k} {what}" for k, what in ((r["n_incomplete"], "inc"), (r.get("n_nonfinite"), "nan/inf")) if k]
+        left = [f"+{k} {what}" for k, what in ((r["n_incomplete"], "inc"), (r.get("n_nonfinite"), "diverged")) if k]
         n = f"{r['n']}" + (f" ({', '.join(left)})" if left else "")
         loss = f"{_f(r['mean'], '.4f')} ± {_f(r['std'], '.4f')}" if r["n"] else "n/a"
         if r["baseline"]:

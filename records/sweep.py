@@ -27,7 +27,10 @@ folder: a second one into the same --out is refused (a flock on <out>/.sweep.loc
 LR grid (--lr_grid=0.5,1,2, values of train_gpt.py's --lr_scale): tune phase = every config x every lr_scale x
 --tune_seeds seeds (seed0 ...); the pick per config is compare.pick_lr over the final val losses (a failed or
 diverged run counts as inf); a pick at an edge of the grid extends it one point past that edge (the grid's ratio
-there) and tunes that, at most --max_extend times, then stays flagged as an edge. Confirm phase = every config at
+there) and tunes that, at most --max_extend times, then stays flagged as an edge. A config whose every tune run
+diverged (or failed) has no pick: it is named, gets no confirm run, and the sweep exits 1. A run the trainer stopped
+on a non-finite loss is recorded as diverged ("diverged": true), said so, and never redone (not by --retry_failed
+either: it would diverge again); a diverged confirm run is counted as diverged in the comparison, not as a failure. Confirm phase = every config at
 its pick x --seeds fresh seeds (seed0 + tune_seeds ...); the comparison is of the confirm runs alone. Tune and
 confirm seeds never mix in one folder: a later lr sweep into it must tune on the folder's tune seeds (more confirm
 seeds: the same --seed0 and --tune_seeds with a larger --seeds), else it is refused (exit 2), and a sweep without
@@ -198,6 +201,7 @@ class Sweep:
         self.t0, self.seconds = time.time(), []  # seconds of the runs finished in this invocation
         self.started, self.child, self.current, self.signals, self.forwarded = 0, None, None, 0, False
         self.stopped = None  # why the sweep stopped early: "interrupted" or "budget"
+        self.no_pick = []  # lr sweep: configs whose every tune lr diverged or failed (no confirm runs)
 
     def run(self, i, seed, lr=None, phase=None):
         """The run of config i at this seed (and lr_scale): its record entry, the earlier one if there is one."""
@@ -218,17 +222,26 @@ class Sweep:
         return r
 
     def settled(self, r):
-        """'finished' (a complete log: the record missing it or not), 'failed' (ended by itself with an error and not
-        retried), else None: never run, interrupted, or finished but its log is gone."""
+        """'finished' (a complete log: the record missing it or not), 'diverged' (stopped by the trainer on a
+        non-finite loss: a result, never redone, not even by --retry_failed), 'failed' (ended by itself with an error
+        and not retried), else None: never run, interrupted, or finished but its log is gone."""
         log = run_log(self.out, r["run_name"])
         if log and log_complete(log):
             if r["returncode"] is None:
                 r["returncode"] = 0  # the sweep died after the run ended, before recording it
             r.pop("interrupted", None)
             return "finished"
+        if r["returncode"] not in (None, 0) and not r.get("interrupted") and r.get("diverged") and log:
+            return "diverged"
         if r["returncode"] not in (None, 0) and not r.get("interrupted") and not self.args.retry_failed:
             return "failed"
         return None
+
+    def diverged(self, r):
+        """Whether the run's log ends on a non-finite loss (compare's rule: train_gpt.py stops a run there)."""
+        log = run_log(self.out, r["run_name"])
+        runs = compare.load_runs([log]) if log else []
+        return bool(runs) and runs[0].diverged
 
     def final_loss(self, r):
         """The run's final val loss; inf for a failed, diverged or unfinished run (the pick's 'worst')."""
@@ -293,7 +306,12 @@ class Sweep:
             r["interrupted"] = True
         else:
             self.seconds.append(time.time() - t0)
-        if rc and not self.signals:
+        r.pop("diverged", None)
+        if rc and not self.signals and self.diverged(r):
+            r["diverged"] = True
+            print(f"=== sweep {a.name}: run {r['run_name']} diverged (a non-finite loss, exit {rc}): counted as diverged, "
+                  f"going on", flush=True)
+        elif rc and not self.signals:
             print(f"=== sweep {a.name}: run {r['run_name']} FAILED (exit {rc}), going on", flush=True)
 
     def execute(self, runs, later=0):
@@ -348,14 +366,24 @@ def lr_sweep(sw, indices, tune_seeds, confirm_seeds, base):
                 extended = True
         if not extended:
             break
-    sw.save()
     for i in indices:
         p = picks[str(i)]
-        print(f"=== sweep {a.name}: config {i} picks lr_scale {p['lr_scale']:g} of {','.join(f'{x:g}' for x in p['grid'])}"
+        grid = ",".join(f"{x:g}" for x in p["grid"])
+        if all(math.isinf(x) for x in means[i]):  # nothing trained: the "pick" would be a diverged lr
+            tune = [sw.run(i, s, lr, "tune") for s in tune_seeds for lr in grids[i]]
+            what = "diverged" if all(r.get("diverged") for r in tune) else "diverged or failed"
+            picks[str(i)] = dict(lr_scale=None, edge=None, grid=p["grid"], diverged=True)
+            sw.no_pick.append(f"config {i} has no pick: every lr_scale of its grid {what} on the tune seeds")
+            print(f"=== sweep {a.name}: config {i}: every lr_scale of {grid} {what} on the tune seeds: no pick, nothing "
+                  f"confirmed (lower the grid: --lr_grid=..., or the config's own --lr_grid=...)", flush=True)
+            continue
+        print(f"=== sweep {a.name}: config {i} picks lr_scale {p['lr_scale']:g} of {grid}"
               f" (mean tune losses {', '.join(f'{x:.4f}' for x in means[i])})"
               + (" (at the edge after --max_extend extensions: the optimum may lie further out)" if p["edge"] else ""),
               flush=True)
-    confirm = [sw.run(i, s, picks[str(i)]["lr_scale"], "confirm") for s in confirm_seeds for i in indices]
+    sw.save()
+    confirm = [sw.run(i, s, picks[str(i)]["lr_scale"], "confirm") for s in confirm_seeds for i in indices
+               if picks[str(i)]["lr_scale"] is not None]
     return confirm if sw.execute(confirm) else None
 
 def print_plan(args, configs, indices, seeds, tune_seeds, base, out, prefix, record):
@@ -509,7 +537,8 @@ def check_seeds(previous, base, tune_seeds, out):
 
 def report(args, sw, runs, out, base):
     """The comparison (of the confirm runs alone with a grid: the tune runs chose the lr), the failures, the exit code."""
-    failed = [r["run_name"] for r in runs if r["returncode"]]  # in this invocation or, not retried, in an earlier one
+    failed = [r["run_name"] for r in runs if r["returncode"] and not r.get("diverged")]  # now or, not retried, earlier
+    diverged = [r["run_name"] for r in runs if r["returncode"] and r.get("diverged")]
     paths = [out] if base is None else [p for p in (run_log(out, r["run_name"]) for r in runs) if p]
     logs = compare.load_runs(paths) if paths else []
     if logs:
@@ -521,10 +550,15 @@ def report(args, sw, runs, out, base):
         print(table + f"written: {out}/sweep.json, compare.txt, compare.png")
     else:
         print(f"sweep: no usable log in {out}", file=sys.stderr)
+    if diverged:
+        print(f"sweep: {len(diverged)}/{len(runs)} runs diverged (a non-finite loss; counted as diverged in the "
+              f"comparison): {' '.join(diverged)}", file=sys.stderr)
     if failed:
         print(f"sweep: {len(failed)}/{len(runs)} runs failed: {' '.join(failed)} (the same command with --retry_failed "
               f"runs them again)", file=sys.stderr)
-    return 1 if failed or not logs else 0
+    for line in sw.no_pick:
+        print(f"sweep: {line}: lower the grid", file=sys.stderr)
+    return 1 if failed or sw.no_pick or not logs else 0
 
 if __name__ == "__main__":
     try:

@@ -371,8 +371,8 @@ def test_nonfinite_final_loss_is_named_and_left_out(tmp_path, capsys):
     assert ng["n_runs"] == 5 and dyt["n"] == 0 and dyt["n_nonfinite"] == 1
     table = compare.format_table(list(rows.values()))
     lines = {l.split("  ")[0].strip(): l for l in table.splitlines()[2:] if l.strip()}
-    assert "5 (+1 nan/inf)" in lines["baseline *"] and "4 (+1 nan/inf)" in lines["arch=ngpt"]
-    assert "0 (+1 nan/inf)" in lines["norm=dyt"]  # a group of diverged runs stays in the table
+    assert "5 (+1 diverged)" in lines["baseline *"] and "4 (+1 diverged)" in lines["arch=ngpt"]
+    assert "0 (+1 diverged)" in lines["norm=dyt"]  # a group of diverged runs stays in the table
     assert "n/a ± n/a" not in lines["baseline *"] and " nan " not in table
     png = compare.plot(groups, tmp_path / "c.png", target=3.28)  # nan/inf do not break the axes
     assert Path(png).read_bytes()[:4] == b"\x89PNG"
@@ -673,3 +673,37 @@ def test_best_lr_never_counts_a_tune_seed(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "sweep.json's tune-phase runs also used seeds [0]: tuning seeds [0, 2]" in err
     assert out.splitlines()[2].split()[:6] == ["baseline", "*", "0.025", "1", "EDGE", "2"]  # n: confirm seeds 1, 3
+
+def nan_stop_log(path, seed, lr_scale=1.0, step=1, steps=100):
+    """A run train_gpt.py stopped for a NaN loss: its step-0 val line, then the stopping step's loss line."""
+    cfg = make_config(seed=seed, run_name=Path(path).stem, steps=steps, optimizer="adam", lr_scale=lr_scale)
+    Path(path).write_text(SOURCE + SEP + "\n" + "\n".join([
+        "torch 2.13.0 python 3.11.7 device cpu world_size 1", "config: " + json.dumps(cfg),
+        f"step:0/{steps} val_loss:10.8258 train_time:0ms step_avg:0.00ms",
+        f"step:{step}/{steps} train_loss:nan -- stopping: the loss is not finite. Last checkpoint: none (set --save_every)"]) + "\n")
+    return path
+
+def test_a_run_stopped_for_a_nan_loss_is_diverged(tmp_path, capsys):
+    """A run the trainer stopped on a NaN loss used to be "incomplete": `0 (+3 inc)`, and --include_incomplete averaged
+    it at its step-0 loss (10.8258). It is diverged: counted as such, never averaged, the worst lr in a pick."""
+    write_group(tmp_path, [3.30, 3.31, 3.29], "gpt", dict(optimizer="adam", n_layer=2))  # another arm
+    for s in range(3):
+        nan_stop_log(tmp_path / f"big_s{s}.txt", s, lr_scale=1e30)
+    groups = compare.group_runs(compare.load_runs([tmp_path]))
+    err = capsys.readouterr().err
+    assert err.count("diverged (train_loss nan at step 1 of 100: train_gpt.py stops a run there)") == 3
+    assert "incomplete" not in err
+    healthy = next(g for g in groups if g.config["n_layer"] == 2)
+    for inc in (False, True):
+        rows = compare.compare(groups, baseline=healthy, include_incomplete=inc)
+        big = rows[1]
+        assert (big["n"], big["n_incomplete"], big["n_nonfinite"], big["mean"]) == (0, 0, 3, None)
+        assert big["time_s"] is None and rows[0]["n"] == 3
+    assert "0 (+3 diverged)" in compare.format_table(rows)
+    # an lr pick: every lr of the grid diverged -> no pick (was: 1e29 at the edge, confirmed on its diverged runs)
+    for s in range(3):
+        nan_stop_log(tmp_path / f"big29_s{s}.txt", s, lr_scale=1e29)
+    best = compare.best_against_best(compare.load_runs([tmp_path]), [0, 1])
+    assert [g.pick["lr_scale"] for g in best] == [1.0]  # the healthy arm alone
+    assert "every lr_scale of its grid [1e+29, 1e+30] diverged on the tuning seeds [0, 1]: no pick, left out" in \
+        capsys.readouterr().err

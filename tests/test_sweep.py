@@ -20,7 +20,8 @@ import sweep  # noqa: E402
 # (<run_name>_<8 hex>.txt), and like it: SIGTERM/SIGINT -> finish the step, checkpoint, exit 128+signal (a second
 # signal exits at once); --resume=auto continues the newest checkpoint, appending to the same log. Test knobs:
 # --fail_seed=S (exit 3), --sleep=SECONDS per step (default 0.05) while --slow_while=PATH exists (default /), --best_lr /
-# --diverge_above (the final loss's lr dependence: a parabola in log2 lr around best_lr; nan above)
+# --diverge_above (the final loss's lr dependence: a parabola in log2 lr around best_lr; above it the run stops
+# at step 1 on a nan loss, exit 2, as train_gpt.py does)
 STUB = r"""
 import glob, json, math, os, signal, sys, time, uuid
 args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
@@ -53,7 +54,9 @@ else:
     log("torch 2.13.0 python 3.11.7 device cpu world_size 1\nconfig: " + json.dumps(cfg))
     log("step:0/20 val_loss:10.8000 train_time:0ms step_avg:0.00ms")
 final = (3.30 if arch == "gpt" else 3.20) + 0.002 * seed + 0.1 * math.log2(lr / float(args.get("best_lr", 1))) ** 2
-if lr > float(args.get("diverge_above", "inf")): final = math.nan
+if lr > float(args.get("diverge_above", "inf")):  # train_gpt.py's NaN stop: the step's loss line, exit 2
+    log("step:1/20 train_loss:nan -- stopping: the loss is not finite. Last checkpoint: none (set --save_every)")
+    sys.exit(2)
 while step < 20:
     if os.path.exists(args.get("slow_while", "/")): time.sleep(float(args.get("sleep", 0.05)))
     step += 1
@@ -64,8 +67,6 @@ while step < 20:
         json.dump(dict(run_id=run_id, step=step), open(os.path.join(ckpt_dir, f"{name}_step{step}.pt"), "w"))
         log(f"stopped by signal {stop[0]} after step {step}; resume with --resume=auto --run_name={name}")
         sys.exit(128 + stop[0])
-if math.isnan(final):
-    sys.exit(2)
 log("peak memory allocated: 12 MiB reserved: 14 MiB")
 """
 
@@ -519,3 +520,24 @@ def test_tune_and_confirm_seeds_never_mix_across_sweeps_into_a_folder(tmp_path, 
         dict(config=0, args="--arch=gpt", seed=0, run_name="p_c0_s0", cmd=[], returncode=0, seconds=1.0)])))
     assert sweep.main(["p", f"--out={plain}", "--lr_grid=1,2", "--dry_run", "--launcher=python", "--", "--arch=gpt"]) == 2
     assert "holds the runs of a sweep without --lr_grid" in capsys.readouterr().err
+
+def test_an_lr_grid_where_every_run_diverged_says_so_and_confirms_nothing(tmp_path, capfd):
+    """At --lr_grid=1e29,1e30 every run ends on the trainer's NaN stop: the sweep used to pick 1e29 "at the edge after
+    --max_extend extensions: the optimum may lie further out" and confirm it. Now: each run is called diverged, the
+    config gets no pick and no confirm run, exit 1; --retry_failed does not redo a diverged run."""
+    out = tmp_path / "out"
+    cmd = ["t", "--lr_grid=1,2", "--tune_seeds=1", "--seeds=1", "--max_extend=0", f"--out={out}",
+           f"--script={write_stub(tmp_path)}", "--launcher=python", "--", "--arch=gpt --diverge_above=0.5", "--arch=ngpt"]
+    assert sweep.main(cmd) == 1
+    res = capfd.readouterr()
+    assert "run t_c0_lr1_s0 diverged (a non-finite loss, exit 2): counted as diverged, going on" in res.out
+    assert "config 0: every lr_scale of 1,2 diverged on the tune seeds: no pick, nothing confirmed (lower the grid" in res.out
+    assert "config 0 picks" not in res.out and "stub training t_c0_lr1_s1" not in res.out
+    assert "stub training t_c1_lr1_s1" in res.out  # the other config is confirmed
+    assert "sweep: config 0 has no pick: every lr_scale of its grid diverged" in res.err
+    rec = json.loads((out / "sweep.json").read_text())
+    assert rec["picks"]["0"] == dict(lr_scale=None, edge=None, grid=[1, 2], diverged=True)
+    assert [(r["run_name"], r.get("diverged")) for r in rec["runs"] if r["config"] == 0] == [
+        ("t_c0_lr1_s0", True), ("t_c0_lr2_s0", True)]
+    assert sweep.main(cmd[:1] + ["--retry_failed"] + cmd[1:]) == 1
+    assert "stub training" not in capfd.readouterr().out  # a diverged run would diverge again
