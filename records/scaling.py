@@ -24,8 +24,11 @@ sweep.json with "tune_seeds"), and a ladder.json:
   compare.best_against_best (configs that differ only in lr_scale); a group is an arm when it agrees with the
   arm's parsed config on every key where the arms' parsed configs differ. A group that matches no arm, or two
   groups that match one arm (that arm then left out), are named in a warning.
-- claims: name, arm, baseline (arm names), kind "loss" (lower final val loss) or "speed" (fewer steps to the
-  baseline's final val loss), source (where the claim comes from; printed as is).
+- claims (a non-empty list): name, arm, baseline (two different arm names), kind "loss" (lower final val loss) or
+  "speed" (fewer steps to the baseline's final val loss), source (where the claim comes from; printed as is).
+- count_head (optional, true or false): see Compute below.
+ladder.json is checked once, before any log is read: a wrong shape is one line naming the key and what it must be
+(exit 2).
 
 Per claim and rung, best against best (each arm at its lr_scale picked by compare.pick_lr on the tuning seeds,
 compared on the confirm seeds): gain = baseline's mean final val loss - the arm's (positive: the arm is better),
@@ -77,7 +80,11 @@ def _tg():
 # -----------------------------------------------------------------------------
 # ladder.json
 
+def _show(v):
+    return json.dumps(v)[:40]
+
 def load_ladder(folder):
+    """ladder.json, checked once: a wrong shape is one line naming the key and what it must be (LadderError)."""
     path = os.path.join(folder, "ladder.json")
     try:
         with open(path) as f:
@@ -85,24 +92,49 @@ def load_ladder(folder):
     except (OSError, ValueError) as e:
         raise LadderError(f"{path}: cannot read it ({e}): a ladder folder holds a ladder.json "
                           f"(see records/scaling.py's docstring for its format)") from None
-    bad = lambda what: LadderError(f"{path}: {what} (see records/scaling.py's docstring for the format)")
-    if not isinstance(ladder, dict) or not all(k in ladder for k in ("rungs", "arms", "claims")):
-        raise bad('needs "rungs", "arms" and "claims"')
-    names = [r.get("name") for r in ladder["rungs"]]
-    if len(set(names)) != len(names) or not all(isinstance(r.get("folder"), str) for r in ladder["rungs"]):
-        raise bad("every rung needs a unique name and a folder")
+
+    def need(ok, what):
+        if not ok:
+            raise LadderError(f"{path}: {what} (see records/scaling.py's docstring for the format)")
+    need(isinstance(ladder, dict) and all(k in ladder for k in ("rungs", "arms", "claims")),
+         'needs "rungs", "arms" and "claims"')
+    rungs, arms, claims = ladder["rungs"], ladder["arms"], ladder["claims"]
+    need(isinstance(arms, dict) and arms, f'"arms" is {_show(arms)}: a non-empty object {{name: train_gpt.py flags}}')
+    for name, flags in arms.items():
+        need(isinstance(flags, str), f'"arms"[{json.dumps(name)}] is {_show(flags)}: a string of train_gpt.py flags')
+    need(isinstance(rungs, list) and rungs, f'"rungs" is {_show(rungs)}: a non-empty list of rungs '
+                                            f'{{"name", "folder", "flags"}}')
+    for i, r in enumerate(rungs):
+        need(isinstance(r, dict), f'"rungs"[{i}] is {_show(r)}: a rung is an object {{"name", "folder", "flags"}}')
+        for k in ("name", "folder"):
+            need(isinstance(r.get(k), str) and r[k], f'"rungs"[{i}]["{k}"] is {_show(r.get(k))}: a non-empty string')
+        need(isinstance(r.get("flags", ""), str), f'"rungs"[{i}]["flags"] is {_show(r.get("flags"))}: a string of '
+                                                  f'train_gpt.py flags')
+        own = r.get("arms", list(arms))
+        need(isinstance(own, list) and all(isinstance(a, str) and a in arms for a in own),
+             f'"rungs"[{i}]["arms"] is {_show(own)}: a list of arm names (of "arms": {list(arms)})')
+    names = [r["name"] for r in rungs]
+    twice = [n for n in names if names.count(n) > 1]
+    need(not twice, f"two rungs are named {(twice or [''])[0]!r}: every rung needs a unique name")
     seen = {}
-    for r in ladder["rungs"]:  # one sweep folder per rung: two rungs in one would share its runs and its sweep.json
+    for r in rungs:  # one sweep folder per rung: two rungs in one would share its runs and its sweep.json
         where = os.path.normpath(os.path.join(folder, r["folder"]))
-        if where in seen:
-            raise bad(f"rungs {seen[where]} and {r['name']} share the folder {r['folder']!r}: give each rung its own")
+        need(where not in seen, f"rungs {seen.get(where)} and {r['name']} share the folder {r['folder']!r}: give each "
+                                f"rung its own")
         seen[where] = r["name"]
-    for c in ladder["claims"]:
+    need(isinstance(claims, list) and claims, f'"claims" is {_show(claims)}: a non-empty list of claims '
+                                              f'{{"name", "arm", "baseline", "kind", "source"}}')
+    for i, c in enumerate(claims):
+        need(isinstance(c, dict) and isinstance(c.get("name"), str),
+             f'"claims"[{i}] is {_show(c)}: a claim is an object with a "name" string')
         for k in ("arm", "baseline"):
-            if c.get(k) not in ladder["arms"]:
-                raise bad(f"claim {c.get('name')!r}: {k} {c.get(k)!r} is not one of the arms {list(ladder['arms'])}")
-        if c.get("kind", "loss") not in ("loss", "speed"):
-            raise bad(f"claim {c.get('name')!r}: kind must be 'loss' or 'speed'")
+            need(isinstance(c.get(k), str) and c[k] in arms,
+                 f"claim {c['name']!r}: {k} {c.get(k)!r} is not one of the arms {list(arms)}")
+        need(c["arm"] != c["baseline"], f"claim {c['name']!r}: its arm and baseline are both {c['arm']!r}: a claim "
+                                        f"compares two arms")
+        need(c.get("kind", "loss") in ("loss", "speed"), f"claim {c['name']!r}: kind must be 'loss' or 'speed'")
+    need(isinstance(ladder.get("count_head", False), bool), f'"count_head" is {_show(ladder.get("count_head"))}: '
+                                                            f'true or false')
     return ladder
 
 def rung_configs(ladder, rung):

@@ -234,3 +234,34 @@ def test_two_groups_matching_one_arm_leave_it_out_by_name(capsys):
     assert scaling.match_arms([g("a", 1), g("b", 2)], arms, "r1") == {}
     err = capsys.readouterr().err
     assert "rung r1: groups 'a' and 'b' both match arm 'gpt_adam'" in err and "left out" in err
+
+def test_every_bad_ladder_json_is_one_line(tmp_path, capsys):
+    """"rungs": {"r1": 1} was an AttributeError, a claim whose arm is its baseline an IndexError, "rungs": [] exit 0
+    with empty tables. Every wrong shape is one line naming the key and what it must be, exit 2, before any log."""
+    import copy
+    cases = [
+        (dict(rungs={"r1": 1}), '"rungs" is {"r1": 1}: a non-empty list of rungs'),
+        (dict(rungs=[]), '"rungs" is []: a non-empty list of rungs'),
+        (dict(rungs=["r1"]), '"rungs"[0] is "r1": a rung is an object'),
+        (dict(arms=["angpt"]), '"arms" is ["angpt"]: a non-empty object {name: train_gpt.py flags}'),
+        (dict(arms={"angpt": 1}), '"arms"["angpt"] is 1: a string of train_gpt.py flags'),
+        (dict(claims={}), '"claims" is {}: a non-empty list of claims'),
+        (dict(claims=[{"name": "x", "arm": "angpt", "baseline": "angpt"}]),
+         "claim 'x': its arm and baseline are both 'angpt': a claim compares two arms"),
+        (dict(count_head="yes"), '"count_head" is "yes": true or false'),
+    ]
+    rung_cases = [({"flags": 5}, '"rungs"[0]["flags"] is 5: a string'),
+                  ({"name": ""}, '"rungs"[0]["name"] is "": a non-empty string'),
+                  ({"arms": "angpt"}, '"rungs"[0]["arms"] is "angpt": a list of arm names')]
+    for change, why in cases + [("rung", c) for c in rung_cases]:
+        ladder = copy.deepcopy(LADDER)
+        if change == "rung":
+            change, why = why
+            ladder["rungs"][0].update(change)
+        else:
+            ladder.update(change)
+        (tmp_path / "ladder.json").write_text(json.dumps(ladder))
+        assert scaling.main([str(tmp_path), "--plot=none"]) == 2, why
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1 and "Traceback" not in err, err
+        assert err.startswith(f"scaling: error: {tmp_path / 'ladder.json'}: {why}"), err
