@@ -541,3 +541,37 @@ def test_an_lr_grid_where_every_run_diverged_says_so_and_confirms_nothing(tmp_pa
         ("t_c0_lr1_s0", True), ("t_c0_lr2_s0", True)]
     assert sweep.main(cmd[:1] + ["--retry_failed"] + cmd[1:]) == 1
     assert "stub training" not in capfd.readouterr().out  # a diverged run would diverge again
+
+def test_every_bad_ladder_json_is_one_line_before_any_run(tmp_path, capsys):
+    """"rungs": ["r1"], "lr_grid": [0.5, 1], "tune_seeds": "2", "seconds_per_run": "73" were tracebacks; a missing key
+    printed only 'arms'; a rung's "arms": "gpt" printed `can only concatenate str (not "list") to str`. ladder.json is
+    checked once: one line naming the key and the expected type, exit 2, with --plan or without, before any run."""
+    path = write_ladder(tmp_path)
+    good = json.loads(Path(path).read_text())
+    grid = "a comma-separated list of positive lr_scale values, e.g. \"0.5,1,2\""
+    cases = [(dict(rungs=["r1"]), '"rungs"[0] is "r1": a rung is an object {"name", "folder", "flags"}'),
+             (dict(rungs=[]), '"rungs" is []: a non-empty list of rungs'),
+             (dict(lr_grid="0,1"), f'"lr_grid" is "0,1": {grid}'),
+             (dict(lr_grid=[0.5, 1]), f'"lr_grid" is [0.5, 1]: {grid}'),
+             (dict(lr_grids={"ngpt": 2}), f'"lr_grids"["ngpt"] is 2: {grid}'),
+             (dict(lr_grids={"nope": "1,2"}), '"lr_grids" names \'nope\', not one of the arms [\'gpt\', \'ngpt\']'),
+             (dict(tune_seeds="2"), '"tune_seeds" is "2": an integer >= 1'),
+             (dict(confirm_seeds=0), '"confirm_seeds" is 0: an integer >= 1'),
+             (dict(max_extend=True), '"max_extend" is true: an integer >= 0'),
+             (dict(arms={"gpt": ["--arch=gpt"]}), '"arms"["gpt"] is ["--arch=gpt"]: a string of train_gpt.py flags'),
+             (dict(rungs=[dict(good["rungs"][0], seconds_per_run="73")]),
+              '"rungs"[0]["seconds_per_run"] is "73": a positive number of seconds'),
+             (dict(rungs=[dict(good["rungs"][0], arms="gpt")]), '"rungs"[0]["arms"] is "gpt": a list of arm names'),
+             (dict(rungs=[dict(good["rungs"][0], flags=None)]), '"rungs"[0]["flags"] is null: a string'),
+             (dict(rungs=[good["rungs"][0], dict(good["rungs"][1], folder=good["rungs"][0]["folder"])]),
+              "rungs a and b share the folder"),
+             ("arms", 'no "arms": ladder.json needs "rungs"')]
+    for change, why in cases:
+        bad = {k: v for k, v in good.items() if k != change} if isinstance(change, str) else dict(good, **change)
+        Path(path).write_text(json.dumps(bad))
+        for extra in (["--plan"], []):
+            assert ladder_run.main([f"--ladder={path}", "--launcher=python", *extra]) == 2, why
+            out, err = capsys.readouterr()
+            assert out == "" and err.count("\n") == 1, (why, err)
+            assert err.startswith(f"ladder: error: {path}: {why}"), (why, err)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
