@@ -43,7 +43,9 @@ phase, and the picks; updated after every run, atomically: a crash mid-write lea
 sweep into the same folder adds its runs, e.g. `--seed0=3 --seeds=2` for more seeds; an unreadable one or one of
 the wrong shape stops the sweep, exit 2, untouched), and at the end <out>/compare.txt (the table of
 records/compare.py) and <out>/compare.png. Default out: records/<NAME>. --dry_run prints the plan (runs already
-finished marked `# done`) and, with --seconds_per_run or timings in an earlier sweep.json, the estimated time.
+finished marked `# done`; with a grid the tune phase replayed from the finished runs, so the edge extensions made
+and the picks known are there, and a confirm run is its command once its config's pick is known) and, with
+--seconds_per_run or timings in an earlier sweep.json, the time of the runs left.
 """
 import argparse
 import contextlib
@@ -202,6 +204,7 @@ class Sweep:
         self.started, self.child, self.current, self.signals, self.forwarded = 0, None, None, 0, False
         self.stopped = None  # why the sweep stopped early: "interrupted" or "budget"
         self.no_pick = []  # lr sweep: configs whose every tune lr diverged or failed (no confirm runs)
+        self.losses = {}  # (log, mtime, size) -> its final loss (final_loss)
 
     def run(self, i, seed, lr=None, phase=None):
         """The run of config i at this seed (and lr_scale): its record entry, the earlier one if there is one."""
@@ -244,10 +247,16 @@ class Sweep:
         return bool(runs) and runs[0].diverged
 
     def final_loss(self, r):
-        """The run's final val loss; inf for a failed, diverged or unfinished run (the pick's 'worst')."""
+        """The run's final val loss; inf for a failed, diverged or unfinished run (the pick's 'worst'). A log is read
+        once while it stays as it is (each round of the tune phase asks again for every run of the grid)."""
         log = run_log(self.out, r["run_name"])
-        runs = compare.load_runs([log]) if r["returncode"] == 0 and log else []
-        return runs[0].final_val_loss if runs and not runs[0].incomplete else math.inf
+        if r["returncode"] != 0 or not log:
+            return math.inf
+        key = (log, os.path.getmtime(log), os.path.getsize(log))
+        if key not in self.losses:
+            runs = compare.load_runs([log])
+            self.losses[key] = runs[0].final_val_loss if runs and not runs[0].incomplete and runs[0].finite else math.inf
+        return self.losses[key]
 
     def save(self):
         write_json_atomic(os.path.join(self.out, "sweep.json"), self.record)
@@ -345,10 +354,20 @@ def planned_grids(configs, indices, base):
     """Each config's starting grid: its own --lr_grid token, else the sweep's."""
     return {i: config_flags(configs[i])[1] or list(base) for i in indices}
 
+def decide(sw, i, grid, tune_seeds, n_planned):
+    """Config i's pick from its tune runs over grid (settled): (lr_scale, edge, the mean tune loss of each lr (inf for
+    an lr with a failed or diverged run), the grid to tune next or None). The next grid: an edge pick extends the grid
+    one point, while fewer than --max_extend points were added to the n_planned of its planned grid."""
+    losses = {lr: [sw.final_loss(sw.run(i, s, lr, "tune")) for s in tune_seeds] for lr in grid}
+    best, edge = compare.pick_lr(losses)
+    means = [sum(v) / len(v) for v in losses.values()]
+    return best, edge, means, extend_grid(grid, best) if edge and len(grid) - n_planned < sw.args.max_extend else None
+
 def lr_sweep(sw, indices, tune_seeds, confirm_seeds, base):
     """Tune (with edge extensions), pick with compare.pick_lr, then confirm. Returns the confirm runs, or None when
     the sweep stopped early. Resuming replays the same decisions from the finished tune logs."""
     a, grids = sw.args, planned_grids(sw.record["configs"], indices, base)
+    planned = dict(grids)
     later = len([1 for i in indices for s in confirm_seeds])
     picks, means = sw.record.setdefault("picks", {}), {}
     while True:
@@ -357,13 +376,10 @@ def lr_sweep(sw, indices, tune_seeds, confirm_seeds, base):
             return None
         extended = False
         for i in indices:
-            losses = {lr: [sw.final_loss(sw.run(i, s, lr, "tune")) for s in tune_seeds] for lr in grids[i]}
-            best, edge = compare.pick_lr(losses)
-            means[i] = [sum(v) / len(v) for v in losses.values()]  # inf for an lr with a failed or diverged run
+            best, edge, means[i], nxt = decide(sw, i, grids[i], tune_seeds, len(planned[i]))
             picks[str(i)] = dict(lr_scale=best, edge=edge, grid=list(grids[i]))
-            if edge and len(grids[i]) - len(planned_grids(sw.record["configs"], [i], base)[i]) < a.max_extend:
-                grids[i] = extend_grid(grids[i], best)
-                extended = True
+            if nxt:
+                grids[i], extended = nxt, True
         if not extended:
             break
     for i in indices:
@@ -387,33 +403,67 @@ def lr_sweep(sw, indices, tune_seeds, confirm_seeds, base):
     return confirm if sw.execute(confirm) else None
 
 def print_plan(args, configs, indices, seeds, tune_seeds, base, out, prefix, record):
-    """--dry_run: the commands (finished ones marked), the confirm runs as 'after the pick', the estimated time."""
+    """--dry_run: the commands, the finished ones marked `# done`; with a grid, the tune phase replayed from the runs
+    settled so far (lr_sweep's decisions: edge extensions, picks), so a confirm run whose pick is known is its
+    command and only one whose pick is not yet known is an 'after the pick' line; the time of the runs left. Returns
+    {runs, done, left, per_run}."""
     sw = Sweep(args, out, dict(record, configs=configs, runs=list(record.get("runs", []))), prefix)
     print(f"# cd {REPO}")
+    picks, lines = {}, []  # config -> its pick (None: every lr diverged or failed); lines of the confirm phase
     if base is None:
         runs = [sw.run(i, s) for s in seeds for i in indices]
-        n_confirm = 0
     else:
         grids = planned_grids(configs, indices, base)
+        planned, todo = dict(grids), list(indices)
         runs = [sw.run(i, s, lr, "tune") for s in tune_seeds for i in indices for lr in grids[i]]
-        n_confirm = len(indices) * len(seeds)
-    for r in runs:
-        print(("# done: " if sw.settled(r) else "") + shlex.join(r["cmd"]))
-    if base is not None:
+        while todo:  # a round of lr_sweep: every config whose tune runs are all settled decides (extend, or pick)
+            new = {}
+            for i in list(todo):
+                if not all(sw.settled(sw.run(i, s, lr, "tune")) for s in tune_seeds for lr in grids[i]):
+                    todo.remove(i)  # its pick waits for runs still to make
+                    continue
+                best, edge, means, nxt = decide(sw, i, grids[i], tune_seeds, len(planned[i]))
+                if nxt:
+                    new[i], grids[i] = [lr for lr in nxt if lr not in grids[i]], nxt
+                else:
+                    picks[i] = None if all(math.isinf(m) for m in means) else best
+                    todo.remove(i)
+            runs += [sw.run(i, s, lr, "tune") for s in tune_seeds for i in indices for lr in new.get(i, [])]
         for s in seeds:
             for i in indices:
-                print(f"# after the pick: config {i} at its picked --lr_scale, seed {s}: run_name "
-                      f"{args.name}_c{i}_lr<pick>_s{s}")
-    n = len(runs) + n_confirm
+                if picks.get(i) is not None:
+                    lines.append(sw.run(i, s, picks[i], "confirm"))
+                elif i not in picks:
+                    lines.append(f"# after the pick: config {i} at its picked --lr_scale, seed {s}: run_name "
+                                 f"{args.name}_c{i}_lr<pick>_s{s}")
+        for i in indices:
+            if i in picks and picks[i] is None:
+                lines.append(f"# config {i}: every lr_scale of its grid {','.join(f'{x:g}' for x in grids[i])} diverged "
+                             f"or failed on the tune seeds: no pick, no confirm run")
+    mark = lambda r: ("# done: " if sw.settled(r) else "") + shlex.join(r["cmd"])
+    for x in runs + lines:
+        print(mark(x) if isinstance(x, dict) else x)
+    runs += [x for x in lines if isinstance(x, dict)]
+    waiting = sum(isinstance(x, str) and x.startswith("# after the pick") for x in lines)
+    n, done = len(runs) + waiting, sum(bool(sw.settled(r)) for r in runs)
+    if other := [r["run_name"] for r in record.get("runs", []) if r["run_name"] not in {x["run_name"] for x in runs}]:
+        print(f"# sweep.json also holds {len(other)} run{'s' if len(other) > 1 else ''} outside this plan (of another "
+              f"grid, pick or seed): {' '.join(other[:5])}{' ...' if len(other) > 5 else ''}")
     timed = [r["seconds"] for r in record.get("runs", []) if r.get("returncode") == 0 and r.get("seconds")]
     per_run, source = (args.seconds_per_run, "--seconds_per_run") if args.seconds_per_run else \
         (sum(timed) / len(timed), f"the mean of {len(timed)} finished runs in sweep.json") if timed else (None, None)
     extra = f" (+{len(tune_seeds)} tune runs a config for each edge extension, up to --max_extend={args.max_extend})" \
-        if base is not None else ""
-    print(f"# {n} runs{extra}" + (f" x {per_run:.0f} s ({source}) = {hms(n * per_run)}" if per_run else
-                                   ": no time estimate (pass --seconds_per_run)"))
+        if base is not None and any(i not in picks for i in indices) else ""
+    if n and done == n:
+        print(f"# {n} runs, all done")
+    else:
+        print(f"# {n} runs" + (f", {done} done, {n - done} left" if done else "") + extra + (
+            f" x {per_run:.0f} s ({source}) = {hms((n - done) * per_run)}" if per_run else
+            ": no time estimate (pass --seconds_per_run)"))
+    return dict(runs=n, done=done, left=n - done, per_run=per_run)
 
-def main(argv=None):
+def main(argv=None, plan=None):
+    """The CLI; plan: a dict that a --dry_run fills with its counts {runs, done, left, per_run} (records/ladder/run.py)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     opts, configs = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     ap = argparse.ArgumentParser(usage='%(prog)s NAME --seeds=5 [--seed0=0] [--out=records/NAME] [--lr_grid=0.5,1,2 '
@@ -440,11 +490,11 @@ def main(argv=None):
     configs = configs or [""]  # no config: one run per seed with train_gpt.py's defaults
     out = os.path.abspath(args.out or os.path.join(REPO, "records", args.name))
     try:
-        return sweep(args, configs, out)
+        return sweep(args, configs, out, plan)
     except SweepError as e:
         return fail(e)
 
-def sweep(args, configs, out):
+def sweep(args, configs, out, plan=None):
     base = parse_grid(args.lr_grid) if args.lr_grid else None
     for i, cfg in enumerate(configs):  # before anything is made or run: a bad config must not fail halfway through
         try:
@@ -465,7 +515,9 @@ def sweep(args, configs, out):
     prefix = launcher(args.launcher)
     if args.dry_run:
         record, indices, seeds, tune_seeds = plan_record(args, configs, out, load_record(record_path), base)
-        print_plan(args, record["configs"], indices, seeds, tune_seeds, base, out, prefix, record)
+        counts = print_plan(args, record["configs"], indices, seeds, tune_seeds, base, out, prefix, record)
+        if plan is not None:
+            plan.update(counts)
         return 0
     try:
         os.makedirs(out, exist_ok=True)

@@ -463,10 +463,16 @@ def test_ladder_runs_rung_by_rung_stops_on_the_budget_and_resumes(tmp_path, capf
     out = capfd.readouterr().out
     assert out.count("stub training") == 1 and re.search(r"the budget of 0\.0004\d* h would be spent", out)
     assert "stopping with 5 runs left; the same command resumes" in out and not (tmp_path / "b").exists()
+    assert ladder_run.main(common + ["--only=a", "--plan"]) == 0  # the plan counts the finished run
+    assert "## rung a: 6 runs, 1 done, 5 left x 1 s = 5s of CPU" in capfd.readouterr().out
     slow.unlink()
     assert ladder_run.main(common + ["--only=a"]) == 0
     # 5 left, and 2 more: each arm's pick (1: the stub's best) sat on an edge of its grid, which grew by a point
     assert capfd.readouterr().out.count("stub training") == 7 and not (tmp_path / "b").exists()
+    assert ladder_run.main(common + ["--only=a", "--plan"]) == 0  # the extensions and the picks replayed: all done
+    plan = capfd.readouterr().out
+    assert "## rung a: 8 runs, 8 done, 0 left x 1 s = 0s of CPU" in plan and "<pick>" not in plan
+    assert re.search(r"^# done: .* --arch=ngpt .*--lr_scale=1 --seed=1 .*--run_name=a_c1_lr1_s1 ", plan, re.M)
     sw = json.loads((tmp_path / "a" / "sweep.json").read_text())
     assert sw["configs"] == [f"--n_layer=1 --arch=gpt --slow_while={slow}",
                              f"--n_layer=1 --arch=ngpt --slow_while={slow} --lr_grid=0.5,1"]
@@ -575,3 +581,18 @@ def test_every_bad_ladder_json_is_one_line_before_any_run(tmp_path, capsys):
             assert out == "" and err.count("\n") == 1, (why, err)
             assert err.startswith(f"ladder: error: {path}: {why}"), (why, err)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+def test_ladder_plan_of_the_finished_committed_ladder_leaves_nothing_to_run(capsys):
+    """--plan on the finished committed ladder said 144 runs, 5h11m of CPU: it counted every run as to do and showed
+    the confirm runs as lr<pick> though the picks were known. Now finished runs are marked done, the tune phase is
+    replayed from them (extensions, picks), and the confirm runs are the picked commands."""
+    assert ladder_run.main(["--plan", "--launcher=python"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "<pick>" not in out and not [l for l in lines if not l.startswith("#")]  # every run is done
+    assert lines[-1].startswith("## ladder: 172 runs, 172 done, 0 left, 0s of CPU")
+    assert "## rung r1: 74 runs, 74 done, 0 left x 73 s = 0s of CPU" in out
+    assert "# sweep.json also holds 3 runs outside this plan (of another grid, pick or seed): r1_c2_lr8_s2" in out
+    # nGPT's r1 pick, x16 after 4 extensions past 2 (records/ladder/README.md), confirmed on seeds 2-4
+    assert sum(bool(re.match(r"# done: .* --arch=ngpt --lr_scale=16 --seed=[234] .*--run_name=r1_c2_lr16_s[234] ", l))
+               for l in lines) == 3

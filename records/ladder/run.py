@@ -2,7 +2,8 @@
 A scale ladder as a series of lr-tuned sweeps: one records/sweep.py invocation per rung, into the rung's folder,
 with the rung's shared flags before every arm's flags (README.md in this folder).
 
-    python records/ladder/run.py --plan                      # every run; estimated CPU time per rung and in all
+    python records/ladder/run.py --plan                      # every run (finished ones marked done, known picks
+                                                             # confirmed); the CPU time left per rung and in all
     python records/ladder/run.py --only=r1                   # one rung
     python records/ladder/run.py --budget_hours=6            # rung by rung, stopping between runs; re-run resumes
 
@@ -152,18 +153,20 @@ def main(argv=None):
         print(f"ladder: error: {e}", file=sys.stderr)
         return 2
     hidden = [f"--{k}={v}" for k, v in (("script", args.script), ("launcher", args.launcher)) if v]
-    if args.plan:
-        total, runs = 0.0, 0
+    if args.plan:  # each rung's sweep plan (its finished runs marked done, the known picks' confirm runs), and the time left
+        total, runs, done = 0.0, 0, 0
         for r in rungs:
-            n = n_runs(ladder, r)
-            runs += n
             print(f"## rung {r['name']} into {r['folder']}")
-            if (rc := sweep.main(sweep_argv(ladder, r, hidden + ["--dry_run"]))) != 0:
+            counts = {}
+            if (rc := sweep.main(sweep_argv(ladder, r, hidden + ["--dry_run"]), plan=counts)) != 0:
                 return rc
-            total += n * r.get("seconds_per_run", 0)
-            print(f"## rung {r['name']}: {n} runs x {r.get('seconds_per_run', '?')} s = "
-                  f"{sweep.hms(n * r.get('seconds_per_run', 0))} of CPU")
-        print(f"## ladder: {runs} runs, {sweep.hms(total)} of CPU ({total / 3600:.2f} h; each edge extension "
+            per_run = r.get("seconds_per_run", 0)
+            runs, done, total = runs + counts["runs"], done + counts["done"], total + counts["left"] * per_run
+            state = f", {counts['done']} done, {counts['left']} left" if counts["done"] else ""
+            print(f"## rung {r['name']}: {counts['runs']} runs{state} x {per_run or '?'} s = "
+                  f"{sweep.hms(counts['left'] * per_run)} of CPU")
+        state = f", {done} done, {runs - done} left" if done else ""
+        print(f"## ladder: {runs} runs{state}, {sweep.hms(total)} of CPU ({total / 3600:.2f} h; each edge extension "
               f"adds {ladder.get('tune_seeds', 2)} runs of its rung)")
         return 0
     t0, worst = time.time(), 0
