@@ -20,8 +20,9 @@ Interruptions. Ctrl-C (SIGINT, SIGTERM, SIGHUP) is passed to the run as one SIGT
 step, saves a checkpoint and stops; the run is recorded as interrupted and the sweep exits 130. A second Ctrl-C
 kills the run at once (no checkpoint). The same command again resumes: a run with a complete log is skipped, an
 interrupted one continues from its checkpoint (--resume=auto) or, without one, is redone from scratch (its partial
-log is renamed *.txt.stale), and a failed one is not run again unless --retry_failed. --budget_hours=H stops
-between runs before one that would end past H hours (exit 3; the same command resumes). One sweep at a time per
+log is renamed *.txt.stale), and a failed one is not run again unless --retry_failed. --budget_hours=H (a positive
+number; nan, 0 or less is an error, exit 2) stops between runs before one that would end past H hours (exit 3; the
+same command resumes). One sweep at a time per
 folder: a second one into the same --out is refused (a flock on <out>/.sweep.lock), exit 2.
 
 LR grid (--lr_grid=0.5,1,2, values of train_gpt.py's --lr_scale): tune phase = every config x every lr_scale x
@@ -462,6 +463,15 @@ def print_plan(args, configs, indices, seeds, tune_seeds, base, out, prefix, rec
             ": no time estimate (pass --seconds_per_run)"))
     return dict(runs=n, done=done, left=n - done, per_run=per_run)
 
+def positive_problem(args, flags=(("budget_hours", "hours"), ("seconds_per_run", "seconds"))):
+    """What is wrong with --budget_hours / --seconds_per_run (nan would mean no budget, 0 or less a budget no command
+    ever resumes from), or None."""
+    for flag, unit in flags:
+        v = getattr(args, flag, None)
+        if v is not None and not (math.isfinite(v) and v > 0):
+            return f"--{flag}={v:g}: give a positive number of {unit}"
+    return None
+
 def main(argv=None, plan=None):
     """The CLI; plan: a dict that a --dry_run fills with its counts {runs, done, left, per_run} (records/ladder/run.py)."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -487,6 +497,8 @@ def main(argv=None, plan=None):
     args = ap.parse_args(opts)
     if args.seeds < 1 or args.tune_seeds < 1 or args.max_extend < 0:
         ap.error("--seeds and --tune_seeds must be >= 1, --max_extend >= 0")
+    if bad := positive_problem(args):
+        return fail(bad)
     configs = configs or [""]  # no config: one run per seed with train_gpt.py's defaults
     out = os.path.abspath(args.out or os.path.join(REPO, "records", args.name))
     try:

@@ -596,3 +596,18 @@ def test_ladder_plan_of_the_finished_committed_ladder_leaves_nothing_to_run(caps
     # nGPT's r1 pick, x16 after 4 extensions past 2 (records/ladder/README.md), confirmed on seeds 2-4
     assert sum(bool(re.match(r"# done: .* --arch=ngpt --lr_scale=16 --seed=[234] .*--run_name=r1_c2_lr16_s[234] ", l))
                for l in lines) == 3
+
+def test_budget_hours_and_seconds_per_run_must_be_positive_numbers(tmp_path, capsys):
+    """--budget_hours=nan meant no budget at all; 0 and -1 exited 3 saying "the same command resumes", which it never
+    would. Both tools now take a positive finite number or say so in one line, exit 2, before any run."""
+    stub, ladder = write_stub(tmp_path), write_ladder(tmp_path)
+    for flag, bad in (("budget_hours", "nan"), ("budget_hours", "0"), ("budget_hours", "-1"), ("seconds_per_run", "inf")):
+        what = "hours" if flag == "budget_hours" else "seconds"
+        assert sweep.main(["t", "--seeds=1", f"--out={tmp_path / 'o'}", f"--{flag}={bad}", f"--script={stub}",
+                           "--launcher=python", "--", "--arch=gpt"]) == 2, bad
+        assert capsys.readouterr().err == f"sweep: error: --{flag}={bad}: give a positive number of {what}\n"
+        if flag == "budget_hours":
+            assert ladder_run.main([f"--ladder={ladder}", f"--budget_hours={bad}", f"--script={stub}",
+                                    "--launcher=python"]) == 2
+            assert capsys.readouterr().err == f"ladder: error: --budget_hours={bad}: give a positive number of hours\n"
+    assert not (tmp_path / "o").exists() and not (tmp_path / "a").exists()

@@ -145,6 +145,8 @@ def main(argv=None):
     ap.add_argument("--launcher", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     try:
+        if bad := sweep.positive_problem(args, (("budget_hours", "hours"),)):
+            raise sweep.SweepError(bad)
         ladder = load_ladder(args.ladder)
         rungs = [r for r in ladder["rungs"] if args.only in (None, r["name"])]
         if not rungs:
@@ -171,7 +173,12 @@ def main(argv=None):
         return 0
     t0, worst = time.time(), 0
     for r in rungs:
-        budget = [] if args.budget_hours is None else [f"--budget_hours={args.budget_hours - (time.time() - t0) / 3600:.6f}"]
+        left = None if args.budget_hours is None else args.budget_hours - (time.time() - t0) / 3600
+        if left is not None and left <= 0:  # spent by the rungs before: the same command (a fresh budget) goes on here
+            print(f"## ladder: the budget of {args.budget_hours:g} h is spent before rung {r['name']}; the same command "
+                  f"resumes", file=sys.stderr)
+            return sweep.BUDGET_EXIT
+        budget = [] if left is None else [f"--budget_hours={left!r}"]
         print(f"## ladder: rung {r['name']} into {r['folder']}", flush=True)
         rc = sweep.main(sweep_argv(ladder, r, hidden + budget))
         if rc not in (0, 1):  # bad input, budget spent, interrupted: the next invocation resumes here
