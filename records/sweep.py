@@ -8,7 +8,9 @@ learning rate on a few seeds first and confirm the pick on fresh ones.
         "--arch=gpt --optimizer=adam --lr_grid=0.25,0.5,1"
 
 Each config is a string of train_gpt.py flags (split with shlex, like a shell line: a config with an
-unbalanced quote fails before any run starts, exit 2); each run gets `--seed=S --log_dir=<out>
+unbalanced quote fails before any run starts, exit 2), and each is parsed with train_gpt.parse_args as its first run
+gets it before anything starts (a flag the trainer does not know, a value it refuses: one line, exit 2); NAME must be
+one file name (it starts every run name: no '/', no leading dot). Each run gets `--seed=S --log_dir=<out>
 --run_name=<NAME>_c<i>_s<S> --checkpoint_dir=<out>/checkpoints --resume=auto` appended. Runs go one at a time,
 seed-major (seed 0 of every config, then seed 1, ...) so an interrupted sweep still has balanced groups.
 With GPUs: `torchrun --standalone --nproc_per_node=<#GPUs> train_gpt.py ...`, else `python train_gpt.py ...`,
@@ -35,9 +37,8 @@ either: it would diverge again); a diverged confirm run is counted as diverged i
 its pick x --seeds fresh seeds (seed0 + tune_seeds ...); the comparison is of the confirm runs alone. Tune and
 confirm seeds never mix in one folder: a later lr sweep into it must tune on the folder's tune seeds (more confirm
 seeds: the same --seed0 and --tune_seeds with a larger --seeds), else it is refused (exit 2), and a sweep without
-a grid never shares a folder with an lr sweep. A token
-`--lr_grid=...` inside a config gives that config its own grid (stripped before launching). Run names carry the
-lr: <NAME>_c<i>_lr<x>_s<S>. A resumed sweep recomputes the picks from the tune logs and goes on where it stopped.
+a grid never shares a folder with an lr sweep. A token `--lr_grid=...` (or `--lr_grid ...`) inside a config gives
+that config its own grid (stripped before launching). Run names carry the lr: <NAME>_c<i>_lr<x>_s<S>. A resumed sweep recomputes the picks from the tune logs and goes on where it stopped.
 
 Writes <out>/sweep.json (configs, seeds, commands, exit codes, seconds; with a grid also each run's lr_scale and
 phase, and the picks; updated after every run, atomically: a crash mid-write leaves the previous version; a second
@@ -171,10 +172,49 @@ def parse_grid(text, what="--lr_grid"):
     return grid
 
 def config_flags(cfg):
-    """(the flags a run gets, the config's own lr grid or None): a `--lr_grid=...` token is the sweep's, not the run's."""
-    flags = shlex.split(cfg)
-    grids = [f.split("=", 1)[1] for f in flags if f.startswith("--lr_grid=")]
-    return [f for f in flags if not f.startswith("--lr_grid=")], parse_grid(grids[-1], "a config's --lr_grid") if grids else None
+    """(the flags a run gets, the config's own lr grid or None): a `--lr_grid=...` (or `--lr_grid ...`) token is the
+    sweep's, not the run's. shlex's ValueError for an unbalanced quote; SweepError for a grid without a value."""
+    tokens, flags, grids = shlex.split(cfg), [], []
+    while tokens:
+        t = tokens.pop(0)
+        name, eq, value = t.partition("=")
+        if name.replace("-", "_") != "__lr_grid":
+            flags.append(t)
+        elif eq or (tokens and not tokens[0].startswith("--")):
+            grids.append(value if eq else tokens.pop(0))
+        else:
+            raise SweepError("--lr_grid needs a value")
+    return flags, parse_grid(grids[-1]) if grids else None
+
+def flag_name(token):
+    """'--lr-scale=2' -> 'lr_scale': the trainer's spelling of a flag token's name."""
+    return token.lstrip("-").partition("=")[0].replace("-", "_")
+
+def check_name(name):
+    if not name or "/" in name or name.startswith(".") or not name.isprintable():
+        raise SweepError(f"NAME {name!r}: it starts every run's name ({name}_c0_s0), so it must be one file name: "
+                         f"no '/', no leading dot")
+
+def check_with_trainer(args, configs, base):
+    """Each config as its first run gets it, parsed by train_gpt.parse_args (what train_gpt.py does first): a flag it
+    does not know or a value it refuses fails here, in one line, before any run starts. Only for the repo's
+    train_gpt.py (a stand-in script has flags of its own)."""
+    script = os.path.join(REPO, "train_gpt.py")
+    if not (os.path.exists(args.script) and os.path.samefile(args.script, script)):
+        return
+    tg = compare._train_gpt()
+    if tg is None:
+        return
+    for i, cfg in enumerate(configs):
+        flags, grid = config_flags(cfg)
+        lr = (grid or base or [None])[0]
+        name = f"{args.name}_c{i}_s{args.seed0}" if lr is None else f"{args.name}_c{i}_lr{lr:g}_s{args.seed0}"
+        argv = flags + ([f"--lr_scale={lr:g}"] if lr is not None else []) + [
+            f"--seed={args.seed0}", "--log_dir=logs", f"--run_name={name}", "--checkpoint_dir=checkpoints", "--resume=auto"]
+        try:
+            tg.parse_args(argv)
+        except tg.ConfigError as e:
+            raise SweepError(f'config {i} "{cfg}": train_gpt.py refuses it: {e}') from None
 
 def extend_grid(grid, pick):
     """One more point past the edge the pick sits on, at the grid's ratio there (x2 past 1,2; /2 below 0.5,1)."""
@@ -508,6 +548,7 @@ def main(argv=None, plan=None):
 
 def sweep(args, configs, out, plan=None):
     base = parse_grid(args.lr_grid) if args.lr_grid else None
+    check_name(args.name)
     for i, cfg in enumerate(configs):  # before anything is made or run: a bad config must not fail halfway through
         try:
             flags, grid = config_flags(cfg)
@@ -516,10 +557,13 @@ def sweep(args, configs, out, plan=None):
                    "escape the trailing backslash (\\\\)")
             raise SweepError(f'config {i} "{cfg}": {e}: {fix} (configs are split like a shell line: '
                              f'--prompt="it\'s" or --prompt=it\\\'s)') from None
+        except SweepError as e:
+            raise SweepError(f'config {i} "{cfg}": {e}') from None
         if grid is not None and base is None:
             raise SweepError(f'config {i} "{cfg}" has its own --lr_grid: pass --lr_grid=... for the sweep too')
-        if base is not None and any(f.startswith("--lr_scale") for f in flags):
+        if base is not None and any(flag_name(f) == "lr_scale" for f in flags):
             raise SweepError(f'config {i} "{cfg}" sets --lr_scale, which --lr_grid sets for every run: drop it')
+    check_with_trainer(args, configs, base)
     if os.path.exists(out) and not os.path.isdir(out):
         raise SweepError(f"--out={out} is a file, not a folder: pass a folder")
     record_path = os.path.join(out, "sweep.json")
@@ -618,8 +662,8 @@ def report(args, sw, runs, out, base):
         print(f"sweep: {len(diverged)}/{len(runs)} runs diverged (a non-finite loss; counted as diverged in the "
               f"comparison): {' '.join(diverged)}", file=sys.stderr)
     if failed:
-        print(f"sweep: {len(failed)}/{len(runs)} runs failed: {' '.join(failed)} (the same command with --retry_failed "
-              f"runs them again)", file=sys.stderr)
+        print(f"sweep: {len(failed)}/{len(runs)} runs failed: {' '.join(failed)} (each run's output above says why; "
+              f"once that is fixed, the same command with --retry_failed runs them again)", file=sys.stderr)
     for line in sw.no_pick:
         print(f"sweep: {line}: lower the grid", file=sys.stderr)
     return 1 if failed or sw.no_pick or not logs else 0

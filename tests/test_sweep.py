@@ -611,3 +611,28 @@ def test_budget_hours_and_seconds_per_run_must_be_positive_numbers(tmp_path, cap
                                     "--launcher=python"]) == 2
             assert capsys.readouterr().err == f"ladder: error: --budget_hours={bad}: give a positive number of hours\n"
     assert not (tmp_path / "o").exists() and not (tmp_path / "a").exists()
+
+def test_configs_and_name_are_checked_by_the_trainers_parser_before_any_run(tmp_path, capsys):
+    """"--stpes=5", a config train_gpt.py refuses, NAME a/b started every run and failed them one by one (and the
+    closing "--retry_failed runs them again" would fail the same way); "--lr_grid 0.5,1" (space form) went to the
+    trainer. Every config is parsed with train_gpt.parse_args before anything is made; the space form is the
+    config's grid, as the = form is."""
+    out = tmp_path / "o"
+    # a budget no run fits in: had a config got through, nothing would have been trained either
+    go = lambda name, *configs, opts=(): sweep.main([name, "--seeds=1", f"--out={out}", "--launcher=python",
+                                                     "--budget_hours=1", "--seconds_per_run=1e9", *opts, "--", *configs])
+    for args, why in (((("t", "--arch=gpt", "--stpes=5")), 'config 1 "--stpes=5": train_gpt.py refuses it: unknown flag '
+                                                           '--stpes; did you mean --steps?'),
+                      (("t", "--n_embd=30 --n_head=4"), 'config 0 "--n_embd=30 --n_head=4": train_gpt.py refuses it: '
+                                                        '--n_embd=30 is not divisible by --n_head=4'),
+                      (("a/b", "--arch=gpt"), "NAME 'a/b': it starts every run's name (a/b_c0_s0), so it must be one file "
+                                              "name: no '/', no leading dot"),
+                      (("t", "--arch=gpt --lr_grid"), 'config 0 "--arch=gpt --lr_grid": --lr_grid needs a value')):
+        for dry in ((), ("--dry_run",)):
+            assert go(*args, opts=dry) == 2, why
+            captured = capsys.readouterr()
+            assert captured.out == "" and captured.err == f"sweep: error: {why}\n", captured.err
+    assert not out.exists()
+    assert go("t", "--lr_grid 0.5,1 --arch=gpt", opts=("--lr_grid=1,2", "--tune_seeds=1", "--dry_run")) == 0
+    cmds = [l for l in capsys.readouterr().out.splitlines() if not l.startswith("#")]
+    assert [c.split()[2:4] for c in cmds] == [["--arch=gpt", "--lr_scale=0.5"], ["--arch=gpt", "--lr_scale=1"]]
