@@ -169,6 +169,11 @@ def parse_grid(text, what="--lr_grid"):
         grid = []
     if not grid or not all(math.isfinite(x) and x > 0 for x in grid):
         raise SweepError(f"{what}={text}: a comma-separated list of positive lr_scale values, e.g. 0.5,1,2")
+    typed = {float(x): x.strip() for x in text.split(",") if x.strip()}
+    for a, b in zip(grid, grid[1:]):  # a run's name carries its lr as {lr:g}: two values of one name are one run
+        if f"{a:g}" == f"{b:g}":
+            raise SweepError(f"{what}={text}: {typed[a]} and {typed[b]} both name the runs lr{a:g} (run names carry 6 "
+                             f"significant digits): give values that differ there")
     return grid
 
 def config_flags(cfg):
@@ -547,7 +552,7 @@ def main(argv=None, plan=None):
         return fail(e)
 
 def sweep(args, configs, out, plan=None):
-    base = parse_grid(args.lr_grid) if args.lr_grid else None
+    base = parse_grid(args.lr_grid) if args.lr_grid is not None else None  # --lr_grid= is an error, not no grid
     check_name(args.name)
     for i, cfg in enumerate(configs):  # before anything is made or run: a bad config must not fail halfway through
         try:

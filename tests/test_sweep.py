@@ -636,3 +636,17 @@ def test_configs_and_name_are_checked_by_the_trainers_parser_before_any_run(tmp_
     assert go("t", "--lr_grid 0.5,1 --arch=gpt", opts=("--lr_grid=1,2", "--tune_seeds=1", "--dry_run")) == 0
     cmds = [l for l in capsys.readouterr().out.splitlines() if not l.startswith("#")]
     assert [c.split()[2:4] for c in cmds] == [["--arch=gpt", "--lr_scale=0.5"], ["--arch=gpt", "--lr_scale=1"]]
+
+def test_an_empty_grid_or_one_whose_values_name_one_run_is_refused(tmp_path, capsys):
+    """--lr_grid= (empty) ran a plain sweep without a word; --lr_grid=1,1.0000001 planned run lr1 twice (run names
+    carry the lr to 6 significant digits)."""
+    go = lambda grid, cfg="--arch=gpt": sweep.main(["t", f"--lr_grid={grid}", "--dry_run", f"--out={tmp_path / 'o'}",
+                                                    f"--script={write_stub(tmp_path)}", "--launcher=python", "--", cfg])
+    same = "1 and 1.0000001 both name the runs lr1 (run names carry 6 significant digits): give values that differ there"
+    for args, why in ((("",), '--lr_grid=: a comma-separated list of positive lr_scale values, e.g. 0.5,1,2'),
+                      (("1,1.0000001",), f"--lr_grid=1,1.0000001: {same}"),
+                      (("1,2", "--arch=gpt --lr_grid=1,1.0000001"),
+                       f'config 0 "--arch=gpt --lr_grid=1,1.0000001": --lr_grid=1,1.0000001: {same}')):
+        assert go(*args) == 2, why
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err == f"sweep: error: {why}\n"
