@@ -48,6 +48,8 @@ of the grid, with a warning to extend it; n/a: an arm run at one lr_scale, which
 shown on its confirm seeds). Tuning seeds: --tune_seeds, else sweep.json's in the folders given (its tune_seeds
 and every seed its tune-phase runs used; these are added to --tune_seeds too, with a warning: a seed an lr was
 picked on is never counted as a confirm seed), else an error (exit 2) saying how to give them.
+--plot=PATH: a file (without an extension matplotlib writes, .png is added), a folder (compare.png inside it), or
+none; the `plot:` line names the file written. --target must be finite and --alpha between 0 and 1 (exit 2).
 The table is printed before the plot is drawn: a plot path that cannot be written (a read-only folder)
 is an error (exit 2) after the table, never a loss of it. Bad input the user can fix is one line naming the
 file or flag (a warning and the run left out, or exit 2), never a traceback.
@@ -659,6 +661,17 @@ def format_table(rows, markdown=False):
         lines = [fmt(head), "  ".join("-" * x for x in w)] + [fmt(c) for c in body]
     return "\n".join(lines) + ("\n\n\\* baseline\n" if markdown else "\n* baseline\n")
 
+def plot_path(path, name="compare.png"):
+    """The file a plot given as `path` goes to, as the tools print it: a folder (one that exists, or a path ending in
+    a separator) gets `name` inside it; a path without an extension matplotlib writes (none, or one it does not know)
+    gets .png, which is what matplotlib would add or fail on."""
+    path = str(path)
+    if os.path.isdir(path) or path.endswith(os.sep):
+        return os.path.join(path, name)
+    from matplotlib.backend_bases import FigureCanvasBase
+    ext = os.path.splitext(path)[1][1:].lower()
+    return path if ext in FigureCanvasBase.get_supported_filetypes() else path + ".png"
+
 def plot(groups, path, target=None, include_incomplete=False, x="step"):
     """Val loss vs step (x="step") or training time in s (x="time": the mean train_time of the runs at each val
     step): per group the mean over its runs at the steps they all share, ± std band. Left: the whole run;
@@ -741,7 +754,8 @@ def main(argv=None):
     ap.add_argument("--baseline", help="baseline group: name or substring of it")
     ap.add_argument("--target", type=float, help="target val loss (modded-nanogpt: 3.28)")
     ap.add_argument("--alpha", type=float, default=0.01, help="significance level of the record test")
-    ap.add_argument("--plot", help="PNG path (default <first folder>/compare.png or compare.png); 'none' skips")
+    ap.add_argument("--plot", help="PNG path (no extension: .png added; a folder: compare.png in it; default <first "
+                                   "folder>/compare.png or compare.png); 'none' skips")
     ap.add_argument("--group_by", help="comma-separated config keys to group by instead of the whole config; "
                                        "'folder' or 'stem' group any log (also those without a config line)")
     ap.add_argument("--x", choices=["step", "time"], default="step", help="the plot's x axis: step or training time")
@@ -751,6 +765,13 @@ def main(argv=None):
                     "lr_scale pick_lr finds best on the tuning seeds, compared on the other (confirm) seeds")
     ap.add_argument("--tune_seeds", help="--best_lr's tuning seeds, e.g. 0,1 (default: sweep.json's tune_seeds)")
     args = ap.parse_args(argv)
+    bad = (f"--target={args.target:g}: give a finite target val loss, e.g. --target=3.28"
+           if args.target is not None and not math.isfinite(args.target) else
+           f"--alpha={args.alpha:g}: give a significance level between 0 and 1, e.g. --alpha=0.01"
+           if not 0 < args.alpha < 1 else None)  # nan would test nothing; alpha >= 1 makes every mean below a "record"
+    if bad:
+        print(f"compare: error: {bad}", file=sys.stderr)
+        return 2
     runs = load_runs(args.paths)
     if not runs:
         print(f"compare: no usable run (a log with step lines and a val_loss line) in {' '.join(args.paths)}",
@@ -770,7 +791,7 @@ def main(argv=None):
     print(format_table(rows, args.markdown), end="", flush=True)  # before the plot: a bad plot path loses nothing
     if (args.plot or "").lower() != "none":
         folder = next((p for p in args.paths if os.path.isdir(p)), None)
-        path = args.plot or (os.path.join(folder, "compare.png") if folder else "compare.png")
+        path = plot_path(args.plot or (os.path.join(folder, "compare.png") if folder else "compare.png"))
         try:
             print(f"plot: {plot(groups, path, args.target, args.include_incomplete, args.x)}")
         except OSError as e:  # read-only folder, a file where a folder should be, full disk

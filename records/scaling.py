@@ -502,7 +502,7 @@ def main(argv=None):
     for claim, rs in results.values():
         print(format_claim(claim, rs, args.extrapolate, args.markdown), flush=True)
     if (args.plot or "").lower() != "none":
-        path = args.plot or os.path.join(args.ladder, "scaling.png")
+        path = compare.plot_path(args.plot or os.path.join(args.ladder, "scaling.png"), "scaling.png")
         try:
             print(f"plot: {plot(arms_by_rung, ladder, path)}")
         except OSError as e:

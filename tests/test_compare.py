@@ -707,3 +707,22 @@ def test_a_run_stopped_for_a_nan_loss_is_diverged(tmp_path, capsys):
     assert [g.pick["lr_scale"] for g in best] == [1.0]  # the healthy arm alone
     assert "every lr_scale of its grid [1e+29, 1e+30] diverged on the tuning seeds [0, 1]: no pick, left out" in \
         capsys.readouterr().err
+
+def test_plot_line_names_the_file_written_and_bad_target_or_alpha_is_one_line(tmp_path, capsys):
+    """--plot=out/x printed `plot: out/x` where matplotlib wrote out/x.png, and a folder as --plot likewise;
+    --target=nan and --alpha=2 were accepted (with alpha 2 the record column said "yes")."""
+    write_group(tmp_path / "logs", A, "gpt")
+    write_group(tmp_path / "logs", B, "ngpt", dict(arch="ngpt"))
+    (tmp_path / "figs").mkdir()
+    for given, written in ((tmp_path / "out" / "x", tmp_path / "out" / "x.png"),
+                           (tmp_path / "figs", tmp_path / "figs" / "compare.png")):
+        assert compare.main([str(tmp_path / "logs"), f"--plot={given}"]) == 0
+        assert capsys.readouterr().out.splitlines()[-1] == f"plot: {written}"
+        assert written.read_bytes()[:4] == b"\x89PNG"
+    assert compare.plot_path("a/b.v2") == "a/b.v2.png" and compare.plot_path("a/b.svg") == "a/b.svg"
+    for flag, why in (("--target=nan", "--target=nan: give a finite target val loss, e.g. --target=3.28"),
+                      ("--alpha=2", "--alpha=2: give a significance level between 0 and 1, e.g. --alpha=0.01"),
+                      ("--alpha=0", "--alpha=0: give a significance level between 0 and 1, e.g. --alpha=0.01")):
+        assert compare.main([str(tmp_path / "logs"), flag, "--plot=none"]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err == f"compare: error: {why}\n", captured
