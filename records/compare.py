@@ -12,9 +12,11 @@ mean ± std (ddof=1) of the final val loss, Δ vs the baseline group with a Welc
 t-test p-value, the paired test over the seeds both groups ran (same seed = same init; every run reads
 the same token stream: scipy.stats.ttest_rel, 95% CI of the mean per-seed difference), with --target the
 one-sided one-sample test (modded-nanogpt's record rule: mean < target and p < alpha), mean steps /
-training time to first reach the target, and the mean step time (train_time/step of the last step line)
-with its ratio to the baseline's and Welch's p-value of the step-time difference, and the training time (the
-train_time of each run's last step line, s; mean ± std over complete runs) with Welch's p against the baseline.
+training time to first reach the target, and the mean step time (train_time/step of the line its time is read from)
+with its ratio to the baseline's and Welch's p-value of the step-time difference, and the training time (s; mean ±
+std over complete runs, with as many decimals as the std needs, up to ms) with Welch's p against the baseline. A
+run's time is the train_time of its final val line, the record's own (modded-nanogpt's logs time the last step
+again there, after its train line), else of its last step line; its step time is that over its step.
 
 Logs: the source of train_gpt.py (between the first two lines of 100 '=' when the log starts with one, as
 modded-nanogpt's logs of Oct-Nov 2024 do), a line of 100 '=', versions, `config: {json}`, then step lines
@@ -123,20 +125,26 @@ class Run:
         return not self.diverged and math.isfinite(self.final_val_loss)
 
     def _last_timed(self):
-        """(step, train_time ms) of the last step line with a finite train_time, or None."""
+        """(step, train_time ms) the run's time is read from: its final val line (the val line at its last step) when
+        that has a train_time, as a record states its time (modded-nanogpt's logs time the last step again there,
+        after its train line); else the last step line with a finite train_time; None if none."""
+        final = self.val.get(self.total_steps, {}).get("train_time")
+        if self.total_steps and isinstance(final, float) and math.isfinite(final):
+            return self.total_steps, final
         lines = {**self.val, **self.train}  # the train line wins at a shared step
         steps = [s for s in lines if s > 0 and isinstance(t := lines[s].get("train_time"), float) and math.isfinite(t)]
         return (max(steps), lines[max(steps)]["train_time"]) if steps else None
 
     @property
     def step_ms(self):
-        """train_time/step of the last step line with a train_time (ms), None if unknown."""
+        """train_time/step of the line the run's time is read from (ms), None if unknown."""
         last = self._last_timed()
         return last[1] / last[0] if last else None
 
     @property
     def time_s(self):
-        """The run's training time (s): the train_time of its last step line, None if unknown."""
+        """The run's training time (s): the train_time of its final val line, else of its last step line; None if
+        unknown."""
         last = self._last_timed()
         return last[1] / 1000 if last else None
 
@@ -615,6 +623,14 @@ def compare(groups, baseline=None, target=None, alpha=0.01, include_incomplete=F
 def _f(x, spec):
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
+def _pm(mean, std):
+    """mean ± std with as many decimals as the std needs (two significant digits of it, at most 3: the logs give ms):
+    a record's times differ by tenths of a second and their std by hundredths."""
+    if std is None or math.isnan(std):
+        return f"{mean:.1f} ± n/a"
+    d = 3 if std == 0 else min(3, max(1, 1 - math.floor(math.log10(std))))
+    return f"{mean:.{d}f} ± {std:.{d}f}"
+
 def _p(p):
     return "n/a" if p is None or math.isnan(p) else (f"{p:.1e}" if 0 < p < 1e-3 else f"{p:.3f}")
 
@@ -643,7 +659,7 @@ def format_table(rows, markdown=False):
             cells += [_p(r["p_target"]), "n/a" if r["record"] is None else ("yes" if r["record"] else "no"),
                       "-" if r["steps_to_target"] is None else f"{r['steps_to_target']:.0f}{reached}",
                       "-" if r["time_to_target_ms"] is None else f"{r['time_to_target_ms'] / 1000:.1f}s{reached}"]
-        time = "n/a" if r["time_s"] is None else f"{r['time_s']:.1f} ± {_f(r['time_std'], '.1f')}"
+        time = "n/a" if r["time_s"] is None else _pm(r["time_s"], r["time_std"])
         cells += [time, "-" if r["baseline"] else _p(r["p_time"]),
                   _f(r["step_ms"], ".1f"), _f(r["step_ratio"], ".3f"), "-" if r["baseline"] else _p(r["p_step"])]
         if picks:

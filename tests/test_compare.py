@@ -553,7 +553,7 @@ def test_modded_nanogpt_record_formats(tmp_path, fmt, capsys):
     assert all(7 not in r.val and r.config is None for r in runs)  # the decoy in the code header
     full = [r for r in runs if not r.incomplete]
     assert sorted(r.final_val_loss for r in full) == [3.2770, 3.2785, 3.2801]
-    assert all(r.time_s == pytest.approx(8.0) and r.total_steps == 40 for r in full)
+    assert all(r.time_s == pytest.approx(8.002) and r.total_steps == 40 for r in full)  # the final val line's time
     row = compare.compare(compare.group_runs(runs))[0]
     assert (row["n"], row["n_incomplete"]) == (3, 1) and row["mean"] == pytest.approx(np.mean([3.2785, 3.2801, 3.277]))
     err = capsys.readouterr().err
@@ -577,7 +577,7 @@ def test_total_time_column_and_time_axis(tmp_path):
     assert dyt["p_time"] == pytest.approx(stats.ttest_ind(t_new, t_base, equal_var=False).pvalue, rel=1e-6)
     table = compare.format_table([base, dyt])
     assert "time s" in table.splitlines()[0] and "p(time)" in table.splitlines()[0]
-    assert f"{np.mean(t_new):.1f} ± {np.std(t_new, ddof=1):.1f}" in table and compare._p(dyt["p_time"]) in table
+    assert f"{np.mean(t_new):.3f} ± {np.std(t_new, ddof=1):.3f}" in table and compare._p(dyt["p_time"]) in table
     png = compare.plot(groups, tmp_path / "t.png", x="time")
     assert Path(png).read_bytes()[:4] == b"\x89PNG"
     assert compare.main([str(tmp_path), "--x=time", f"--plot={tmp_path / 'u.png'}"]) == 0
@@ -726,3 +726,34 @@ def test_plot_line_names_the_file_written_and_bad_target_or_alpha_is_one_line(tm
         assert compare.main([str(tmp_path / "logs"), flag, "--plot=none"]) == 2
         captured = capsys.readouterr()
         assert captured.out == "" and captured.err == f"compare: error: {why}\n", captured
+
+def record_log(val_ms, steps=20):
+    """A modded-nanogpt record log of the current format (written from the structure of record #89's: code, versions,
+    'Resetting Model', the last step's train line, then the final val line, whose train_time is the record's time)."""
+    out = [f"step:0/{steps} val_loss:10.8311 train_time:0ms step_avg:0.03ms"]
+    for s in range(1, steps + 1):
+        t = round((val_ms - 84) * s / steps)  # the final val line comes ~84 ms after the last train line
+        out.append(f"step:{s}/{steps} train_time:{t}ms step_avg:{t / s:.2f}ms")
+    out.append(f"step:{steps}/{steps} val_loss:3.2775 train_time:{val_ms}ms step_avg:{val_ms / steps:.2f}ms")
+    return (CODE + SEP + "\n" + SMI + SEP + "\nCompiling model and warming up kernels\nResetting Model\n" + "\n".join(out)
+            + "\npeak memory allocated: 30220 MiB reserved: 38672 MiB\n")
+
+def test_record_time_is_the_final_val_lines_with_the_digits_its_std_needs(tmp_path):
+    """On two record log sets 0.3 s apart, compare printed `time s` 78.9 ± 0.0 and 77.6 ± 0.0: the last train line's
+    train_time (the final val line, the record's own time, comes later) at one decimal, hiding a std of 0.04 s."""
+    v1 = [78920, 78950, 78990, 79010, 78930, 78970, 79020, 78940, 78960, 79000, 78947]  # ms, 11 runs
+    v2 = [78610, 78650, 78600, 78700, 78640, 78660, 78620, 78680, 78630, 78670]         # 10 runs
+    for name, times in (("v1", v1), ("v2", v2)):
+        (tmp_path / name).mkdir()
+        for ms in times:
+            (tmp_path / name / f"{uuid.uuid4()}.txt").write_text(record_log(ms))
+    rows = compare.compare(compare.group_runs(compare.load_runs([tmp_path / "v1", tmp_path / "v2"])), baseline="v1")
+    for row, times in zip(rows, (v1, v2)):
+        assert row["time_s"] == pytest.approx(np.mean(times) / 1000, abs=1e-9)
+        assert row["time_std"] == pytest.approx(np.std(times, ddof=1) / 1000, abs=1e-9)
+        assert row["step_ms"] == pytest.approx(np.mean(times) / 20, abs=1e-6)  # the record's own step_avg
+    table = compare.format_table(rows)
+    for times in (v1, v2):  # std 0.03 s: three decimals (ms), two significant digits of the std
+        assert f"{np.mean(times) / 1000:.3f} ± {np.std(times, ddof=1) / 1000:.3f}" in table
+    assert compare._pm(100.0, 12.3) == "100.0 ± 12.3" and compare._pm(7.31, 0.26) == "7.31 ± 0.26"
+    assert compare._pm(78.9, 0.0) == "78.900 ± 0.000" and compare._pm(73.4, float("nan")) == "73.4 ± n/a"
