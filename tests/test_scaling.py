@@ -265,3 +265,15 @@ def test_every_bad_ladder_json_is_one_line(tmp_path, capsys):
         out, err = capsys.readouterr()
         assert out == "" and err.count("\n") == 1 and "Traceback" not in err, err
         assert err.startswith(f"scaling: error: {tmp_path / 'ladder.json'}: {why}"), err
+
+def test_the_readme_says_what_n_counts():
+    """records/README.md said N has "the head included"; scaling.py leaves the lm_head out unless ladder.json says
+    "count_head": true (the committed r1's C = 6 x 786,432 x 61,440 has no head)."""
+    import train_gpt
+    text = (REPO / "records" / "README.md").read_text()
+    bullet = text[text.index("- `records/scaling.py LADDER"):].split("\n- ")[0]
+    assert "head included" not in bullet and '"count_head": true' in bullet and "lm_head" in bullet
+    ladder = scaling.load_ladder(str(REPO / "records" / "ladder"))
+    cfg = asdict(train_gpt.parse_args(shlex.split(ladder["rungs"][0]["flags"]), cuda_available=False))
+    assert "count_head" not in ladder and scaling.non_embedding_params(cfg) == 786_432 == 12 * 4 * 128 ** 2
+    assert scaling.non_embedding_params(cfg, count_head=True) == 786_432 + cfg["vocab_size"] * 128
