@@ -82,11 +82,19 @@ def logs(out):
         found.setdefault(p.name[:-13], []).append(p)
     return found
 
-def run_sweep(*args):
-    return subprocess.run(SWEEP + list(args), capture_output=True, text=True, timeout=120)
+def run_sweep(*args, env=None):
+    return subprocess.run(SWEEP + list(args), capture_output=True, text=True, timeout=300, env=env)
 
-def test_dry_run_prints_commands_seed_major(tmp_path):
-    res = run_sweep("demo", "--seeds=2", "--seed0=7", f"--out={tmp_path / 'o'}", "--dry_run", "--",
+def sweep_here(capfd, *args):
+    """records/sweep.py run in this process, answered like run_sweep (exit code, stdout, stderr: the runs' output
+    too, through capfd): no interpreter, numpy/scipy and matplotlib start-up to pay per call."""
+    capfd.readouterr()
+    rc = sweep.main(list(args))
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(SWEEP + list(args), rc, out, err)
+
+def test_dry_run_prints_commands_seed_major(tmp_path, capfd):
+    res = sweep_here(capfd, "demo", "--seeds=2", "--seed0=7", f"--out={tmp_path / 'o'}", "--dry_run", "--",
                     "--arch=gpt --steps=50", "--arch=ngpt --ngpt_alpha_init=0.15")
     assert res.returncode == 0, res.stderr
     cmds = [shlex.split(l) for l in res.stdout.splitlines() if not l.startswith("#")]
@@ -100,15 +108,15 @@ def test_dry_run_prints_commands_seed_major(tmp_path):
                            "--run_name=demo_c1_s7", f"--checkpoint_dir={tmp_path / 'o' / 'checkpoints'}", "--resume=auto"]
     assert res.stdout.splitlines()[-1] == "# 4 runs: no time estimate (pass --seconds_per_run)"
 
-def test_dry_run_default_out_is_records_name():
-    res = run_sweep("abc", "--seeds=1", "--dry_run", "--launcher=python")
+def test_dry_run_default_out_is_records_name(capfd):
+    res = sweep_here(capfd, "abc", "--seeds=1", "--dry_run", "--launcher=python")
     assert res.returncode == 0
     assert "--log_dir=records/abc" in res.stdout and "--run_name=abc_c0_s0" in res.stdout
 
-def test_sweep_with_stub_continues_after_failure(tmp_path):
+def test_sweep_with_stub_continues_after_failure(tmp_path, capfd):
     stub = write_stub(tmp_path)
     out = tmp_path / "out"
-    res = run_sweep("t", "--seeds=3", f"--out={out}", f"--script={stub}", "--launcher=python", "--target=3.28",
+    res = sweep_here(capfd, "t", "--seeds=3", f"--out={out}", f"--script={stub}", "--launcher=python", "--target=3.28",
                     "--", "--arch=gpt", "--arch=ngpt --fail_seed=1")
     assert res.returncode == 1  # one run failed, the others ran
     assert "stub training t_c1_s2" in res.stdout and "t_c1_s1 FAILED (exit 3)" in res.stdout
@@ -125,29 +133,29 @@ def test_sweep_with_stub_continues_after_failure(tmp_path):
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert table in res.stdout
 
-def test_second_sweep_adds_seeds_to_the_folder(tmp_path):
+def test_second_sweep_adds_seeds_to_the_folder(tmp_path, capfd):
     """More seeds for one config later: the earlier runs stay in sweep.json, the config keeps its index."""
     stub = write_stub(tmp_path)
     out = tmp_path / "out"
     common = [f"--out={out}", f"--script={stub}", "--launcher=python"]
-    assert run_sweep("t", "--seeds=2", *common, "--", "--arch=gpt", "--arch=ngpt").returncode == 0
-    res = run_sweep("t", "--seeds=1", "--seed0=2", *common, "--", "--arch=ngpt")
+    assert sweep_here(capfd, "t", "--seeds=2", *common, "--", "--arch=gpt", "--arch=ngpt").returncode == 0
+    res = sweep_here(capfd, "t", "--seeds=1", "--seed0=2", *common, "--", "--arch=ngpt")
     assert res.returncode == 0, res.stderr
     rec = json.loads((out / "sweep.json").read_text())
     assert rec["configs"] == ["--arch=gpt", "--arch=ngpt"] and rec["seeds"] == [0, 1, 2]
     assert [r["run_name"] for r in rec["runs"]] == ["t_c0_s0", "t_c1_s0", "t_c0_s1", "t_c1_s1", "t_c1_s2"]
     lines = {l.split()[0]: l for l in (out / "compare.txt").read_text().splitlines()[2:] if l.strip() and not l.startswith("*")}
     assert lines["baseline"].split()[2] == "2" and lines["arch=ngpt"].split()[1] == "3"
-    again = run_sweep("t", "--seeds=1", "--seed0=1", *common, "--", "--arch=ngpt")  # seed 1 is done already
+    again = sweep_here(capfd, "t", "--seeds=1", "--seed0=1", *common, "--", "--arch=ngpt")  # seed 1 is done already
     assert again.returncode == 0 and "stub training" not in again.stdout, again.stderr  # nothing to run again
     assert json.loads((out / "sweep.json").read_text())["runs"] == rec["runs"]
 
-def test_unbalanced_quote_fails_before_any_run(tmp_path):
+def test_unbalanced_quote_fails_before_any_run(tmp_path, capfd):
     """shlex's ValueError used to be a traceback; now one line naming the config and the fix, before any run."""
     stub = write_stub(tmp_path)
     out = tmp_path / "out"
     args = [f"--out={out}", f"--script={stub}", "--launcher=python", "--", "--arch=gpt", "--arch=ngpt", "--prompt='x"]
-    res = run_sweep("t", "--seeds=2", *args)
+    res = sweep_here(capfd, "t", "--seeds=2", *args)
     assert res.returncode == 2 and res.stdout == "" and not out.exists()  # nothing ran, nothing written
     assert res.stderr.startswith('sweep: error: config 2 "--prompt=\'x": No closing quotation: quote the flag value '
                                  'or escape the quote') and res.stderr.count("\n") == 1
@@ -155,18 +163,18 @@ def test_unbalanced_quote_fails_before_any_run(tmp_path):
     out.mkdir()
     rec = '{"name": "t", "configs": ["--arch=gpt"], "seeds": [0], "runs": []}'
     (out / "sweep.json").write_text(rec)
-    res = run_sweep("t", "--seeds=1", "--seed0=1", *args)
+    res = sweep_here(capfd, "t", "--seeds=1", "--seed0=1", *args)
     assert res.returncode == 2 and "config 2" in res.stderr and (out / "sweep.json").read_text() == rec
     assert sorted(p.name for p in out.iterdir()) == ["sweep.json"]
 
-def test_corrupt_sweep_json_is_named_never_overwritten(tmp_path):
+def test_corrupt_sweep_json_is_named_never_overwritten(tmp_path, capfd):
     """A sweep.json the next sweep cannot read used to be a JSONDecodeError traceback."""
     stub = write_stub(tmp_path)
     out = tmp_path / "out"
     out.mkdir()
     for bad in ('{"name": "t", "configs": ["--arch=gpt"], "ru', "[1, 2]", b"\xff\xfe{"):
         (out / "sweep.json").write_bytes(bad if isinstance(bad, bytes) else bad.encode())
-        res = run_sweep("t", "--seeds=1", f"--out={out}", f"--script={stub}", "--launcher=python", "--", "--arch=gpt")
+        res = sweep_here(capfd, "t", "--seeds=1", f"--out={out}", f"--script={stub}", "--launcher=python", "--", "--arch=gpt")
         assert res.returncode == 2 and "stub training" not in res.stdout, res.stderr
         assert res.stderr.startswith(f"sweep: error: {out / 'sweep.json'} is unreadable (")
         assert "move it away" in res.stderr and res.stderr.count("\n") == 1
@@ -199,8 +207,8 @@ def test_sweep_json_survives_a_crash_mid_write(tmp_path, monkeypatch):
     assert [(r["run_name"], r["returncode"]) for r in rec["runs"]] == [("t_c0_s0", 0), ("t_c0_s1", 0)]
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
-def start_sweep(*args):
-    return subprocess.Popen(SWEEP + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def start_sweep(*args, env=None):
+    return subprocess.Popen(SWEEP + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 def wait_for(predicate, what, timeout=60):
     t0 = time.time()
@@ -208,7 +216,7 @@ def wait_for(predicate, what, timeout=60):
         assert time.time() - t0 < timeout, f"timed out waiting for {what}"
         time.sleep(0.02)
 
-def test_ctrl_c_stops_the_run_with_a_checkpoint_and_the_same_command_resumes(tmp_path):
+def test_ctrl_c_stops_the_run_with_a_checkpoint_and_the_same_command_resumes(tmp_path, capfd):
     """Ctrl-C used to be a traceback and a killed child (subprocess.run kills it): no checkpoint, no 'stopped' line.
     Now the run gets one SIGTERM, checkpoints, is recorded as interrupted; the sweep exits 130 without a
     traceback; the same command continues it from the checkpoint into the same log and skips finished runs."""
@@ -229,7 +237,7 @@ def test_ctrl_c_stops_the_run_with_a_checkpoint_and_the_same_command_resumes(tmp
     assert rec["t_c1_s0"]["returncode"] == 128 + signal.SIGTERM and rec["t_c1_s0"]["interrupted"]
     [log] = logs(out)["t_c1_s0"]
     assert "stopped by signal 15" in log.read_text() and list((out / "checkpoints").glob("t_c1_s0_step*.pt"))
-    again = run_sweep(*cmd)
+    again = sweep_here(capfd, *cmd)
     assert again.returncode == 0, again.stderr
     assert "t_c1_s0 was stopped before: continued from its checkpoint (--resume=auto)" in again.stdout
     assert "stub training t_c0_s0" not in again.stdout and "run 1/3 config 1 seed 0" in again.stdout
@@ -238,7 +246,7 @@ def test_ctrl_c_stops_the_run_with_a_checkpoint_and_the_same_command_resumes(tmp
     assert [(r["run_name"], r["returncode"], r.get("interrupted")) for r in rec] == [
         ("t_c0_s0", 0, None), ("t_c1_s0", 0, None), ("t_c0_s1", 0, None), ("t_c1_s1", 0, None)]
 
-def test_second_ctrl_c_kills_the_run_which_is_redone_from_scratch(tmp_path):
+def test_second_ctrl_c_kills_the_run_which_is_redone_from_scratch(tmp_path, capfd):
     out = tmp_path / "out"
     cmd = ["t", "--seeds=1", f"--out={out}", f"--script={write_stub(tmp_path)}", "--launcher=python", "--",
            f"--arch=gpt --sleep=0.5 --slow_while={tmp_path / 'slow'}"]
@@ -256,19 +264,21 @@ def test_second_ctrl_c_kills_the_run_which_is_redone_from_scratch(tmp_path):
     assert run["returncode"] == -signal.SIGKILL and run["interrupted"] and not (out / "checkpoints").exists()
     [partial] = logs(out)["t_c0_s0"]
     (tmp_path / "slow").unlink()
-    again = run_sweep(*cmd)
+    again = sweep_here(capfd, *cmd)
     assert again.returncode == 0, again.stderr
     assert (f"t_c0_s0 was stopped before without a checkpoint: redone from scratch (its partial log is now "
             f"{partial.name}.stale)") in again.stdout
     assert (out / (partial.name + ".stale")).exists() and len(logs(out)["t_c0_s0"]) == 1  # one log in the comparison
 
-def test_a_second_sweep_into_the_same_folder_is_refused(tmp_path):
+def test_a_second_sweep_into_the_same_folder_is_refused(tmp_path, capfd):
     """Two sweeps into one --out used to both exit 0, the second's sweep.json overwriting the first's entries."""
-    out, stub = tmp_path / "out", write_stub(tmp_path)
+    out, stub, slow = tmp_path / "out", write_stub(tmp_path), tmp_path / "slow"
+    slow.touch()  # the first sweep's run goes on until the second sweep has been refused (it once ended before)
     first = start_sweep("a", "--seeds=1", f"--out={out}", f"--script={stub}", "--launcher=python", "--",
-                        "--arch=gpt --sleep=0.1")
+                        f"--arch=gpt --sleep=0.1 --slow_while={slow}")
     wait_for(lambda: "a_c0_s0" in logs(out), "the first sweep's run to start")
-    second = run_sweep("b", "--seeds=1", f"--out={out}", f"--script={stub}", "--launcher=python", "--", "--arch=ngpt")
+    second = sweep_here(capfd, "b", "--seeds=1", f"--out={out}", f"--script={stub}", "--launcher=python", "--", "--arch=ngpt")
+    slow.unlink()
     assert second.returncode == 2 and "stub training" not in second.stdout
     assert second.stderr == (f"sweep: error: another sweep (pid {first.pid}) is running into {out} (it holds "
                              f"{out / '.sweep.lock'}): wait for it to end, or pass another --out\n")
@@ -276,14 +286,14 @@ def test_a_second_sweep_into_the_same_folder_is_refused(tmp_path):
     rec = json.loads((out / "sweep.json").read_text())
     assert [r["run_name"] for r in rec["runs"]] == ["a_c0_s0"] and "b_c0_s0" not in logs(out)
     # the lock goes with the process: the next sweep into the folder runs and adds its entries
-    assert run_sweep("b", "--seeds=1", f"--out={out}", f"--script={stub}", "--launcher=python", "--",
+    assert sweep_here(capfd, "b", "--seeds=1", f"--out={out}", f"--script={stub}", "--launcher=python", "--",
                      "--arch=ngpt").returncode == 0
     assert [r["run_name"] for r in json.loads((out / "sweep.json").read_text())["runs"]] == ["a_c0_s0", "b_c1_s0"]
 
-def test_bad_out_and_wrong_shaped_records_are_one_line(tmp_path):
+def test_bad_out_and_wrong_shaped_records_are_one_line(tmp_path, capfd):
     """--out a file or read-only, sweep.json of the wrong shape: tracebacks before; one line, exit 2, untouched."""
     stub = write_stub(tmp_path)
-    go = lambda out: run_sweep("t", "--seeds=1", f"--out={out}", f"--script={stub}", "--launcher=python", "--", "--arch=gpt")
+    go = lambda out: sweep_here(capfd, "t", "--seeds=1", f"--out={out}", f"--script={stub}", "--launcher=python", "--", "--arch=gpt")
     (tmp_path / "file").write_text("x")
     res = go(tmp_path / "file")
     assert (res.returncode, res.stderr) == (2, f"sweep: error: --out={tmp_path / 'file'} is a file, not a folder: pass a folder\n")
@@ -303,8 +313,8 @@ def test_bad_out_and_wrong_shaped_records_are_one_line(tmp_path):
             f"to start a new record there, or pass another --out\n"), res.stderr
         assert (out / "sweep.json").read_text() == bad and sorted(p.name for p in out.iterdir()) == ["sweep.json"]
 
-def test_progress_lines_say_k_of_n_elapsed_and_eta(tmp_path):
-    res = run_sweep("t", "--seeds=2", f"--out={tmp_path / 'out'}", f"--script={write_stub(tmp_path)}",
+def test_progress_lines_say_k_of_n_elapsed_and_eta(tmp_path, capfd):
+    res = sweep_here(capfd, "t", "--seeds=2", f"--out={tmp_path / 'out'}", f"--script={write_stub(tmp_path)}",
                     "--launcher=python", "--", "--arch=gpt", "--arch=ngpt")
     assert res.returncode == 0, res.stderr
     lines = [l for l in res.stdout.splitlines() if l.startswith("=== sweep t: run ")]
@@ -316,11 +326,12 @@ def test_progress_lines_say_k_of_n_elapsed_and_eta(tmp_path):
 def test_save_every_run_interrupted_then_resumed_with_the_real_trainer(tmp_path):
     """train_gpt.py refuses a fresh run whose name has checkpoints: the re-run of an interrupted --save_every run
     used to fail there (exit 2); with --checkpoint_dir under --out and --resume=auto it continues."""
+    from conftest import cli_env  # one intra-op thread, as every CLI run of the suite: two spin on a shared CPU (5x)
     out = tmp_path / "out"
-    tiny = ("--n_layer=1 --n_embd=32 --n_head=2 --seq_len=32 --batch_size=2 --device_batch_size=2 --steps=200 "
-            "--val_every=200 --val_tokens=64 --sample_tokens=0 --bf16=false --kernels=torch --save_every=50")
+    tiny = ("--n_layer=1 --n_embd=32 --n_head=2 --seq_len=32 --batch_size=2 --device_batch_size=2 --steps=120 "
+            "--val_every=120 --val_tokens=64 --sample_tokens=0 --bf16=false --kernels=torch --save_every=40")
     cmd = ["t", "--seeds=1", f"--out={out}", "--launcher=python", "--", tiny]
-    p = start_sweep(*cmd)
+    p = start_sweep(*cmd, env=cli_env())
     wait_for(lambda: list((out / "checkpoints").glob("t_c0_s0_step*.pt")) if (out / "checkpoints").exists() else [],
              "the first checkpoint", timeout=300)
     p.send_signal(signal.SIGINT)
@@ -330,17 +341,17 @@ def test_save_every_run_interrupted_then_resumed_with_the_real_trainer(tmp_path)
     assert p.returncode == 130 and "Traceback" not in stderr, stderr
     [log] = logs(out)["t_c0_s0"]
     assert "stopped by signal 15" in log.read_text()
-    again = run_sweep(*cmd)
+    again = run_sweep(*cmd, env=cli_env())
     assert again.returncode == 0, again.stderr[-2000:]
     assert "continued from its checkpoint" in again.stdout
     text = log.read_text()
-    assert logs(out)["t_c0_s0"] == [log] and "resumed from" in text and "step:200/200 val_loss" in text
+    assert logs(out)["t_c0_s0"] == [log] and "resumed from" in text and "step:120/120 val_loss" in text
 
-def test_lr_grid_tunes_extends_past_an_edge_picks_then_confirms_on_fresh_seeds(tmp_path):
+def test_lr_grid_tunes_extends_past_an_edge_picks_then_confirms_on_fresh_seeds(tmp_path, capfd):
     """Config 0's best lr lies past the grid (8): 2 is an edge pick, the grid grows to 4 (--max_extend=1), still an
     edge: flagged. Config 1 has its own grid, and its lr 1 diverges (inf): 0.5 is picked, inside the grid."""
     out = tmp_path / "out"
-    res = run_sweep("t", "--lr_grid=0.5,1,2", "--tune_seeds=2", "--seeds=2", "--max_extend=1", f"--out={out}",
+    res = sweep_here(capfd, "t", "--lr_grid=0.5,1,2", "--tune_seeds=2", "--seeds=2", "--max_extend=1", f"--out={out}",
                     f"--script={write_stub(tmp_path)}", "--launcher=python", "--",
                     "--arch=gpt --best_lr=8", "--arch=ngpt --best_lr=0.5 --diverge_above=0.75 --lr_grid=0.25,0.5,1")
     assert res.returncode == 0, res.stderr
@@ -363,7 +374,7 @@ def test_lr_grid_tunes_extends_past_an_edge_picks_then_confirms_on_fresh_seeds(t
     table = (out / "compare.txt").read_text()
     assert re.search(r"^baseline +\* +2 +3\.40", table, re.M) and re.search(r"^arch=ngpt lr_scale=0\.5 +2 +3\.20", table, re.M)
 
-def test_lr_sweep_resumes_in_the_tune_and_the_confirm_phase(tmp_path):
+def test_lr_sweep_resumes_in_the_tune_and_the_confirm_phase(tmp_path, capfd):
     """Interrupted in the tune phase, then in the confirm phase: the same command goes on each time (picks
     recomputed from the finished tune logs), and no run is made twice."""
     out, slow = tmp_path / "out", tmp_path / "slow"
@@ -379,7 +390,7 @@ def test_lr_sweep_resumes_in_the_tune_and_the_confirm_phase(tmp_path):
         assert [(r["returncode"], r.get("interrupted")) for r in rec][:k + 1] == [(0, None)] * k + [(143, True)]
         assert rec[k]["run_name"] == target and all(r["returncode"] is None for r in rec[k + 1:])
     slow.unlink()
-    res = run_sweep(*cmd)
+    res = sweep_here(capfd, *cmd)
     assert res.returncode == 0, res.stderr
     assert "t_c0_lr1_s2 was stopped before: continued from its checkpoint" in res.stdout
     assert res.stdout.count("stub training") == 1 and "run 1/1 (confirm)" in res.stdout
@@ -391,8 +402,8 @@ def test_lr_sweep_resumes_in_the_tune_and_the_confirm_phase(tmp_path):
     assert all(r["returncode"] == 0 and "interrupted" not in r for r in rec["runs"])
     assert all(len(v) == 1 for v in logs(out).values())
 
-def test_lr_grid_dry_run_prints_the_plan_and_its_time(tmp_path):
-    res = run_sweep("d", "--lr_grid=0.5,1,2", "--tune_seeds=2", "--seeds=3", "--seconds_per_run=10", "--dry_run",
+def test_lr_grid_dry_run_prints_the_plan_and_its_time(tmp_path, capfd):
+    res = sweep_here(capfd, "d", "--lr_grid=0.5,1,2", "--tune_seeds=2", "--seeds=3", "--seconds_per_run=10", "--dry_run",
                     "--launcher=python", f"--out={tmp_path / 'o'}", "--", "--arch=gpt", "--arch=ngpt --lr_grid=0.25,0.5")
     assert res.returncode == 0 and not (tmp_path / "o").exists(), res.stderr
     cmds = [shlex.split(l) for l in res.stdout.splitlines() if not l.startswith("#")]
