@@ -380,17 +380,17 @@ def test_nonfinite_final_loss_is_named_and_left_out(tmp_path, capsys):
 # -----------------------------------------------------------------------------
 # plot and CLI
 
-def test_cli_unwritable_plot_path_prints_table_then_fails(tmp_path):
+def test_cli_unwritable_plot_path_prints_table_then_fails(tmp_path, capsys):
     """The table comes first (it is the result), then one line on the plot path and exit 2: no traceback."""
     write_group(tmp_path / "logs", A, "gpt")
     write_group(tmp_path / "logs", B, "ngpt", dict(arch="ngpt"))
     (tmp_path / "file").write_text("a file where a folder should be\n")
     for path in (tmp_path / "file" / "c.png", tmp_path / "file" / "sub" / "c.png"):
-        res = subprocess.run([sys.executable, str(REPO / "records" / "compare.py"), str(tmp_path / "logs"),
-                              f"--plot={path}"], capture_output=True, text=True, timeout=120)
-        assert res.returncode == 2 and "baseline *" in res.stdout and "arch=ngpt" in res.stdout
-        assert res.stderr == (f"compare: error: cannot write the plot to {path} (Not a directory): "
-                              f"pass --plot=<writable path> or --plot=none\n")
+        rc = compare.main([str(tmp_path / "logs"), f"--plot={path}"])  # in this process: no interpreter start-up
+        res = capsys.readouterr()
+        assert rc == 2 and "baseline *" in res.out and "arch=ngpt" in res.out
+        assert res.err == (f"compare: error: cannot write the plot to {path} (Not a directory): "
+                           f"pass --plot=<writable path> or --plot=none\n")
         assert (tmp_path / "file").read_text() == "a file where a folder should be\n"
     if os.geteuid() != 0:  # root writes into read-only folders
         (tmp_path / "ro").mkdir(mode=0o500)
@@ -405,7 +405,7 @@ def test_plot_writes_valid_png(tmp_path):
     img = matplotlib.image.imread(out)
     assert img.ndim == 3 and img.shape[0] > 100
 
-def test_cli_end_to_end(tmp_path):
+def test_cli_end_to_end(tmp_path, capsys):
     write_group(tmp_path / "logs", A, "gpt")
     write_group(tmp_path / "logs", B, "ngpt", dict(arch="ngpt", ngpt_alpha_init=0.15))
     (tmp_path / "logs" / "README.txt").write_text("not a log\n")
@@ -416,13 +416,12 @@ def test_cli_end_to_end(tmp_path):
     assert "record" in res.stdout and "yes" in res.stdout and "README.txt" in res.stderr
     png = tmp_path / "logs" / "compare.png"
     assert png.read_bytes()[:4] == b"\x89PNG"
-    res = subprocess.run(cmd + ["--markdown", "--plot=none", "--baseline=ngpt"], capture_output=True, text=True,
-                         timeout=120)
-    assert res.returncode == 0 and res.stdout.startswith("| group |") and "plot:" not in res.stdout
+    # the rest in this process (the command line above is the end-to-end check)
+    assert compare.main(cmd[2:] + ["--markdown", "--plot=none", "--baseline=ngpt"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("| group |") and "plot:" not in out
     (tmp_path / "empty").mkdir()
-    res = subprocess.run([sys.executable, str(REPO / "records" / "compare.py"), str(tmp_path / "empty")],
-                         capture_output=True, text=True, timeout=120)
-    assert res.returncode != 0 and "no usable run" in res.stderr
+    assert compare.main([str(tmp_path / "empty")]) != 0 and "no usable run" in capsys.readouterr().err
 
 
 def test_logs_from_before_a_flag_group_with_newer_ones(tmp_path):
