@@ -33,12 +33,13 @@ diverged run counts as inf); a pick at an edge of the grid extends it one point 
 there) and tunes that, at most --max_extend times, then stays flagged as an edge. A config whose every tune run
 diverged (or failed) has no pick: it is named, gets no confirm run, and the sweep exits 1. A run the trainer stopped
 on a non-finite loss is recorded as diverged ("diverged": true), said so, and never redone (not by --retry_failed
-either: it would diverge again); a diverged confirm run is counted as diverged in the comparison, not as a failure. Confirm phase = every config at
-its pick x --seeds fresh seeds (seed0 + tune_seeds ...); the comparison is of the confirm runs alone. Tune and
-confirm seeds never mix in one folder: a later lr sweep into it must tune on the folder's tune seeds (more confirm
-seeds: the same --seed0 and --tune_seeds with a larger --seeds), else it is refused (exit 2), and a sweep without
-a grid never shares a folder with an lr sweep. A token `--lr_grid=...` (or `--lr_grid ...`) inside a config gives
-that config its own grid (stripped before launching). Run names carry the lr: <NAME>_c<i>_lr<x>_s<S>. A resumed sweep recomputes the picks from the tune logs and goes on where it stopped.
+either: it would diverge again); a diverged confirm run is counted as diverged in the comparison, not as a failure.
+Confirm phase = every config at its pick x --seeds fresh seeds (seed0 + tune_seeds ...); the comparison is of the
+confirm runs alone. Tune and confirm seeds never mix in one folder: a later lr sweep into it must tune on the
+folder's tune seeds (more confirm seeds: the same --seed0 and --tune_seeds with a larger --seeds), else it is
+refused (exit 2), and a sweep without a grid never shares a folder with an lr sweep. A token `--lr_grid=...` (or
+`--lr_grid ...`) inside a config gives that config its own grid (stripped before launching). Run names carry the lr:
+<NAME>_c<i>_lr<x>_s<S>. A resumed sweep recomputes the picks from the tune logs and goes on where it stopped.
 
 Writes <out>/sweep.json (configs, seeds, commands, exit codes, seconds; with a grid also each run's lr_scale and
 phase, and the picks; updated after every run, atomically: a crash mid-write leaves the previous version; a second
