@@ -12,9 +12,11 @@ mean ± std (ddof=1) of the final val loss, Δ vs the baseline group with a Welc
 t-test p-value, the paired test over the seeds both groups ran (same seed = same init; every run reads
 the same token stream: scipy.stats.ttest_rel, 95% CI of the mean per-seed difference), with --target the
 one-sided one-sample test (modded-nanogpt's record rule: mean < target and p < alpha), mean steps /
-training time to first reach the target, and the mean step time (train_time/step of the last step line)
-with its ratio to the baseline's and Welch's p-value of the step-time difference, and the training time (the
-train_time of each run's last step line, s; mean ± std over complete runs) with Welch's p against the baseline.
+training time to first reach the target, and the mean step time (train_time/step of the line its time is read from)
+with its ratio to the baseline's and Welch's p-value of the step-time difference, and the training time (s; mean ±
+std over complete runs, with as many decimals as the std needs, up to ms) with Welch's p against the baseline. A
+run's time is the train_time of its final val line, the record's own (modded-nanogpt's logs time the last step
+again there, after its train line), else of its last step line; its step time is that over its step.
 
 Logs: the source of train_gpt.py (between the first two lines of 100 '=' when the log starts with one, as
 modded-nanogpt's logs of Oct-Nov 2024 do), a line of 100 '=', versions, `config: {json}`, then step lines
@@ -32,9 +34,11 @@ Runs without step lines or without a val line are skipped with a warning. A log 
 its last step (a val line at step N of N), whatever trailer follows or is missing (modded-nanogpt's logs before
 2025 have none, later ones `peak memory ...`); a log cut before it is flagged incomplete and left out of the
 final-loss and training-time statistics unless --include_incomplete (its curve still counts for time-to-target
-and step time). An unterminated last line is dropped (it may be cut mid-way). A run whose final val
-loss is nan or inf (a diverged run) is named in a warning and left out of the loss statistics and the
-plot; the n column counts it as `+k nan/inf`, so the rest of its group still gets numbers.
+and step time). An unterminated last line is dropped (it may be cut mid-way). A diverged run (a nan or inf
+loss in a step line: its final val loss, or the loss train_gpt.py stopped it on, which ends its log before its last
+step) is named in a warning and left out of the loss and time statistics and the plot, with or without
+--include_incomplete; the n column counts it as `+k diverged`, so the rest of its group still gets numbers. In an lr
+pick it is the worst (inf); an arm whose every tuning lr diverged has no pick and is left out, by name.
 Zero variance (identical final losses): Δ=0 gives p=1 and CI [0, 0]; Δ≠0 gives p=0 and CI [Δ, Δ];
 with n < 2 on either side std/CI/p print as n/a.
 --x=time plots val loss against training time (s) instead of step.
@@ -43,8 +47,11 @@ only in lr_scale; each arm takes the lr_scale pick_lr finds best on the tuning s
 is its runs at that lr_scale on the other (confirm) seeds; extra columns lr (effective: Adam arms (lr or the
 arch's adam_lr) × lr_scale, Muon arms muon_lr × lr_scale), lr_scale and edge (EDGE: the pick sits at an end
 of the grid, with a warning to extend it; n/a: an arm run at one lr_scale, which is its own pick and is also
-shown on its confirm seeds). Tuning seeds: --tune_seeds, else sweep.json's tune_seeds in the folders given,
-else an error (exit 2) saying how to give them.
+shown on its confirm seeds). Tuning seeds: --tune_seeds, else sweep.json's in the folders given (its tune_seeds
+and every seed its tune-phase runs used; these are added to --tune_seeds too, with a warning: a seed an lr was
+picked on is never counted as a confirm seed), else an error (exit 2) saying how to give them.
+--plot=PATH: a file (without an extension matplotlib writes, .png is added), a folder (compare.png inside it), or
+none; the `plot:` line names the file written. --target must be finite and --alpha between 0 and 1 (exit 2).
 The table is printed before the plot is drawn: a plot path that cannot be written (a read-only folder)
 is an error (exit 2) after the table, never a loss of it. Bad input the user can fix is one line naming the
 file or flag (a warning and the run left out, or exit 2), never a traceback.
@@ -101,24 +108,43 @@ class Run:
         return self.val[max(self.val)]["val_loss"]
 
     @property
+    def divergence(self):
+        """(key, value, step) of the first non-finite loss in its step lines, or None. train_gpt.py stops a run at a
+        non-finite train or val loss (its last line is then that step's), so such a run is diverged, not cut short."""
+        bad = [(s, k, f[k]) for lines in (self.val, self.train) for s, f in lines.items()
+               for k in ("val_loss", "train_loss") if isinstance(f.get(k), float) and not math.isfinite(f[k])]
+        return (lambda s, k, v: (k, v, s))(*min(bad, key=lambda b: b[:2])) if bad else None
+
+    @property
+    def diverged(self):
+        return self.divergence is not None
+
+    @property
     def finite(self):
-        return math.isfinite(self.final_val_loss)
+        """A usable final loss: the run did not diverge (a diverged run is counted as such, never averaged)."""
+        return not self.diverged and math.isfinite(self.final_val_loss)
 
     def _last_timed(self):
-        """(step, train_time ms) of the last step line with a finite train_time, or None."""
+        """(step, train_time ms) the run's time is read from: its final val line (the val line at its last step) when
+        that has a train_time, as a record states its time (modded-nanogpt's logs time the last step again there,
+        after its train line); else the last step line with a finite train_time; None if none."""
+        final = self.val.get(self.total_steps, {}).get("train_time")
+        if self.total_steps and isinstance(final, float) and math.isfinite(final):
+            return self.total_steps, final
         lines = {**self.val, **self.train}  # the train line wins at a shared step
         steps = [s for s in lines if s > 0 and isinstance(t := lines[s].get("train_time"), float) and math.isfinite(t)]
         return (max(steps), lines[max(steps)]["train_time"]) if steps else None
 
     @property
     def step_ms(self):
-        """train_time/step of the last step line with a train_time (ms), None if unknown."""
+        """train_time/step of the line the run's time is read from (ms), None if unknown."""
         last = self._last_timed()
         return last[1] / last[0] if last else None
 
     @property
     def time_s(self):
-        """The run's training time (s): the train_time of its last step line, None if unknown."""
+        """The run's training time (s): the train_time of its final val line, else of its last step line; None if
+        unknown."""
         last = self._last_timed()
         return last[1] / 1000 if last else None
 
@@ -209,10 +235,14 @@ def parse_log(path):
     # complete = it reached its last step (a val line at step N of N), whatever trailer follows or is missing:
     # modded-nanogpt's logs before 2025 end at that line, later ones add 'peak memory ...', ours a sample too
     run.incomplete = run.total_steps not in run.val
-    if run.incomplete:
-        warn(f"{path}: incomplete log (no val line at its last step {run.total_steps}), last val step {max(run.val)}")
-    if not run.finite:  # a diverged run: one nan would turn its whole group's mean/std/p into n/a
+    if not math.isfinite(run.final_val_loss):  # a diverged run: one nan would turn its group's mean/std/p into n/a
         warn(f"{path}: final val_loss is {run.final_val_loss}; left out of the statistics")
+    elif run.diverged:  # the trainer stopped it at a non-finite loss: not a cut run (never averaged at its last val)
+        key, value, step = run.divergence
+        warn(f"{path}: diverged ({key} {value} at step {step} of {run.total_steps}: train_gpt.py stops a run there); "
+             f"counted as diverged, left out of the statistics")
+    elif run.incomplete:
+        warn(f"{path}: incomplete log (no val line at its last step {run.total_steps}), last val step {max(run.val)}")
     return run
 
 def _walk_logs(folder):
@@ -488,8 +518,8 @@ def best_against_best(runs, tune_seeds):
         by_lr = {}
         for r in rs:
             by_lr.setdefault(float(r.config.get("lr_scale", 1.0)), []).append(r)
-        tuning = {lr: [math.inf if r.incomplete else r.final_val_loss for r in xs if r.config.get("seed") in tune]
-                  for lr, xs in by_lr.items()}
+        tuning = {lr: [math.inf if r.incomplete or not r.finite else r.final_val_loss for r in xs
+                       if r.config.get("seed") in tune] for lr, xs in by_lr.items()}
         tuning = {lr: losses for lr, losses in tuning.items() if losses}
         cfg = json.loads(key)
         if len(by_lr) == 1:
@@ -502,6 +532,11 @@ def best_against_best(runs, tune_seeds):
             if len(tuning) < len(by_lr):
                 warn(f"arm {cfg.get('arch')}: lr_scales {sorted(set(by_lr) - set(tuning))} have no tuning run: "
                      f"not in the pick")
+            if all(math.isinf(x) for v in tuning.values() for x in v):  # nothing trained: no lr to confirm
+                cut = "" if all(r.diverged for r in rs if r.config.get("seed") in tune) else " or was cut"
+                warn(f"arm {cfg.get('arch')}: every lr_scale of its grid {sorted(tuning)} diverged{cut} on the tuning "
+                     f"seeds {sorted(tune)}: no pick, left out (lower the grid)")
+                continue
             best, edge = pick_lr(tuning)
         confirm = [r for r in by_lr[best] if r.config.get("seed") not in tune]
         means = {lr: float(np.mean(v)) if all(map(math.isfinite, v)) else math.inf for lr, v in tuning.items()}
@@ -517,8 +552,9 @@ def best_against_best(runs, tune_seeds):
     return groups
 
 def tune_seeds_of(paths):
-    """The tuning seeds recorded by records/sweep.py in <folder>/sweep.json of the folders given, or None.
-    Folders that disagree are an error: one comparison has one set of tuning seeds."""
+    """The tuning seeds recorded by records/sweep.py in <folder>/sweep.json of the folders given: its tune_seeds and
+    every seed its tune-phase runs used (a pick's seed is never a confirm seed, whatever a later sweep wrote); None
+    when no folder has any. Folders that disagree are an error: one comparison has one set of tuning seeds."""
     found = {}
     for p in map(str, paths):
         f = os.path.join(p, "sweep.json")
@@ -526,11 +562,14 @@ def tune_seeds_of(paths):
             continue
         try:
             with open(f) as fh:
-                seeds = json.load(fh).get("tune_seeds")
-        except (OSError, ValueError, AttributeError) as e:
+                rec = json.load(fh)
+            seeds = set(rec.get("tune_seeds") or []) | {r.get("seed") for r in rec.get("runs") or []
+                                                       if isinstance(r, dict) and r.get("phase") == "tune"}
+            seeds = tuple(sorted(seeds))
+        except (OSError, ValueError, AttributeError, TypeError) as e:
             raise CompareError(f"{f} is unreadable ({e}): fix it, or give the seeds with --tune_seeds=0,1")
         if seeds:
-            found[f] = tuple(sorted(seeds))
+            found[f] = seeds
     if len(set(found.values())) > 1:
         raise CompareError("the sweep.json files disagree on tune_seeds (" + "; ".join(
             f"{f}: {list(v)}" for f, v in found.items()) + "): compare them apart or pass --tune_seeds")
@@ -544,20 +583,20 @@ def compare(groups, baseline=None, target=None, alpha=0.01, include_incomplete=F
     """One row dict per group. baseline: a Group, a name/substring, or None (default pick)."""
     base = baseline if isinstance(baseline, Group) else pick_baseline(groups, baseline)
     counted = lambda g: [r for r in g.runs if include_incomplete or not r.incomplete]
-    used = lambda g: [r for r in counted(g) if r.finite]  # a nan/inf loss is named by parse_log, not averaged
+    used = lambda g: [r for r in counted(g) if r.finite]  # a diverged run is named by parse_log, never averaged
     b_loss = [r.final_val_loss for r in used(base)]
     b_by_seed = {r.config.get("seed"): r.final_val_loss for r in used(base) if r.config and "seed" in r.config}
     b_steps = [r.step_ms for r in base.runs if r.step_ms]
     b_step = _mean(b_steps)
-    times = lambda g: [r.time_s for r in counted(g) if r.time_s is not None]  # a cut run's time is not the run's
+    times = lambda g: [r.time_s for r in used(g) if r.time_s is not None]  # a cut or diverged run's is not a run's
     b_times = times(base)
     rows = []
     for g in [base] + [g for g in groups if g is not base]:  # baseline first
         runs = used(g)
         loss = [r.final_val_loss for r in runs]
         delta, lo, hi, p = welch(loss, b_loss)
-        row = dict(group=g.name, baseline=g is base, n=len(loss), n_incomplete=sum(r.incomplete for r in g.runs),
-                   n_nonfinite=sum(not r.finite for r in counted(g)),
+        row = dict(group=g.name, baseline=g is base, n=len(loss),
+                   n_incomplete=sum(r.incomplete and r.finite for r in g.runs), n_nonfinite=sum(not r.finite for r in g.runs),
                    mean=_mean(loss), std=_std(loss) if loss else float("nan"), delta=delta, ci_low=lo, ci_high=hi,
                    p=p, step_ms=_mean(r.step_ms for r in g.runs), pick=g.pick)
         pairs = [(r.final_val_loss, b_by_seed[r.config["seed"]]) for r in runs
@@ -584,6 +623,14 @@ def compare(groups, baseline=None, target=None, alpha=0.01, include_incomplete=F
 def _f(x, spec):
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
+def _pm(mean, std):
+    """mean ± std with as many decimals as the std needs (two significant digits of it, at most 3: the logs give ms):
+    a record's times differ by tenths of a second and their std by hundredths."""
+    if std is None or math.isnan(std):
+        return f"{mean:.1f} ± n/a"
+    d = 3 if std == 0 else min(3, max(1, 1 - math.floor(math.log10(std))))
+    return f"{mean:.{d}f} ± {std:.{d}f}"
+
 def _p(p):
     return "n/a" if p is None or math.isnan(p) else (f"{p:.1e}" if 0 < p < 1e-3 else f"{p:.3f}")
 
@@ -598,7 +645,7 @@ def format_table(rows, markdown=False):
     head += ["time s", "p(time)", "step ms", "×base", "p(step)"]
     body = []
     for r in rows:
-        left = [f"+{k} {what}" for k, what in ((r["n_incomplete"], "inc"), (r.get("n_nonfinite"), "nan/inf")) if k]
+        left = [f"+{k} {what}" for k, what in ((r["n_incomplete"], "inc"), (r.get("n_nonfinite"), "diverged")) if k]
         n = f"{r['n']}" + (f" ({', '.join(left)})" if left else "")
         loss = f"{_f(r['mean'], '.4f')} ± {_f(r['std'], '.4f')}" if r["n"] else "n/a"
         if r["baseline"]:
@@ -612,7 +659,7 @@ def format_table(rows, markdown=False):
             cells += [_p(r["p_target"]), "n/a" if r["record"] is None else ("yes" if r["record"] else "no"),
                       "-" if r["steps_to_target"] is None else f"{r['steps_to_target']:.0f}{reached}",
                       "-" if r["time_to_target_ms"] is None else f"{r['time_to_target_ms'] / 1000:.1f}s{reached}"]
-        time = "n/a" if r["time_s"] is None else f"{r['time_s']:.1f} ± {_f(r['time_std'], '.1f')}"
+        time = "n/a" if r["time_s"] is None else _pm(r["time_s"], r["time_std"])
         cells += [time, "-" if r["baseline"] else _p(r["p_time"]),
                   _f(r["step_ms"], ".1f"), _f(r["step_ratio"], ".3f"), "-" if r["baseline"] else _p(r["p_step"])]
         if picks:
@@ -629,6 +676,17 @@ def format_table(rows, markdown=False):
         fmt = lambda c: "  ".join(c[0].ljust(w[0]) if i == 0 else x.rjust(w[i]) for i, x in enumerate(c))
         lines = [fmt(head), "  ".join("-" * x for x in w)] + [fmt(c) for c in body]
     return "\n".join(lines) + ("\n\n\\* baseline\n" if markdown else "\n* baseline\n")
+
+def plot_path(path, name="compare.png"):
+    """The file a plot given as `path` goes to, as the tools print it: a folder (one that exists, or a path ending in
+    a separator) gets `name` inside it; a path without an extension matplotlib writes (none, or one it does not know)
+    gets .png, which is what matplotlib would add or fail on."""
+    path = str(path)
+    if os.path.isdir(path) or path.endswith(os.sep):
+        return os.path.join(path, name)
+    from matplotlib.backend_bases import FigureCanvasBase
+    ext = os.path.splitext(path)[1][1:].lower()
+    return path if ext in FigureCanvasBase.get_supported_filetypes() else path + ".png"
 
 def plot(groups, path, target=None, include_incomplete=False, x="step"):
     """Val loss vs step (x="step") or training time in s (x="time": the mean train_time of the runs at each val
@@ -689,12 +747,17 @@ def _tune_seeds(args):
     """--best_lr's tuning seeds: --tune_seeds, else sweep.json's, else an error saying how to give them."""
     if args.group_by:
         raise CompareError("--best_lr groups runs into arms by config (all but lr_scale): drop --group_by")
+    recorded = tune_seeds_of(p for p in args.paths if os.path.isdir(p))
     if args.tune_seeds:
         try:
-            return [int(s) for s in args.tune_seeds.split(",") if s.strip()]
+            given = [int(s) for s in args.tune_seeds.split(",") if s.strip()]
         except ValueError:
             raise CompareError(f"--tune_seeds={args.tune_seeds}: give integer seeds, e.g. --tune_seeds=0,1") from None
-    seeds = tune_seeds_of(p for p in args.paths if os.path.isdir(p))
+        if extra := sorted(set(recorded or []) - set(given)):  # a seed an lr was picked on is never a confirm seed
+            warn(f"--tune_seeds={args.tune_seeds}: sweep.json's tune-phase runs also used seeds {extra}: tuning seeds "
+                 f"{sorted(set(given) | set(extra))}")
+        return sorted(set(given) | set(extra))
+    seeds = recorded
     if seeds is None:
         raise CompareError("--best_lr needs the tuning seeds: pass --tune_seeds=0,1 (the seeds the lr was picked on), "
                            "or give a sweep folder whose sweep.json has tune_seeds")
@@ -707,7 +770,8 @@ def main(argv=None):
     ap.add_argument("--baseline", help="baseline group: name or substring of it")
     ap.add_argument("--target", type=float, help="target val loss (modded-nanogpt: 3.28)")
     ap.add_argument("--alpha", type=float, default=0.01, help="significance level of the record test")
-    ap.add_argument("--plot", help="PNG path (default <first folder>/compare.png or compare.png); 'none' skips")
+    ap.add_argument("--plot", help="PNG path (no extension: .png added; a folder: compare.png in it; default <first "
+                                   "folder>/compare.png or compare.png); 'none' skips")
     ap.add_argument("--group_by", help="comma-separated config keys to group by instead of the whole config; "
                                        "'folder' or 'stem' group any log (also those without a config line)")
     ap.add_argument("--x", choices=["step", "time"], default="step", help="the plot's x axis: step or training time")
@@ -717,6 +781,13 @@ def main(argv=None):
                     "lr_scale pick_lr finds best on the tuning seeds, compared on the other (confirm) seeds")
     ap.add_argument("--tune_seeds", help="--best_lr's tuning seeds, e.g. 0,1 (default: sweep.json's tune_seeds)")
     args = ap.parse_args(argv)
+    bad = (f"--target={args.target:g}: give a finite target val loss, e.g. --target=3.28"
+           if args.target is not None and not math.isfinite(args.target) else
+           f"--alpha={args.alpha:g}: give a significance level between 0 and 1, e.g. --alpha=0.01"
+           if not 0 < args.alpha < 1 else None)  # nan would test nothing; alpha >= 1 makes every mean below a "record"
+    if bad:
+        print(f"compare: error: {bad}", file=sys.stderr)
+        return 2
     runs = load_runs(args.paths)
     if not runs:
         print(f"compare: no usable run (a log with step lines and a val_loss line) in {' '.join(args.paths)}",
@@ -736,7 +807,7 @@ def main(argv=None):
     print(format_table(rows, args.markdown), end="", flush=True)  # before the plot: a bad plot path loses nothing
     if (args.plot or "").lower() != "none":
         folder = next((p for p in args.paths if os.path.isdir(p)), None)
-        path = args.plot or (os.path.join(folder, "compare.png") if folder else "compare.png")
+        path = plot_path(args.plot or (os.path.join(folder, "compare.png") if folder else "compare.png"))
         try:
             print(f"plot: {plot(groups, path, args.target, args.include_incomplete, args.x)}")
         except OSError as e:  # read-only folder, a file where a folder should be, full disk

@@ -13,16 +13,22 @@ sweep.json with "tune_seeds"), and a ladder.json:
      "claims": [{"name": "anGPT vs GPT (Adam)", "arm": "angpt", "baseline": "gpt_adam", "kind": "speed",
                  "source": "002: ~40% faster convergence"}]}
 
-- rungs (list, in order of size): name (unique), folder (relative to the ladder folder), flags (train_gpt.py
-  flags shared by every run of the rung; informative, and used with the arm's flags to match runs to arms), arms
-  (optional: the names of the arms the rung runs; default every arm; a claim whose arm a rung does not run has no
-  gap there).
+- rungs (list, in order of size): name (unique), folder (relative to the ladder folder; one per rung), flags
+  (train_gpt.py flags shared by every run of the rung), arms (optional: the names of the arms the rung runs; default
+  every arm; a claim whose arm a rung does not run has no gap there).
 - arms ({name: train_gpt.py flags}): what tells the arms apart, without --lr_scale and --seed (the sweep varies
-  those). A rung's runs are grouped into arms with compare.best_against_best (configs that differ only in
-  lr_scale); a group is an arm when it agrees with `train_gpt.parse_args(rung flags + arm flags)` on every config
-  key where the arms' parsed configs differ. A group that matches no arm is left out (named in a warning).
-- claims: name, arm, baseline (arm names), kind "loss" (lower final val loss) or "speed" (fewer steps to the
-  baseline's final val loss), source (where the claim comes from; printed as is).
+  those). A rung takes only its own runs: a run whose config is `train_gpt.parse_args(rung flags + arm flags)` for
+  one of its arms on every config key (compare's grouping keys, lr_scale aside, bf16 aside unless the flags set it:
+  the trainer picks it from the CPU). Any other run in the folder (another rung's logs copied in, a run made with
+  other flags) is set aside, named in a warning with how it differs. The rung's runs are grouped into arms with
+  compare.best_against_best (configs that differ only in lr_scale); a group is an arm when it agrees with the
+  arm's parsed config on every key where the arms' parsed configs differ. A group that matches no arm, or two
+  groups that match one arm (that arm then left out), are named in a warning.
+- claims (a non-empty list): name, arm, baseline (two different arm names), kind "loss" (lower final val loss) or
+  "speed" (fewer steps to the baseline's final val loss), source (where the claim comes from; printed as is).
+- count_head (optional, true or false): see Compute below.
+ladder.json is checked once, before any log is read: a wrong shape is one line naming the key and what it must be
+(exit 2).
 
 Per claim and rung, best against best (each arm at its lr_scale picked by compare.pick_lr on the tuning seeds,
 compared on the confirm seeds): gain = baseline's mean final val loss - the arm's (positive: the arm is better),
@@ -50,6 +56,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shlex
 import sys
 from dataclasses import asdict, dataclass, field
@@ -73,7 +80,11 @@ def _tg():
 # -----------------------------------------------------------------------------
 # ladder.json
 
+def _show(v):
+    return json.dumps(v)[:40]
+
 def load_ladder(folder):
+    """ladder.json, checked once: a wrong shape is one line naming the key and what it must be (LadderError)."""
     path = os.path.join(folder, "ladder.json")
     try:
         with open(path) as f:
@@ -81,44 +92,119 @@ def load_ladder(folder):
     except (OSError, ValueError) as e:
         raise LadderError(f"{path}: cannot read it ({e}): a ladder folder holds a ladder.json "
                           f"(see records/scaling.py's docstring for its format)") from None
-    bad = lambda what: LadderError(f"{path}: {what} (see records/scaling.py's docstring for the format)")
-    if not isinstance(ladder, dict) or not all(k in ladder for k in ("rungs", "arms", "claims")):
-        raise bad('needs "rungs", "arms" and "claims"')
-    names = [r.get("name") for r in ladder["rungs"]]
-    if len(set(names)) != len(names) or not all(isinstance(r.get("folder"), str) for r in ladder["rungs"]):
-        raise bad("every rung needs a unique name and a folder")
-    for c in ladder["claims"]:
+
+    def need(ok, what):
+        if not ok:
+            raise LadderError(f"{path}: {what} (see records/scaling.py's docstring for the format)")
+    need(isinstance(ladder, dict) and all(k in ladder for k in ("rungs", "arms", "claims")),
+         'needs "rungs", "arms" and "claims"')
+    rungs, arms, claims = ladder["rungs"], ladder["arms"], ladder["claims"]
+    need(isinstance(arms, dict) and arms, f'"arms" is {_show(arms)}: a non-empty object {{name: train_gpt.py flags}}')
+    for name, flags in arms.items():
+        need(isinstance(flags, str), f'"arms"[{json.dumps(name)}] is {_show(flags)}: a string of train_gpt.py flags')
+    need(isinstance(rungs, list) and rungs, f'"rungs" is {_show(rungs)}: a non-empty list of rungs '
+                                            f'{{"name", "folder", "flags"}}')
+    for i, r in enumerate(rungs):
+        need(isinstance(r, dict), f'"rungs"[{i}] is {_show(r)}: a rung is an object {{"name", "folder", "flags"}}')
+        for k in ("name", "folder"):
+            need(isinstance(r.get(k), str) and r[k], f'"rungs"[{i}]["{k}"] is {_show(r.get(k))}: a non-empty string')
+        need(isinstance(r.get("flags", ""), str), f'"rungs"[{i}]["flags"] is {_show(r.get("flags"))}: a string of '
+                                                  f'train_gpt.py flags')
+        own = r.get("arms", list(arms))
+        need(isinstance(own, list) and all(isinstance(a, str) and a in arms for a in own),
+             f'"rungs"[{i}]["arms"] is {_show(own)}: a list of arm names (of "arms": {list(arms)})')
+    names = [r["name"] for r in rungs]
+    twice = [n for n in names if names.count(n) > 1]
+    need(not twice, f"two rungs are named {(twice or [''])[0]!r}: every rung needs a unique name")
+    seen = {}
+    for r in rungs:  # one sweep folder per rung: two rungs in one would share its runs and its sweep.json
+        where = os.path.normpath(os.path.join(folder, r["folder"]))
+        need(where not in seen, f"rungs {seen.get(where)} and {r['name']} share the folder {r['folder']!r}: give each "
+                                f"rung its own")
+        seen[where] = r["name"]
+    need(isinstance(claims, list) and claims, f'"claims" is {_show(claims)}: a non-empty list of claims '
+                                              f'{{"name", "arm", "baseline", "kind", "source"}}')
+    for i, c in enumerate(claims):
+        need(isinstance(c, dict) and isinstance(c.get("name"), str),
+             f'"claims"[{i}] is {_show(c)}: a claim is an object with a "name" string')
         for k in ("arm", "baseline"):
-            if c.get(k) not in ladder["arms"]:
-                raise bad(f"claim {c.get('name')!r}: {k} {c.get(k)!r} is not one of the arms {list(ladder['arms'])}")
-        if c.get("kind", "loss") not in ("loss", "speed"):
-            raise bad(f"claim {c.get('name')!r}: kind must be 'loss' or 'speed'")
+            need(isinstance(c.get(k), str) and c[k] in arms,
+                 f"claim {c['name']!r}: {k} {c.get(k)!r} is not one of the arms {list(arms)}")
+        need(c["arm"] != c["baseline"], f"claim {c['name']!r}: its arm and baseline are both {c['arm']!r}: a claim "
+                                        f"compares two arms")
+        need(c.get("kind", "loss") in ("loss", "speed"), f"claim {c['name']!r}: kind must be 'loss' or 'speed'")
+    need(isinstance(ladder.get("count_head", False), bool), f'"count_head" is {_show(ladder.get("count_head"))}: '
+                                                            f'true or false')
     return ladder
 
-def arm_configs(ladder, rung):
-    """{arm: {key: value}}: the config keys where the arms' parsed flags (rung flags + arm flags) differ."""
+def rung_configs(ladder, rung):
+    """{arm: the config every run of the arm at this rung has}: train_gpt.parse_args(rung flags + arm flags) as compare
+    groups it (compare._config_key), without lr_scale (the sweep varies it) and, unless the flags set it, bf16 (the
+    trainer decides it from the CPU it runs on)."""
     tg, parsed = _tg(), {}
     for arm, flags in ladder["arms"].items():
+        argv = shlex.split(rung.get("flags", "")) + shlex.split(flags)
         try:
-            cfg = asdict(tg.parse_args(shlex.split(rung.get("flags", "")) + shlex.split(flags), cuda_available=False))
+            cfg = asdict(tg.parse_args(argv, cuda_available=False))
         except (ValueError, SystemExit) as e:
             raise LadderError(f"ladder.json: rung {rung['name']!r}, arm {arm!r}: its flags do not parse ({e})") from None
-        parsed[arm] = {k: v for k, v in json.loads(json.dumps(compare._config_key(cfg))).items() if k != "lr_scale"}
+        machine = set() if any(re.fullmatch(r"--(no[-_])?bf16(=.*)?", a) for a in argv) else {"bf16"}
+        parsed[arm] = {k: v for k, v in _plain(compare._config_key(cfg)).items() if k != "lr_scale" and k not in machine}
+    return parsed
+
+def _plain(cfg):
+    return json.loads(json.dumps(cfg, default=str))  # as a log holds it: tuples are lists
+
+def arm_configs(ladder, rung, parsed=None):
+    """{arm: {key: value}}: the config keys where the arms' parsed flags (rung flags + arm flags) differ."""
+    parsed = parsed or rung_configs(ladder, rung)
     keys = {k for c in parsed.values() for k in c}
     differ = sorted(k for k in keys if len({compare._js(c.get(k)) for c in parsed.values()}) > 1)
     if len(parsed) > 1 and not differ:
         raise LadderError("ladder.json: the arms' flags do not tell them apart")
     return {arm: {k: c.get(k) for k in differ} for arm, c in parsed.items() if arm in rung.get("arms", parsed)}
 
+def own_runs(runs, wanted, rung_name, path):
+    """The rung's runs: those whose config is the rung's flags plus one of its arms' (wanted: {arm: config}, the
+    rung's arms of rung_configs), on every key those flags give. The rest (another rung's logs copied in, a run made
+    with other flags) are set aside, named in one warning: how they differ from the arm they are closest to."""
+    kept, aside = [], {}
+    for r in runs:
+        key = _plain(compare._config_key(r.config)) if r.config else {}
+        off = {a: [k for k, v in want.items() if compare._js(key.get(k)) != compare._js(v)] for a, want in wanted.items()}
+        if r.config and any(not o for o in off.values()):
+            kept.append(r)
+            continue
+        arm, keys = min(off.items(), key=lambda kv: len(kv[1])) if off else (None, [])
+        why = "no config line" if not r.config else ", ".join(
+            f"{k}={compare._fmt_value(key.get(k))} not {compare._fmt_value(wanted[arm][k])}" for k in keys[:4]) + (
+            ", ..." if len(keys) > 4 else "") + f" (closest arm {arm!r})"
+        aside.setdefault(why, []).append(os.path.basename(r.path))
+    if aside:
+        n = sum(map(len, aside.values()))
+        compare.warn(f"rung {rung_name}: {n} run{'s' if n > 1 else ''} in {path} {'are' if n > 1 else 'is'} not this "
+                     f"rung's (a config other than the rung's flags plus an arm's): set aside: " + "; ".join(
+                         f"{len(files)} with {why} (e.g. {files[0]})" for why, files in aside.items()))
+    return kept
+
 def match_arms(groups, arms, rung_name):
-    out = {}
+    """{arm: its group}. A group that matches no arm or several is left out; two groups that match one arm leave
+    the arm out (neither is more its run than the other), each named in a warning."""
+    out, twice = {}, set()
     for g in groups:
         hits = [a for a, want in arms.items() if all(compare._js(g.config.get(k)) == compare._js(v) for k, v in want.items())]
-        if len(hits) == 1:
-            out[hits[0]] = g
-        else:
+        if len(hits) != 1:
             compare.warn(f"rung {rung_name}: group {g.name!r} matches {'no arm' if not hits else hits}: left out")
-    return out
+        elif hits[0] in out:
+            first = out[hits[0]]
+            differ = sorted(k for k in set(first.config) | set(g.config)
+                            if compare._js(first.config.get(k)) != compare._js(g.config.get(k)))
+            compare.warn(f"rung {rung_name}: groups {first.name!r} and {g.name!r} both match arm {hits[0]!r} (they "
+                         f"differ in {', '.join(differ)}): the arm is left out at this rung")
+            twice.add(hits[0])
+        else:
+            out[hits[0]] = g
+    return {a: g for a, g in out.items() if a not in twice}
 
 # -----------------------------------------------------------------------------
 # compute
@@ -282,8 +368,10 @@ def ladder_results(folder, ladder, tune_seeds=None, claims=None):
         seeds = tune_seeds or compare.tune_seeds_of([path])
         if seeds is None:
             raise LadderError(f"rung {rung['name']}: {path}/sweep.json has no tune_seeds: pass --tune_seeds=0,1")
-        groups = compare.best_against_best(compare.load_runs([path]), seeds)
-        arms = arms_by_rung[rung["name"]] = match_arms(groups, arm_configs(ladder, rung), rung["name"])
+        parsed = rung_configs(ladder, rung)
+        wanted = {a: c for a, c in parsed.items() if a in rung.get("arms", parsed)}
+        groups = compare.best_against_best(own_runs(compare.load_runs([path]), wanted, rung["name"], path), seeds)
+        arms = arms_by_rung[rung["name"]] = match_arms(groups, arm_configs(ladder, rung, parsed), rung["name"])
         for c, results in out.values():
             if c["arm"] in arms and c["baseline"] in arms and not (arms[c["arm"]].runs and arms[c["baseline"]].runs):
                 compare.warn(f"rung {rung['name']}: claim {c['name']!r} has no gap here yet: "
@@ -414,7 +502,7 @@ def main(argv=None):
     for claim, rs in results.values():
         print(format_claim(claim, rs, args.extrapolate, args.markdown), flush=True)
     if (args.plot or "").lower() != "none":
-        path = args.plot or os.path.join(args.ladder, "scaling.png")
+        path = compare.plot_path(args.plot or os.path.join(args.ladder, "scaling.png"), "scaling.png")
         try:
             print(f"plot: {plot(arms_by_rung, ladder, path)}")
         except OSError as e:

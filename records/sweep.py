@@ -8,7 +8,9 @@ learning rate on a few seeds first and confirm the pick on fresh ones.
         "--arch=gpt --optimizer=adam --lr_grid=0.25,0.5,1"
 
 Each config is a string of train_gpt.py flags (split with shlex, like a shell line: a config with an
-unbalanced quote fails before any run starts, exit 2); each run gets `--seed=S --log_dir=<out>
+unbalanced quote fails before any run starts, exit 2), and each is parsed with train_gpt.parse_args as its first run
+gets it before anything starts (a flag the trainer does not know, a value it refuses: one line, exit 2); NAME must be
+one file name (it starts every run name: no '/', no leading dot). Each run gets `--seed=S --log_dir=<out>
 --run_name=<NAME>_c<i>_s<S> --checkpoint_dir=<out>/checkpoints --resume=auto` appended. Runs go one at a time,
 seed-major (seed 0 of every config, then seed 1, ...) so an interrupted sweep still has balanced groups.
 With GPUs: `torchrun --standalone --nproc_per_node=<#GPUs> train_gpt.py ...`, else `python train_gpt.py ...`,
@@ -20,24 +22,33 @@ Interruptions. Ctrl-C (SIGINT, SIGTERM, SIGHUP) is passed to the run as one SIGT
 step, saves a checkpoint and stops; the run is recorded as interrupted and the sweep exits 130. A second Ctrl-C
 kills the run at once (no checkpoint). The same command again resumes: a run with a complete log is skipped, an
 interrupted one continues from its checkpoint (--resume=auto) or, without one, is redone from scratch (its partial
-log is renamed *.txt.stale), and a failed one is not run again unless --retry_failed. --budget_hours=H stops
-between runs before one that would end past H hours (exit 3; the same command resumes). One sweep at a time per
+log is renamed *.txt.stale), and a failed one is not run again unless --retry_failed. --budget_hours=H (a positive
+number; nan, 0 or less is an error, exit 2) stops between runs before one that would end past H hours (exit 3; the
+same command resumes). One sweep at a time per
 folder: a second one into the same --out is refused (a flock on <out>/.sweep.lock), exit 2.
 
 LR grid (--lr_grid=0.5,1,2, values of train_gpt.py's --lr_scale): tune phase = every config x every lr_scale x
 --tune_seeds seeds (seed0 ...); the pick per config is compare.pick_lr over the final val losses (a failed or
 diverged run counts as inf); a pick at an edge of the grid extends it one point past that edge (the grid's ratio
-there) and tunes that, at most --max_extend times, then stays flagged as an edge. Confirm phase = every config at
-its pick x --seeds fresh seeds (seed0 + tune_seeds ...); the comparison is of the confirm runs alone. A token
-`--lr_grid=...` inside a config gives that config its own grid (stripped before launching). Run names carry the
-lr: <NAME>_c<i>_lr<x>_s<S>. A resumed sweep recomputes the picks from the tune logs and goes on where it stopped.
+there) and tunes that, at most --max_extend times, then stays flagged as an edge. A config whose every tune run
+diverged (or failed) has no pick: it is named, gets no confirm run, and the sweep exits 1. A run the trainer stopped
+on a non-finite loss is recorded as diverged ("diverged": true), said so, and never redone (not by --retry_failed
+either: it would diverge again); a diverged confirm run is counted as diverged in the comparison, not as a failure.
+Confirm phase = every config at its pick x --seeds fresh seeds (seed0 + tune_seeds ...); the comparison is of the
+confirm runs alone. Tune and confirm seeds never mix in one folder: a later lr sweep into it must tune on the
+folder's tune seeds (more confirm seeds: the same --seed0 and --tune_seeds with a larger --seeds), else it is
+refused (exit 2), and a sweep without a grid never shares a folder with an lr sweep. A token `--lr_grid=...` (or
+`--lr_grid ...`) inside a config gives that config its own grid (stripped before launching). Run names carry the lr:
+<NAME>_c<i>_lr<x>_s<S>. A resumed sweep recomputes the picks from the tune logs and goes on where it stopped.
 
 Writes <out>/sweep.json (configs, seeds, commands, exit codes, seconds; with a grid also each run's lr_scale and
 phase, and the picks; updated after every run, atomically: a crash mid-write leaves the previous version; a second
 sweep into the same folder adds its runs, e.g. `--seed0=3 --seeds=2` for more seeds; an unreadable one or one of
 the wrong shape stops the sweep, exit 2, untouched), and at the end <out>/compare.txt (the table of
 records/compare.py) and <out>/compare.png. Default out: records/<NAME>. --dry_run prints the plan (runs already
-finished marked `# done`) and, with --seconds_per_run or timings in an earlier sweep.json, the estimated time.
+finished marked `# done`; with a grid the tune phase replayed from the finished runs, so the edge extensions made
+and the picks known are there, and a confirm run is its command once its config's pick is known) and, with
+--seconds_per_run or timings in an earlier sweep.json, the time of the runs left.
 """
 import argparse
 import contextlib
@@ -159,13 +170,57 @@ def parse_grid(text, what="--lr_grid"):
         grid = []
     if not grid or not all(math.isfinite(x) and x > 0 for x in grid):
         raise SweepError(f"{what}={text}: a comma-separated list of positive lr_scale values, e.g. 0.5,1,2")
+    typed = {float(x): x.strip() for x in text.split(",") if x.strip()}
+    for a, b in zip(grid, grid[1:]):  # a run's name carries its lr as {lr:g}: two values of one name are one run
+        if f"{a:g}" == f"{b:g}":
+            raise SweepError(f"{what}={text}: {typed[a]} and {typed[b]} both name the runs lr{a:g} (run names carry 6 "
+                             f"significant digits): give values that differ there")
     return grid
 
 def config_flags(cfg):
-    """(the flags a run gets, the config's own lr grid or None): a `--lr_grid=...` token is the sweep's, not the run's."""
-    flags = shlex.split(cfg)
-    grids = [f.split("=", 1)[1] for f in flags if f.startswith("--lr_grid=")]
-    return [f for f in flags if not f.startswith("--lr_grid=")], parse_grid(grids[-1], "a config's --lr_grid") if grids else None
+    """(the flags a run gets, the config's own lr grid or None): a `--lr_grid=...` (or `--lr_grid ...`) token is the
+    sweep's, not the run's. shlex's ValueError for an unbalanced quote; SweepError for a grid without a value."""
+    tokens, flags, grids = shlex.split(cfg), [], []
+    while tokens:
+        t = tokens.pop(0)
+        name, eq, value = t.partition("=")
+        if name.replace("-", "_") != "__lr_grid":
+            flags.append(t)
+        elif eq or (tokens and not tokens[0].startswith("--")):
+            grids.append(value if eq else tokens.pop(0))
+        else:
+            raise SweepError("--lr_grid needs a value")
+    return flags, parse_grid(grids[-1]) if grids else None
+
+def flag_name(token):
+    """'--lr-scale=2' -> 'lr_scale': the trainer's spelling of a flag token's name."""
+    return token.lstrip("-").partition("=")[0].replace("-", "_")
+
+def check_name(name):
+    if not name or "/" in name or name.startswith(".") or not name.isprintable():
+        raise SweepError(f"NAME {name!r}: it starts every run's name ({name}_c0_s0), so it must be one file name: "
+                         f"no '/', no leading dot")
+
+def check_with_trainer(args, configs, base):
+    """Each config as its first run gets it, parsed by train_gpt.parse_args (what train_gpt.py does first): a flag it
+    does not know or a value it refuses fails here, in one line, before any run starts. Only for the repo's
+    train_gpt.py (a stand-in script has flags of its own)."""
+    script = os.path.join(REPO, "train_gpt.py")
+    if not (os.path.exists(args.script) and os.path.samefile(args.script, script)):
+        return
+    tg = compare._train_gpt()
+    if tg is None:
+        return
+    for i, cfg in enumerate(configs):
+        flags, grid = config_flags(cfg)
+        lr = (grid or base or [None])[0]
+        name = f"{args.name}_c{i}_s{args.seed0}" if lr is None else f"{args.name}_c{i}_lr{lr:g}_s{args.seed0}"
+        argv = flags + ([f"--lr_scale={lr:g}"] if lr is not None else []) + [
+            f"--seed={args.seed0}", "--log_dir=logs", f"--run_name={name}", "--checkpoint_dir=checkpoints", "--resume=auto"]
+        try:
+            tg.parse_args(argv)
+        except tg.ConfigError as e:
+            raise SweepError(f'config {i} "{cfg}": train_gpt.py refuses it: {e}') from None
 
 def extend_grid(grid, pick):
     """One more point past the edge the pick sits on, at the grid's ratio there (x2 past 1,2; /2 below 0.5,1)."""
@@ -195,6 +250,8 @@ class Sweep:
         self.t0, self.seconds = time.time(), []  # seconds of the runs finished in this invocation
         self.started, self.child, self.current, self.signals, self.forwarded = 0, None, None, 0, False
         self.stopped = None  # why the sweep stopped early: "interrupted" or "budget"
+        self.no_pick = []  # lr sweep: configs whose every tune lr diverged or failed (no confirm runs)
+        self.losses = {}  # (log, mtime, size) -> its final loss (final_loss)
 
     def run(self, i, seed, lr=None, phase=None):
         """The run of config i at this seed (and lr_scale): its record entry, the earlier one if there is one."""
@@ -215,23 +272,38 @@ class Sweep:
         return r
 
     def settled(self, r):
-        """'finished' (a complete log: the record missing it or not), 'failed' (ended by itself with an error and not
-        retried), else None: never run, interrupted, or finished but its log is gone."""
+        """'finished' (a complete log: the record missing it or not), 'diverged' (stopped by the trainer on a
+        non-finite loss: a result, never redone, not even by --retry_failed), 'failed' (ended by itself with an error
+        and not retried), else None: never run, interrupted, or finished but its log is gone."""
         log = run_log(self.out, r["run_name"])
         if log and log_complete(log):
             if r["returncode"] is None:
                 r["returncode"] = 0  # the sweep died after the run ended, before recording it
             r.pop("interrupted", None)
             return "finished"
+        if r["returncode"] not in (None, 0) and not r.get("interrupted") and r.get("diverged") and log:
+            return "diverged"
         if r["returncode"] not in (None, 0) and not r.get("interrupted") and not self.args.retry_failed:
             return "failed"
         return None
 
-    def final_loss(self, r):
-        """The run's final val loss; inf for a failed, diverged or unfinished run (the pick's 'worst')."""
+    def diverged(self, r):
+        """Whether the run's log ends on a non-finite loss (compare's rule: train_gpt.py stops a run there)."""
         log = run_log(self.out, r["run_name"])
-        runs = compare.load_runs([log]) if r["returncode"] == 0 and log else []
-        return runs[0].final_val_loss if runs and not runs[0].incomplete else math.inf
+        runs = compare.load_runs([log]) if log else []
+        return bool(runs) and runs[0].diverged
+
+    def final_loss(self, r):
+        """The run's final val loss; inf for a failed, diverged or unfinished run (the pick's 'worst'). A log is read
+        once while it stays as it is (each round of the tune phase asks again for every run of the grid)."""
+        log = run_log(self.out, r["run_name"])
+        if r["returncode"] != 0 or not log:
+            return math.inf
+        key = (log, os.path.getmtime(log), os.path.getsize(log))
+        if key not in self.losses:
+            runs = compare.load_runs([log])
+            self.losses[key] = runs[0].final_val_loss if runs and not runs[0].incomplete and runs[0].finite else math.inf
+        return self.losses[key]
 
     def save(self):
         write_json_atomic(os.path.join(self.out, "sweep.json"), self.record)
@@ -290,7 +362,12 @@ class Sweep:
             r["interrupted"] = True
         else:
             self.seconds.append(time.time() - t0)
-        if rc and not self.signals:
+        r.pop("diverged", None)
+        if rc and not self.signals and self.diverged(r):
+            r["diverged"] = True
+            print(f"=== sweep {a.name}: run {r['run_name']} diverged (a non-finite loss, exit {rc}): counted as diverged, "
+                  f"going on", flush=True)
+        elif rc and not self.signals:
             print(f"=== sweep {a.name}: run {r['run_name']} FAILED (exit {rc}), going on", flush=True)
 
     def execute(self, runs, later=0):
@@ -324,10 +401,20 @@ def planned_grids(configs, indices, base):
     """Each config's starting grid: its own --lr_grid token, else the sweep's."""
     return {i: config_flags(configs[i])[1] or list(base) for i in indices}
 
+def decide(sw, i, grid, tune_seeds, n_planned):
+    """Config i's pick from its tune runs over grid (settled): (lr_scale, edge, the mean tune loss of each lr (inf for
+    an lr with a failed or diverged run), the grid to tune next or None). The next grid: an edge pick extends the grid
+    one point, while fewer than --max_extend points were added to the n_planned of its planned grid."""
+    losses = {lr: [sw.final_loss(sw.run(i, s, lr, "tune")) for s in tune_seeds] for lr in grid}
+    best, edge = compare.pick_lr(losses)
+    means = [sum(v) / len(v) for v in losses.values()]
+    return best, edge, means, extend_grid(grid, best) if edge and len(grid) - n_planned < sw.args.max_extend else None
+
 def lr_sweep(sw, indices, tune_seeds, confirm_seeds, base):
     """Tune (with edge extensions), pick with compare.pick_lr, then confirm. Returns the confirm runs, or None when
     the sweep stopped early. Resuming replays the same decisions from the finished tune logs."""
     a, grids = sw.args, planned_grids(sw.record["configs"], indices, base)
+    planned = dict(grids)
     later = len([1 for i in indices for s in confirm_seeds])
     picks, means = sw.record.setdefault("picks", {}), {}
     while True:
@@ -336,53 +423,103 @@ def lr_sweep(sw, indices, tune_seeds, confirm_seeds, base):
             return None
         extended = False
         for i in indices:
-            losses = {lr: [sw.final_loss(sw.run(i, s, lr, "tune")) for s in tune_seeds] for lr in grids[i]}
-            best, edge = compare.pick_lr(losses)
-            means[i] = [sum(v) / len(v) for v in losses.values()]  # inf for an lr with a failed or diverged run
+            best, edge, means[i], nxt = decide(sw, i, grids[i], tune_seeds, len(planned[i]))
             picks[str(i)] = dict(lr_scale=best, edge=edge, grid=list(grids[i]))
-            if edge and len(grids[i]) - len(planned_grids(sw.record["configs"], [i], base)[i]) < a.max_extend:
-                grids[i] = extend_grid(grids[i], best)
-                extended = True
+            if nxt:
+                grids[i], extended = nxt, True
         if not extended:
             break
-    sw.save()
     for i in indices:
         p = picks[str(i)]
-        print(f"=== sweep {a.name}: config {i} picks lr_scale {p['lr_scale']:g} of {','.join(f'{x:g}' for x in p['grid'])}"
+        grid = ",".join(f"{x:g}" for x in p["grid"])
+        if all(math.isinf(x) for x in means[i]):  # nothing trained: the "pick" would be a diverged lr
+            tune = [sw.run(i, s, lr, "tune") for s in tune_seeds for lr in grids[i]]
+            what = "diverged" if all(r.get("diverged") for r in tune) else "diverged or failed"
+            picks[str(i)] = dict(lr_scale=None, edge=None, grid=p["grid"], diverged=True)
+            sw.no_pick.append(f"config {i} has no pick: every lr_scale of its grid {what} on the tune seeds")
+            print(f"=== sweep {a.name}: config {i}: every lr_scale of {grid} {what} on the tune seeds: no pick, nothing "
+                  f"confirmed (lower the grid: --lr_grid=..., or the config's own --lr_grid=...)", flush=True)
+            continue
+        print(f"=== sweep {a.name}: config {i} picks lr_scale {p['lr_scale']:g} of {grid}"
               f" (mean tune losses {', '.join(f'{x:.4f}' for x in means[i])})"
               + (" (at the edge after --max_extend extensions: the optimum may lie further out)" if p["edge"] else ""),
               flush=True)
-    confirm = [sw.run(i, s, picks[str(i)]["lr_scale"], "confirm") for s in confirm_seeds for i in indices]
+    sw.save()
+    confirm = [sw.run(i, s, picks[str(i)]["lr_scale"], "confirm") for s in confirm_seeds for i in indices
+               if picks[str(i)]["lr_scale"] is not None]
     return confirm if sw.execute(confirm) else None
 
 def print_plan(args, configs, indices, seeds, tune_seeds, base, out, prefix, record):
-    """--dry_run: the commands (finished ones marked), the confirm runs as 'after the pick', the estimated time."""
+    """--dry_run: the commands, the finished ones marked `# done`; with a grid, the tune phase replayed from the runs
+    settled so far (lr_sweep's decisions: edge extensions, picks), so a confirm run whose pick is known is its
+    command and only one whose pick is not yet known is an 'after the pick' line; the time of the runs left. Returns
+    {runs, done, left, per_run}."""
     sw = Sweep(args, out, dict(record, configs=configs, runs=list(record.get("runs", []))), prefix)
     print(f"# cd {REPO}")
+    picks, lines = {}, []  # config -> its pick (None: every lr diverged or failed); lines of the confirm phase
     if base is None:
         runs = [sw.run(i, s) for s in seeds for i in indices]
-        n_confirm = 0
     else:
         grids = planned_grids(configs, indices, base)
+        planned, todo = dict(grids), list(indices)
         runs = [sw.run(i, s, lr, "tune") for s in tune_seeds for i in indices for lr in grids[i]]
-        n_confirm = len(indices) * len(seeds)
-    for r in runs:
-        print(("# done: " if sw.settled(r) else "") + shlex.join(r["cmd"]))
-    if base is not None:
+        while todo:  # a round of lr_sweep: every config whose tune runs are all settled decides (extend, or pick)
+            new = {}
+            for i in list(todo):
+                if not all(sw.settled(sw.run(i, s, lr, "tune")) for s in tune_seeds for lr in grids[i]):
+                    todo.remove(i)  # its pick waits for runs still to make
+                    continue
+                best, edge, means, nxt = decide(sw, i, grids[i], tune_seeds, len(planned[i]))
+                if nxt:
+                    new[i], grids[i] = [lr for lr in nxt if lr not in grids[i]], nxt
+                else:
+                    picks[i] = None if all(math.isinf(m) for m in means) else best
+                    todo.remove(i)
+            runs += [sw.run(i, s, lr, "tune") for s in tune_seeds for i in indices for lr in new.get(i, [])]
         for s in seeds:
             for i in indices:
-                print(f"# after the pick: config {i} at its picked --lr_scale, seed {s}: run_name "
-                      f"{args.name}_c{i}_lr<pick>_s{s}")
-    n = len(runs) + n_confirm
+                if picks.get(i) is not None:
+                    lines.append(sw.run(i, s, picks[i], "confirm"))
+                elif i not in picks:
+                    lines.append(f"# after the pick: config {i} at its picked --lr_scale, seed {s}: run_name "
+                                 f"{args.name}_c{i}_lr<pick>_s{s}")
+        for i in indices:
+            if i in picks and picks[i] is None:
+                lines.append(f"# config {i}: every lr_scale of its grid {','.join(f'{x:g}' for x in grids[i])} diverged "
+                             f"or failed on the tune seeds: no pick, no confirm run")
+    mark = lambda r: ("# done: " if sw.settled(r) else "") + shlex.join(r["cmd"])
+    for x in runs + lines:
+        print(mark(x) if isinstance(x, dict) else x)
+    runs += [x for x in lines if isinstance(x, dict)]
+    waiting = sum(isinstance(x, str) and x.startswith("# after the pick") for x in lines)
+    n, done = len(runs) + waiting, sum(bool(sw.settled(r)) for r in runs)
+    if other := [r["run_name"] for r in record.get("runs", []) if r["run_name"] not in {x["run_name"] for x in runs}]:
+        print(f"# sweep.json also holds {len(other)} run{'s' if len(other) > 1 else ''} outside this plan (of another "
+              f"grid, pick or seed): {' '.join(other[:5])}{' ...' if len(other) > 5 else ''}")
     timed = [r["seconds"] for r in record.get("runs", []) if r.get("returncode") == 0 and r.get("seconds")]
     per_run, source = (args.seconds_per_run, "--seconds_per_run") if args.seconds_per_run else \
         (sum(timed) / len(timed), f"the mean of {len(timed)} finished runs in sweep.json") if timed else (None, None)
     extra = f" (+{len(tune_seeds)} tune runs a config for each edge extension, up to --max_extend={args.max_extend})" \
-        if base is not None else ""
-    print(f"# {n} runs{extra}" + (f" x {per_run:.0f} s ({source}) = {hms(n * per_run)}" if per_run else
-                                   ": no time estimate (pass --seconds_per_run)"))
+        if base is not None and any(i not in picks for i in indices) else ""
+    if n and done == n:
+        print(f"# {n} runs, all done")
+    else:
+        print(f"# {n} runs" + (f", {done} done, {n - done} left" if done else "") + extra + (
+            f" x {per_run:.0f} s ({source}) = {hms((n - done) * per_run)}" if per_run else
+            ": no time estimate (pass --seconds_per_run)"))
+    return dict(runs=n, done=done, left=n - done, per_run=per_run)
 
-def main(argv=None):
+def positive_problem(args, flags=(("budget_hours", "hours"), ("seconds_per_run", "seconds"))):
+    """What is wrong with --budget_hours / --seconds_per_run (nan would mean no budget, 0 or less a budget no command
+    ever resumes from), or None."""
+    for flag, unit in flags:
+        v = getattr(args, flag, None)
+        if v is not None and not (math.isfinite(v) and v > 0):
+            return f"--{flag}={v:g}: give a positive number of {unit}"
+    return None
+
+def main(argv=None, plan=None):
+    """The CLI; plan: a dict that a --dry_run fills with its counts {runs, done, left, per_run} (records/ladder/run.py)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     opts, configs = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     ap = argparse.ArgumentParser(usage='%(prog)s NAME --seeds=5 [--seed0=0] [--out=records/NAME] [--lr_grid=0.5,1,2 '
@@ -406,15 +543,18 @@ def main(argv=None):
     args = ap.parse_args(opts)
     if args.seeds < 1 or args.tune_seeds < 1 or args.max_extend < 0:
         ap.error("--seeds and --tune_seeds must be >= 1, --max_extend >= 0")
+    if bad := positive_problem(args):
+        return fail(bad)
     configs = configs or [""]  # no config: one run per seed with train_gpt.py's defaults
     out = os.path.abspath(args.out or os.path.join(REPO, "records", args.name))
     try:
-        return sweep(args, configs, out)
+        return sweep(args, configs, out, plan)
     except SweepError as e:
         return fail(e)
 
-def sweep(args, configs, out):
-    base = parse_grid(args.lr_grid) if args.lr_grid else None
+def sweep(args, configs, out, plan=None):
+    base = parse_grid(args.lr_grid) if args.lr_grid is not None else None  # --lr_grid= is an error, not no grid
+    check_name(args.name)
     for i, cfg in enumerate(configs):  # before anything is made or run: a bad config must not fail halfway through
         try:
             flags, grid = config_flags(cfg)
@@ -423,10 +563,13 @@ def sweep(args, configs, out):
                    "escape the trailing backslash (\\\\)")
             raise SweepError(f'config {i} "{cfg}": {e}: {fix} (configs are split like a shell line: '
                              f'--prompt="it\'s" or --prompt=it\\\'s)') from None
+        except SweepError as e:
+            raise SweepError(f'config {i} "{cfg}": {e}') from None
         if grid is not None and base is None:
             raise SweepError(f'config {i} "{cfg}" has its own --lr_grid: pass --lr_grid=... for the sweep too')
-        if base is not None and any(f.startswith("--lr_scale") for f in flags):
+        if base is not None and any(flag_name(f) == "lr_scale" for f in flags):
             raise SweepError(f'config {i} "{cfg}" sets --lr_scale, which --lr_grid sets for every run: drop it')
+    check_with_trainer(args, configs, base)
     if os.path.exists(out) and not os.path.isdir(out):
         raise SweepError(f"--out={out} is a file, not a folder: pass a folder")
     record_path = os.path.join(out, "sweep.json")
@@ -434,7 +577,9 @@ def sweep(args, configs, out):
     prefix = launcher(args.launcher)
     if args.dry_run:
         record, indices, seeds, tune_seeds = plan_record(args, configs, out, load_record(record_path), base)
-        print_plan(args, record["configs"], indices, seeds, tune_seeds, base, out, prefix, record)
+        counts = print_plan(args, record["configs"], indices, seeds, tune_seeds, base, out, prefix, record)
+        if plan is not None:
+            plan.update(counts)
         return 0
     try:
         os.makedirs(out, exist_ok=True)
@@ -470,15 +615,44 @@ def plan_record(args, configs, out, previous, base):
     n_tune = args.tune_seeds if base is not None else 0
     tune_seeds = list(range(args.seed0, args.seed0 + n_tune))
     seeds = list(range(args.seed0 + n_tune, args.seed0 + n_tune + args.seeds))  # fresh: the pick never saw them
+    check_seeds(previous, base, tune_seeds, out)
     record = dict(previous, name=args.name, out=out, configs=all_configs, runs=list(previous.get("runs", [])),
                   seeds=sorted(set(previous.get("seeds", [])) | set(seeds) | set(tune_seeds)))
     if base is not None:
-        record.update(tune_seeds=tune_seeds, confirm_seeds=seeds, lr_grid=base, max_extend=args.max_extend)
+        record.update(tune_seeds=tune_seeds, confirm_seeds=sorted(set(previous.get("confirm_seeds", [])) | set(seeds)),
+                      lr_grid=base, max_extend=args.max_extend)
     return record, [all_configs.index(c) for c in configs], seeds, tune_seeds
+
+def phase_seeds(record, phase):
+    """The seeds the record says were used in this phase ("tune" or "confirm"): its list and its runs'."""
+    return set(record.get(f"{phase}_seeds", [])) | {r.get("seed") for r in record.get("runs", []) if r.get("phase") == phase}
+
+def check_seeds(previous, base, tune_seeds, out):
+    """Tune and confirm seeds never mix across the sweeps into one folder: a later lr sweep tunes on the folder's
+    tune seeds (so its confirm seeds follow them, and a larger --seeds adds confirm seeds); a sweep without a grid
+    and an lr sweep never share a folder (a plain run is an lr_scale-1 run of its config's arm)."""
+    old_tune, runs = phase_seeds(previous, "tune"), previous.get("runs", [])
+    if base is None:
+        if old_tune or any("phase" in r for r in runs):
+            raise SweepError(f"{out} holds an lr sweep (tuned on seeds {sorted(old_tune)}): a sweep without --lr_grid "
+                             f"into it would mix its runs with the tune and confirm runs: pass --lr_grid=... to add to "
+                             f"it, or another --out")
+        return
+    if plain := sorted({r.get("seed") for r in runs if "phase" not in r}):
+        raise SweepError(f"{out} holds the runs of a sweep without --lr_grid (seeds {plain}): an lr sweep into it would "
+                         f"mix them with its tune and confirm runs: pass another --out")
+    if old_tune and set(tune_seeds) != old_tune:
+        mixed = sorted(set(tune_seeds) & phase_seeds(previous, "confirm"))
+        what = f", an earlier confirm seed{'s' if len(mixed) > 1 else ''}" if mixed else ""
+        raise SweepError(f"{out}: its lr picks were tuned on seeds {sorted(old_tune)} (sweep.json); this sweep would "
+                         f"tune on {tune_seeds}{what}: tune and confirm seeds never mix in one folder. More confirm seeds: "
+                         f"--seed0={min(old_tune)} --tune_seeds={len(old_tune)} and a larger --seeds (confirm seeds follow "
+                         f"the tune seeds); tuning on other seeds: another --out")
 
 def report(args, sw, runs, out, base):
     """The comparison (of the confirm runs alone with a grid: the tune runs chose the lr), the failures, the exit code."""
-    failed = [r["run_name"] for r in runs if r["returncode"]]  # in this invocation or, not retried, in an earlier one
+    failed = [r["run_name"] for r in runs if r["returncode"] and not r.get("diverged")]  # now or, not retried, earlier
+    diverged = [r["run_name"] for r in runs if r["returncode"] and r.get("diverged")]
     paths = [out] if base is None else [p for p in (run_log(out, r["run_name"]) for r in runs) if p]
     logs = compare.load_runs(paths) if paths else []
     if logs:
@@ -490,10 +664,15 @@ def report(args, sw, runs, out, base):
         print(table + f"written: {out}/sweep.json, compare.txt, compare.png")
     else:
         print(f"sweep: no usable log in {out}", file=sys.stderr)
+    if diverged:
+        print(f"sweep: {len(diverged)}/{len(runs)} runs diverged (a non-finite loss; counted as diverged in the "
+              f"comparison): {' '.join(diverged)}", file=sys.stderr)
     if failed:
-        print(f"sweep: {len(failed)}/{len(runs)} runs failed: {' '.join(failed)} (the same command with --retry_failed "
-              f"runs them again)", file=sys.stderr)
-    return 1 if failed or not logs else 0
+        print(f"sweep: {len(failed)}/{len(runs)} runs failed: {' '.join(failed)} (each run's output above says why; "
+              f"once that is fixed, the same command with --retry_failed runs them again)", file=sys.stderr)
+    for line in sw.no_pick:
+        print(f"sweep: {line}: lower the grid", file=sys.stderr)
+    return 1 if failed or sw.no_pick or not logs else 0
 
 if __name__ == "__main__":
     try:

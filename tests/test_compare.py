@@ -371,8 +371,8 @@ def test_nonfinite_final_loss_is_named_and_left_out(tmp_path, capsys):
     assert ng["n_runs"] == 5 and dyt["n"] == 0 and dyt["n_nonfinite"] == 1
     table = compare.format_table(list(rows.values()))
     lines = {l.split("  ")[0].strip(): l for l in table.splitlines()[2:] if l.strip()}
-    assert "5 (+1 nan/inf)" in lines["baseline *"] and "4 (+1 nan/inf)" in lines["arch=ngpt"]
-    assert "0 (+1 nan/inf)" in lines["norm=dyt"]  # a group of diverged runs stays in the table
+    assert "5 (+1 diverged)" in lines["baseline *"] and "4 (+1 diverged)" in lines["arch=ngpt"]
+    assert "0 (+1 diverged)" in lines["norm=dyt"]  # a group of diverged runs stays in the table
     assert "n/a ± n/a" not in lines["baseline *"] and " nan " not in table
     png = compare.plot(groups, tmp_path / "c.png", target=3.28)  # nan/inf do not break the axes
     assert Path(png).read_bytes()[:4] == b"\x89PNG"
@@ -380,17 +380,17 @@ def test_nonfinite_final_loss_is_named_and_left_out(tmp_path, capsys):
 # -----------------------------------------------------------------------------
 # plot and CLI
 
-def test_cli_unwritable_plot_path_prints_table_then_fails(tmp_path):
+def test_cli_unwritable_plot_path_prints_table_then_fails(tmp_path, capsys):
     """The table comes first (it is the result), then one line on the plot path and exit 2: no traceback."""
     write_group(tmp_path / "logs", A, "gpt")
     write_group(tmp_path / "logs", B, "ngpt", dict(arch="ngpt"))
     (tmp_path / "file").write_text("a file where a folder should be\n")
     for path in (tmp_path / "file" / "c.png", tmp_path / "file" / "sub" / "c.png"):
-        res = subprocess.run([sys.executable, str(REPO / "records" / "compare.py"), str(tmp_path / "logs"),
-                              f"--plot={path}"], capture_output=True, text=True, timeout=120)
-        assert res.returncode == 2 and "baseline *" in res.stdout and "arch=ngpt" in res.stdout
-        assert res.stderr == (f"compare: error: cannot write the plot to {path} (Not a directory): "
-                              f"pass --plot=<writable path> or --plot=none\n")
+        rc = compare.main([str(tmp_path / "logs"), f"--plot={path}"])  # in this process: no interpreter start-up
+        res = capsys.readouterr()
+        assert rc == 2 and "baseline *" in res.out and "arch=ngpt" in res.out
+        assert res.err == (f"compare: error: cannot write the plot to {path} (Not a directory): "
+                           f"pass --plot=<writable path> or --plot=none\n")
         assert (tmp_path / "file").read_text() == "a file where a folder should be\n"
     if os.geteuid() != 0:  # root writes into read-only folders
         (tmp_path / "ro").mkdir(mode=0o500)
@@ -405,7 +405,7 @@ def test_plot_writes_valid_png(tmp_path):
     img = matplotlib.image.imread(out)
     assert img.ndim == 3 and img.shape[0] > 100
 
-def test_cli_end_to_end(tmp_path):
+def test_cli_end_to_end(tmp_path, capsys):
     write_group(tmp_path / "logs", A, "gpt")
     write_group(tmp_path / "logs", B, "ngpt", dict(arch="ngpt", ngpt_alpha_init=0.15))
     (tmp_path / "logs" / "README.txt").write_text("not a log\n")
@@ -416,13 +416,12 @@ def test_cli_end_to_end(tmp_path):
     assert "record" in res.stdout and "yes" in res.stdout and "README.txt" in res.stderr
     png = tmp_path / "logs" / "compare.png"
     assert png.read_bytes()[:4] == b"\x89PNG"
-    res = subprocess.run(cmd + ["--markdown", "--plot=none", "--baseline=ngpt"], capture_output=True, text=True,
-                         timeout=120)
-    assert res.returncode == 0 and res.stdout.startswith("| group |") and "plot:" not in res.stdout
+    # the rest in this process (the command line above is the end-to-end check)
+    assert compare.main(cmd[2:] + ["--markdown", "--plot=none", "--baseline=ngpt"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("| group |") and "plot:" not in out
     (tmp_path / "empty").mkdir()
-    res = subprocess.run([sys.executable, str(REPO / "records" / "compare.py"), str(tmp_path / "empty")],
-                         capture_output=True, text=True, timeout=120)
-    assert res.returncode != 0 and "no usable run" in res.stderr
+    assert compare.main([str(tmp_path / "empty")]) != 0 and "no usable run" in capsys.readouterr().err
 
 
 def test_logs_from_before_a_flag_group_with_newer_ones(tmp_path):
@@ -553,7 +552,7 @@ def test_modded_nanogpt_record_formats(tmp_path, fmt, capsys):
     assert all(7 not in r.val and r.config is None for r in runs)  # the decoy in the code header
     full = [r for r in runs if not r.incomplete]
     assert sorted(r.final_val_loss for r in full) == [3.2770, 3.2785, 3.2801]
-    assert all(r.time_s == pytest.approx(8.0) and r.total_steps == 40 for r in full)
+    assert all(r.time_s == pytest.approx(8.002) and r.total_steps == 40 for r in full)  # the final val line's time
     row = compare.compare(compare.group_runs(runs))[0]
     assert (row["n"], row["n_incomplete"]) == (3, 1) and row["mean"] == pytest.approx(np.mean([3.2785, 3.2801, 3.277]))
     err = capsys.readouterr().err
@@ -577,7 +576,7 @@ def test_total_time_column_and_time_axis(tmp_path):
     assert dyt["p_time"] == pytest.approx(stats.ttest_ind(t_new, t_base, equal_var=False).pvalue, rel=1e-6)
     table = compare.format_table([base, dyt])
     assert "time s" in table.splitlines()[0] and "p(time)" in table.splitlines()[0]
-    assert f"{np.mean(t_new):.1f} ± {np.std(t_new, ddof=1):.1f}" in table and compare._p(dyt["p_time"]) in table
+    assert f"{np.mean(t_new):.3f} ± {np.std(t_new, ddof=1):.3f}" in table and compare._p(dyt["p_time"]) in table
     png = compare.plot(groups, tmp_path / "t.png", x="time")
     assert Path(png).read_bytes()[:4] == b"\x89PNG"
     assert compare.main([str(tmp_path), "--x=time", f"--plot={tmp_path / 'u.png'}"]) == 0
@@ -653,3 +652,107 @@ def test_best_lr_cli_tuning_seeds_from_flag_or_sweep_json(tmp_path, capsys):
     assert compare.main([str(tmp_path), "--best_lr", "--plot=none"]) == 0
     assert capsys.readouterr().out == by_flag and "EDGE" in by_flag
     assert compare.main([str(tmp_path), "--best_lr", "--group_by=arch", "--plot=none"]) == 2
+
+# -----------------------------------------------------------------------------
+# issue 32: never a wrong number
+
+def test_best_lr_never_counts_a_tune_seed(tmp_path, capsys):
+    """A second lr sweep used to rewrite sweep.json's tune_seeds ([0] -> [2]), and --best_lr then reported n = 3 over
+    seeds 0, 1, 3, seed 0 being the one the lr was picked on. The tuning seeds are sweep.json's tune_seeds and every
+    seed its tune-phase runs used; an explicit --tune_seeds gets those added, with a warning."""
+    lr_sweep(tmp_path, "gpt", dict(arch="gpt"), {0.5: 3.40, 1.0: 3.30}, seeds=range(4), lrs=(0.5, 1.0))
+    runs = [dict(run_name=f"gpt_lr{lr:g}_s{s}", seed=s, lr_scale=lr, phase="tune") for s in (0, 2) for lr in (0.5, 1.0)]
+    runs += [dict(run_name=f"gpt_lr1_s{s}", seed=s, lr_scale=1.0, phase="confirm") for s in (1, 3)]
+    (tmp_path / "sweep.json").write_text(json.dumps(dict(tune_seeds=[2], confirm_seeds=[3], runs=runs)))
+    assert compare.tune_seeds_of([tmp_path]) == [0, 2]
+    [g] = compare.best_against_best(compare.load_runs([tmp_path]), compare.tune_seeds_of([tmp_path]))
+    assert sorted(r.config["seed"] for r in g.runs) == [1, 3]
+    capsys.readouterr()
+    assert compare.main([str(tmp_path), "--best_lr", "--tune_seeds=2", "--plot=none"]) == 0
+    out, err = capsys.readouterr()
+    assert "sweep.json's tune-phase runs also used seeds [0]: tuning seeds [0, 2]" in err
+    assert out.splitlines()[2].split()[:6] == ["baseline", "*", "0.025", "1", "EDGE", "2"]  # n: confirm seeds 1, 3
+
+def nan_stop_log(path, seed, lr_scale=1.0, step=1, steps=100):
+    """A run train_gpt.py stopped for a NaN loss: its step-0 val line, then the stopping step's loss line."""
+    cfg = make_config(seed=seed, run_name=Path(path).stem, steps=steps, optimizer="adam", lr_scale=lr_scale)
+    Path(path).write_text(SOURCE + SEP + "\n" + "\n".join([
+        "torch 2.13.0 python 3.11.7 device cpu world_size 1", "config: " + json.dumps(cfg),
+        f"step:0/{steps} val_loss:10.8258 train_time:0ms step_avg:0.00ms",
+        f"step:{step}/{steps} train_loss:nan -- stopping: the loss is not finite. Last checkpoint: none (set --save_every)"]) + "\n")
+    return path
+
+def test_a_run_stopped_for_a_nan_loss_is_diverged(tmp_path, capsys):
+    """A run the trainer stopped on a NaN loss used to be "incomplete": `0 (+3 inc)`, and --include_incomplete averaged
+    it at its step-0 loss (10.8258). It is diverged: counted as such, never averaged, the worst lr in a pick."""
+    write_group(tmp_path, [3.30, 3.31, 3.29], "gpt", dict(optimizer="adam", n_layer=2))  # another arm
+    for s in range(3):
+        nan_stop_log(tmp_path / f"big_s{s}.txt", s, lr_scale=1e30)
+    groups = compare.group_runs(compare.load_runs([tmp_path]))
+    err = capsys.readouterr().err
+    assert err.count("diverged (train_loss nan at step 1 of 100: train_gpt.py stops a run there)") == 3
+    assert "incomplete" not in err
+    healthy = next(g for g in groups if g.config["n_layer"] == 2)
+    for inc in (False, True):
+        rows = compare.compare(groups, baseline=healthy, include_incomplete=inc)
+        big = rows[1]
+        assert (big["n"], big["n_incomplete"], big["n_nonfinite"], big["mean"]) == (0, 0, 3, None)
+        assert big["time_s"] is None and rows[0]["n"] == 3
+    assert "0 (+3 diverged)" in compare.format_table(rows)
+    # an lr pick: every lr of the grid diverged -> no pick (was: 1e29 at the edge, confirmed on its diverged runs)
+    for s in range(3):
+        nan_stop_log(tmp_path / f"big29_s{s}.txt", s, lr_scale=1e29)
+    best = compare.best_against_best(compare.load_runs([tmp_path]), [0, 1])
+    assert [g.pick["lr_scale"] for g in best] == [1.0]  # the healthy arm alone
+    assert "every lr_scale of its grid [1e+29, 1e+30] diverged on the tuning seeds [0, 1]: no pick, left out" in \
+        capsys.readouterr().err
+
+def test_plot_line_names_the_file_written_and_bad_target_or_alpha_is_one_line(tmp_path, capsys):
+    """--plot=out/x printed `plot: out/x` where matplotlib wrote out/x.png, and a folder as --plot likewise;
+    --target=nan and --alpha=2 were accepted (with alpha 2 the record column said "yes")."""
+    write_group(tmp_path / "logs", A, "gpt")
+    write_group(tmp_path / "logs", B, "ngpt", dict(arch="ngpt"))
+    (tmp_path / "figs").mkdir()
+    for given, written in ((tmp_path / "out" / "x", tmp_path / "out" / "x.png"),
+                           (tmp_path / "figs", tmp_path / "figs" / "compare.png")):
+        assert compare.main([str(tmp_path / "logs"), f"--plot={given}"]) == 0
+        assert capsys.readouterr().out.splitlines()[-1] == f"plot: {written}"
+        assert written.read_bytes()[:4] == b"\x89PNG"
+    assert compare.plot_path("a/b.v2") == "a/b.v2.png" and compare.plot_path("a/b.svg") == "a/b.svg"
+    for flag, why in (("--target=nan", "--target=nan: give a finite target val loss, e.g. --target=3.28"),
+                      ("--alpha=2", "--alpha=2: give a significance level between 0 and 1, e.g. --alpha=0.01"),
+                      ("--alpha=0", "--alpha=0: give a significance level between 0 and 1, e.g. --alpha=0.01")):
+        assert compare.main([str(tmp_path / "logs"), flag, "--plot=none"]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err == f"compare: error: {why}\n", captured
+
+def record_log(val_ms, steps=20):
+    """A modded-nanogpt record log of the current format (written from the structure of record #89's: code, versions,
+    'Resetting Model', the last step's train line, then the final val line, whose train_time is the record's time)."""
+    out = [f"step:0/{steps} val_loss:10.8311 train_time:0ms step_avg:0.03ms"]
+    for s in range(1, steps + 1):
+        t = round((val_ms - 84) * s / steps)  # the final val line comes ~84 ms after the last train line
+        out.append(f"step:{s}/{steps} train_time:{t}ms step_avg:{t / s:.2f}ms")
+    out.append(f"step:{steps}/{steps} val_loss:3.2775 train_time:{val_ms}ms step_avg:{val_ms / steps:.2f}ms")
+    return (CODE + SEP + "\n" + SMI + SEP + "\nCompiling model and warming up kernels\nResetting Model\n" + "\n".join(out)
+            + "\npeak memory allocated: 30220 MiB reserved: 38672 MiB\n")
+
+def test_record_time_is_the_final_val_lines_with_the_digits_its_std_needs(tmp_path):
+    """On two record log sets 0.3 s apart, compare printed `time s` 78.9 ± 0.0 and 77.6 ± 0.0: the last train line's
+    train_time (the final val line, the record's own time, comes later) at one decimal, hiding a std of 0.04 s."""
+    v1 = [78920, 78950, 78990, 79010, 78930, 78970, 79020, 78940, 78960, 79000, 78947]  # ms, 11 runs
+    v2 = [78610, 78650, 78600, 78700, 78640, 78660, 78620, 78680, 78630, 78670]         # 10 runs
+    for name, times in (("v1", v1), ("v2", v2)):
+        (tmp_path / name).mkdir()
+        for ms in times:
+            (tmp_path / name / f"{uuid.uuid4()}.txt").write_text(record_log(ms))
+    rows = compare.compare(compare.group_runs(compare.load_runs([tmp_path / "v1", tmp_path / "v2"])), baseline="v1")
+    for row, times in zip(rows, (v1, v2)):
+        assert row["time_s"] == pytest.approx(np.mean(times) / 1000, abs=1e-9)
+        assert row["time_std"] == pytest.approx(np.std(times, ddof=1) / 1000, abs=1e-9)
+        assert row["step_ms"] == pytest.approx(np.mean(times) / 20, abs=1e-6)  # the record's own step_avg
+    table = compare.format_table(rows)
+    for times in (v1, v2):  # std 0.03 s: three decimals (ms), two significant digits of the std
+        assert f"{np.mean(times) / 1000:.3f} ± {np.std(times, ddof=1) / 1000:.3f}" in table
+    assert compare._pm(100.0, 12.3) == "100.0 ± 12.3" and compare._pm(7.31, 0.26) == "7.31 ± 0.26"
+    assert compare._pm(78.9, 0.0) == "78.900 ± 0.000" and compare._pm(73.4, float("nan")) == "73.4 ± n/a"

@@ -1,7 +1,11 @@
 """records/scaling.py: a 3-rung ladder of synthetic logs with a planted gap, the picks, the trend, the report."""
 import json
 import math
+import shlex
+import shutil
 import sys
+from dataclasses import asdict
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +27,6 @@ BASE_LOSS = [5.0, 4.6, 4.2]
 GAIN = [0.02, 0.06, 0.10]  # planted: anGPT's gain over GPT-Adam grows with compute
 LR_COST = {"gpt_adam": {0.5: 0.10, 1.0: 0.0, 2.0: 0.05},   # interior optimum
            "angpt": {0.5: 0.12, 1.0: 0.04, 2.0: 0.0}}      # best at the grid's edge
-ARM_CFG = {"gpt_adam": dict(arch="gpt", optimizer="adam"), "angpt": dict(arch="angpt")}
 LUCK = [0.00, 0.03, -0.02, 0.05, 0.01]  # per seed, shared by the arms
 LADDER = {"rungs": RUNGS, "arms": {"gpt_adam": "--arch=gpt --optimizer=adam", "angpt": "--arch=angpt"},
           "claims": [{"name": "anGPT vs GPT (Adam)", "arm": "angpt", "baseline": "gpt_adam", "kind": "loss",
@@ -32,6 +35,16 @@ LADDER = {"rungs": RUNGS, "arms": {"gpt_adam": "--arch=gpt --optimizer=adam", "a
                       "source": "002: ~40% faster convergence"},
                      {"name": "GPT faster (reversed)", "arm": "gpt_adam", "baseline": "angpt", "kind": "speed",
                       "source": "none"}]}
+
+@lru_cache(maxsize=None)
+def _parsed(flags):
+    import train_gpt
+    cfg = asdict(train_gpt.parse_args(shlex.split(flags), cuda_available=False))
+    return {k: v for k, v in cfg.items() if k not in ("seed", "run_name", "run_id", "log_dir")}
+
+def run_config(rung, arm_flags, **over):
+    """The config a run of an arm at this rung logs: train_gpt.parse_args(rung flags + arm flags), as a sweep makes it."""
+    return dict(_parsed(rung["flags"] + " " + arm_flags), **over)
 
 def make_ladder(root, tune=(0, 1), confirm=(2, 3, 4)):
     rng = np.random.default_rng(0)
@@ -42,7 +55,7 @@ def make_ladder(root, tune=(0, 1), confirm=(2, 3, 4)):
                 for s in tune + confirm:
                     final = BASE_LOSS[i] + cost - (GAIN[i] if arm == "angpt" else 0) + LUCK[s] + rng.normal(0, 0.002)
                     write_log(folder / f"{arm}_lr{lr:g}_s{s}.txt", final, seed=s, steps=cfg["steps"],
-                              config_over=dict(cfg, **ARM_CFG[arm], lr_scale=lr))
+                              config_over=run_config(rung, LADDER["arms"][arm], lr_scale=lr))
         (folder / "sweep.json").write_text(json.dumps(dict(tune_seeds=list(tune), confirm_seeds=list(confirm),
                                                            runs=[])))
     (Path(root) / "ladder.json").write_text(json.dumps(LADDER, indent=1))
@@ -131,7 +144,7 @@ def test_a_rung_may_run_a_subset_of_the_arms(tmp_path, capsys):
         for lr in (0.5, 1.0, 2.0):
             for s in (0, 1, 2, 3, 4):
                 write_log(root / rung["folder"] / f"dyt_lr{lr:g}_s{s}.txt", BASE_LOSS[i] + 0.05 + LR_COST["gpt_adam"][lr] + LUCK[s],
-                          seed=s, steps=cfg["steps"], config_over=dict(cfg, **ARM_CFG["gpt_adam"], norm="dyt", lr_scale=lr))
+                          seed=s, steps=cfg["steps"], config_over=run_config(rung, ladder["arms"]["dyt"], lr_scale=lr))
     results, arms_by_rung = scaling.ladder_results(str(root), scaling.load_ladder(str(root)))
     err = capsys.readouterr().err
     assert [r.rung for r in results["DyT"][1]] == ["r1", "r2"]
@@ -184,3 +197,83 @@ def test_the_committed_report_is_what_the_committed_logs_say(capsys):
     assert body(out.splitlines()) == body(committed)
     assert [l for l in committed if l.startswith("compare: warning")] == err.splitlines()
     assert all(f"rung {r}" not in err for r in ("r1", "r2"))  # only r3 leaves claims out (DyT, depth scaling)
+
+# -----------------------------------------------------------------------------
+# issue 32: the ladder tools never print a wrong number
+
+def gains(results, claim="anGPT vs GPT (Adam)"):
+    return {r.rung: (r.gain, r.row["n_pairs"], r.n_params) for r in results[claim][1]}
+
+def test_a_rung_takes_only_its_own_runs(tmp_path, capsys):
+    """r2's logs copied into r1's folder used to give row r1 r2's numbers, exit 0, no word (when two groups matched
+    one arm the later replaced the earlier). A rung takes only runs whose config is its flags plus an arm's, and
+    names what it sets aside; two rungs in one folder are an error."""
+    root = make_ladder(tmp_path)
+    clean = gains(scaling.ladder_results(str(root), scaling.load_ladder(str(root)))[0])
+    assert "set aside" not in capsys.readouterr().err
+    for log in (root / "r2").glob("*.txt"):
+        shutil.copy(log, root / "r1" / f"r2copy_{log.name}")
+    results, arms_by_rung = scaling.ladder_results(str(root), scaling.load_ladder(str(root)))
+    assert gains(results) == clean
+    assert all(Path(r.path).parent.name == "r1" and "r2copy" not in r.path for g in arms_by_rung["r1"].values() for r in g.runs)
+    err = capsys.readouterr().err
+    assert f"rung r1: 30 runs in {root / 'r1'} are not this rung's" in err and "set aside" in err
+    assert "15 with n_layer=3 not 2, n_embd=96 not 64, steps=200 not 100 (closest arm 'angpt') (e.g. r2copy_angpt_" in err
+    # two rungs pointing at one folder: one line, before anything is read
+    ladder = json.loads((root / "ladder.json").read_text())
+    ladder["rungs"][1]["folder"] = "r1"
+    (root / "ladder.json").write_text(json.dumps(ladder))
+    assert scaling.main([str(root), "--plot=none"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "rungs r1 and r2 share the folder 'r1'" in err
+
+def test_two_groups_matching_one_arm_leave_it_out_by_name(capsys):
+    """match_arms let the later of two groups that match one arm replace the earlier, silently."""
+    g = lambda name, ws: compare.Group(name, [], dict(arch="gpt", optimizer="adam", world_size=ws))
+    arms = {"gpt_adam": dict(arch="gpt", optimizer="adam"), "angpt": dict(arch="angpt", optimizer="adam")}
+    assert scaling.match_arms([g("a", 1), g("b", 2)], arms, "r1") == {}
+    err = capsys.readouterr().err
+    assert "rung r1: groups 'a' and 'b' both match arm 'gpt_adam'" in err and "left out" in err
+
+def test_every_bad_ladder_json_is_one_line(tmp_path, capsys):
+    """"rungs": {"r1": 1} was an AttributeError, a claim whose arm is its baseline an IndexError, "rungs": [] exit 0
+    with empty tables. Every wrong shape is one line naming the key and what it must be, exit 2, before any log."""
+    import copy
+    cases = [
+        (dict(rungs={"r1": 1}), '"rungs" is {"r1": 1}: a non-empty list of rungs'),
+        (dict(rungs=[]), '"rungs" is []: a non-empty list of rungs'),
+        (dict(rungs=["r1"]), '"rungs"[0] is "r1": a rung is an object'),
+        (dict(arms=["angpt"]), '"arms" is ["angpt"]: a non-empty object {name: train_gpt.py flags}'),
+        (dict(arms={"angpt": 1}), '"arms"["angpt"] is 1: a string of train_gpt.py flags'),
+        (dict(claims={}), '"claims" is {}: a non-empty list of claims'),
+        (dict(claims=[{"name": "x", "arm": "angpt", "baseline": "angpt"}]),
+         "claim 'x': its arm and baseline are both 'angpt': a claim compares two arms"),
+        (dict(count_head="yes"), '"count_head" is "yes": true or false'),
+    ]
+    rung_cases = [({"flags": 5}, '"rungs"[0]["flags"] is 5: a string'),
+                  ({"name": ""}, '"rungs"[0]["name"] is "": a non-empty string'),
+                  ({"arms": "angpt"}, '"rungs"[0]["arms"] is "angpt": a list of arm names')]
+    for change, why in cases + [("rung", c) for c in rung_cases]:
+        ladder = copy.deepcopy(LADDER)
+        if change == "rung":
+            change, why = why
+            ladder["rungs"][0].update(change)
+        else:
+            ladder.update(change)
+        (tmp_path / "ladder.json").write_text(json.dumps(ladder))
+        assert scaling.main([str(tmp_path), "--plot=none"]) == 2, why
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1 and "Traceback" not in err, err
+        assert err.startswith(f"scaling: error: {tmp_path / 'ladder.json'}: {why}"), err
+
+def test_the_readme_says_what_n_counts():
+    """records/README.md said N has "the head included"; scaling.py leaves the lm_head out unless ladder.json says
+    "count_head": true (the committed r1's C = 6 x 786,432 x 61,440 has no head)."""
+    import train_gpt
+    text = (REPO / "records" / "README.md").read_text()
+    bullet = text[text.index("- `records/scaling.py LADDER"):].split("\n- ")[0]
+    assert "head included" not in bullet and '"count_head": true' in bullet and "lm_head" in bullet
+    ladder = scaling.load_ladder(str(REPO / "records" / "ladder"))
+    cfg = asdict(train_gpt.parse_args(shlex.split(ladder["rungs"][0]["flags"]), cuda_available=False))
+    assert "count_head" not in ladder and scaling.non_embedding_params(cfg) == 786_432 == 12 * 4 * 128 ** 2
+    assert scaling.non_embedding_params(cfg, count_head=True) == 786_432 + cfg["vocab_size"] * 128

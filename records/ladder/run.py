@@ -2,7 +2,8 @@
 A scale ladder as a series of lr-tuned sweeps: one records/sweep.py invocation per rung, into the rung's folder,
 with the rung's shared flags before every arm's flags (README.md in this folder).
 
-    python records/ladder/run.py --plan                      # every run; estimated CPU time per rung and in all
+    python records/ladder/run.py --plan                      # every run (finished ones marked done, known picks
+                                                             # confirmed); the CPU time left per rung and in all
     python records/ladder/run.py --only=r1                   # one rung
     python records/ladder/run.py --budget_hours=6            # rung by rung, stopping between runs; re-run resumes
 
@@ -12,11 +13,14 @@ below's pick)}], "arms": {name: flags}, "lr_grid":
 "0.5,1,2", "lr_grids": {arm: grid} (optional, per arm), "max_extend": 2 (edge extensions, sweep.py's), "tune_seeds": 2,
 "confirm_seeds": 3, "claims": [...]
 (records/scaling.py's; not read here)}. Config i of a rung's sweep is the rung's arm i in "arms" order:
-"<rung flags> <arm flags>" (plus " --lr_grid=..." for an arm in the rung's or the ladder's "lr_grids"). Exit codes are the sweep's: 0, 1 (a
-confirm run failed; the next rungs still run), 2 (bad input), 3 (the budget is spent), 130 (interrupted).
+"<rung flags> <arm flags>" (plus " --lr_grid=..." for an arm in the rung's or the ladder's "lr_grids"). ladder.json is
+checked once, before any run (with --plan too): a wrong key is one line naming it and the type it must be, exit 2.
+Exit codes are the sweep's: 0, 1 (a confirm run failed; the next rungs still run), 2 (bad input), 3 (the budget is
+spent), 130 (interrupted).
 """
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -26,25 +30,82 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.dirname(HERE))
 import sweep  # noqa: E402
 
+GRID = 'a comma-separated list of positive lr_scale values, e.g. "0.5,1,2"'
+
 def load_ladder(path):
-    """The ladder, checked for the keys the runner needs: a wrong one is one line, before any run."""
+    """The ladder, checked once for every key the runner reads: a wrong one is one line naming the key and the type
+    it must be (SweepError), before any run."""
     try:
         with open(path) as f:
             ladder = json.load(f)
-        rungs, arms = ladder["rungs"], ladder["arms"]
-        if not (isinstance(rungs, list) and rungs and isinstance(arms, dict) and arms
-                and all(isinstance(v, str) for v in arms.values())):
-            raise ValueError('"rungs" must be a non-empty list, "arms" a non-empty {name: flags}')
-        for r in rungs:
-            if not all(isinstance(r.get(k), str) for k in ("name", "folder", "flags")):
-                raise ValueError(f'rung {r}: needs "name", "folder" and "flags" strings')
-        if len({r["name"] for r in rungs}) < len(rungs):
-            raise ValueError("two rungs of one name")
-        for r in rungs:
-            if unknown := [a for a in r.get("arms", []) + list(r.get("lr_grids", {})) if a not in arms]:
-                raise ValueError(f'rung {r["name"]}: {unknown} not among the arms {list(arms)}')
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise sweep.SweepError(f"{path}: {e}") from None
+    except (OSError, ValueError) as e:
+        raise sweep.SweepError(f"{path}: cannot read it ({e})") from None
+    show = lambda v: json.dumps(v)[:40]
+
+    def need(ok, what):
+        if not ok:
+            raise sweep.SweepError(f"{path}: {what}")
+
+    def number(v, low, integer=True):
+        kind = int if integer else (int, float)
+        return isinstance(v, kind) and not isinstance(v, bool) and math.isfinite(v) and v >= low
+
+    def grid(v, where):
+        try:
+            ok = isinstance(v, str) and sweep.parse_grid(v)
+        except sweep.SweepError:
+            ok = False
+        need(ok, f"{where} is {show(v)}: {GRID}")
+
+    def grids(v, where):
+        need(isinstance(v, dict), f"{where} is {show(v)}: an object {{arm: lr grid}}")
+        need(not (unknown := [a for a in v if a not in arms]), f"{where} names {', '.join(map(repr, unknown))}, not one "
+                                                               f"of the arms {list(arms)}")
+        for a, g in v.items():
+            grid(g, f"{where}[{json.dumps(a)}]")
+
+    need(isinstance(ladder, dict), f"is {show(ladder)}: a JSON object with \"rungs\" and \"arms\"")
+    for key in ("rungs", "arms"):
+        need(key in ladder, f'no "{key}": ladder.json needs "rungs" (a list of {{"name", "folder", "flags"}}) and "arms" '
+                            f'({{name: train_gpt.py flags}})')
+    rungs, arms = ladder["rungs"], ladder["arms"]
+    need(isinstance(arms, dict) and arms, f'"arms" is {show(arms)}: a non-empty object {{name: train_gpt.py flags}}')
+    for a, flags in arms.items():
+        need(isinstance(flags, str), f'"arms"[{json.dumps(a)}] is {show(flags)}: a string of train_gpt.py flags')
+    need(isinstance(rungs, list) and rungs, f'"rungs" is {show(rungs)}: a non-empty list of rungs '
+                                            f'{{"name", "folder", "flags"}}')
+    for i, r in enumerate(rungs):
+        where = f'"rungs"[{i}]'
+        need(isinstance(r, dict), f'{where} is {show(r)}: a rung is an object {{"name", "folder", "flags"}}')
+        for k in ("name", "folder"):
+            need(isinstance(r.get(k), str) and r[k], f'{where}["{k}"] is {show(r.get(k))}: a non-empty string')
+        need(isinstance(r.get("flags"), str), f'{where}["flags"] is {show(r.get("flags"))}: a string of train_gpt.py flags')
+        if "seconds_per_run" in r:
+            need(number(r["seconds_per_run"], 0, integer=False) and r["seconds_per_run"] > 0,
+                 f'{where}["seconds_per_run"] is {show(r["seconds_per_run"])}: a positive number of seconds')
+        if "arms" in r:
+            need(isinstance(r["arms"], list) and all(isinstance(a, str) for a in r["arms"]),
+                 f'{where}["arms"] is {show(r["arms"])}: a list of arm names (of "arms": {list(arms)})')
+            need(not (unknown := [a for a in r["arms"] if a not in arms]),
+                 f'{where}["arms"]: rung {r["name"]}: {unknown} not among the arms {list(arms)}')
+        if "lr_grids" in r:
+            grids(r["lr_grids"], f'{where}["lr_grids"]')
+    names = [r["name"] for r in rungs]
+    twice = [n for n in names if names.count(n) > 1]
+    need(not twice, f"two rungs are named {(twice or [''])[0]!r}: every rung needs its own name")
+    folders = {}
+    for r in rungs:  # one sweep folder per rung: two rungs in one would share its runs and its sweep.json
+        where = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), r["folder"]))
+        need(where not in folders, f"rungs {folders.get(where)} and {r['name']} share the folder {r['folder']!r}: give "
+                                   f"each rung its own")
+        folders[where] = r["name"]
+    if "lr_grid" in ladder:
+        grid(ladder["lr_grid"], '"lr_grid"')
+    if "lr_grids" in ladder:
+        grids(ladder["lr_grids"], '"lr_grids"')
+    for key, low in (("tune_seeds", 1), ("confirm_seeds", 1), ("max_extend", 0)):
+        if key in ladder:
+            need(number(ladder[key], low), f'"{key}" is {show(ladder[key])}: an integer >= {low}')
     ladder["dir"] = os.path.dirname(os.path.abspath(path))  # a rung's folder is relative to ladder.json (as scaling.py reads it)
     return ladder
 
@@ -84,30 +145,40 @@ def main(argv=None):
     ap.add_argument("--launcher", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     try:
+        if bad := sweep.positive_problem(args, (("budget_hours", "hours"),)):
+            raise sweep.SweepError(bad)
         ladder = load_ladder(args.ladder)
         rungs = [r for r in ladder["rungs"] if args.only in (None, r["name"])]
         if not rungs:
             raise sweep.SweepError(f"--only={args.only}: no such rung (rungs: {', '.join(r['name'] for r in ladder['rungs'])})")
     except sweep.SweepError as e:
-        return sweep.fail(e)
+        print(f"ladder: error: {e}", file=sys.stderr)
+        return 2
     hidden = [f"--{k}={v}" for k, v in (("script", args.script), ("launcher", args.launcher)) if v]
-    if args.plan:
-        total, runs = 0.0, 0
+    if args.plan:  # each rung's sweep plan (its finished runs marked done, the known picks' confirm runs), and the time left
+        total, runs, done = 0.0, 0, 0
         for r in rungs:
-            n = n_runs(ladder, r)
-            runs += n
             print(f"## rung {r['name']} into {r['folder']}")
-            if (rc := sweep.main(sweep_argv(ladder, r, hidden + ["--dry_run"]))) != 0:
+            counts = {}
+            if (rc := sweep.main(sweep_argv(ladder, r, hidden + ["--dry_run"]), plan=counts)) != 0:
                 return rc
-            total += n * r.get("seconds_per_run", 0)
-            print(f"## rung {r['name']}: {n} runs x {r.get('seconds_per_run', '?')} s = "
-                  f"{sweep.hms(n * r.get('seconds_per_run', 0))} of CPU")
-        print(f"## ladder: {runs} runs, {sweep.hms(total)} of CPU ({total / 3600:.2f} h; each edge extension "
+            per_run = r.get("seconds_per_run", 0)
+            runs, done, total = runs + counts["runs"], done + counts["done"], total + counts["left"] * per_run
+            state = f", {counts['done']} done, {counts['left']} left" if counts["done"] else ""
+            print(f"## rung {r['name']}: {counts['runs']} runs{state} x {per_run or '?'} s = "
+                  f"{sweep.hms(counts['left'] * per_run)} of CPU")
+        state = f", {done} done, {runs - done} left" if done else ""
+        print(f"## ladder: {runs} runs{state}, {sweep.hms(total)} of CPU ({total / 3600:.2f} h; each edge extension "
               f"adds {ladder.get('tune_seeds', 2)} runs of its rung)")
         return 0
     t0, worst = time.time(), 0
     for r in rungs:
-        budget = [] if args.budget_hours is None else [f"--budget_hours={args.budget_hours - (time.time() - t0) / 3600:.6f}"]
+        left = None if args.budget_hours is None else args.budget_hours - (time.time() - t0) / 3600
+        if left is not None and left <= 0:  # spent by the rungs before: the same command (a fresh budget) goes on here
+            print(f"## ladder: the budget of {args.budget_hours:g} h is spent before rung {r['name']}; the same command "
+                  f"resumes", file=sys.stderr)
+            return sweep.BUDGET_EXIT
+        budget = [] if left is None else [f"--budget_hours={left!r}"]
         print(f"## ladder: rung {r['name']} into {r['folder']}", flush=True)
         rc = sweep.main(sweep_argv(ladder, r, hidden + budget))
         if rc not in (0, 1):  # bad input, budget spent, interrupted: the next invocation resumes here
