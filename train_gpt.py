@@ -49,6 +49,7 @@ class Hyperparameters:
     mlp_ratio: float = flag(4.0, "MLP hidden width / d (SwiGLU: 2/3 of it, rounded up to 64)", gt=0)
     rope: bool = flag(True, "rotary position embedding")
     rope_base: float = flag(10000.0, "RoPE base", gt=0)
+    norm_eps: float = flag(1e-6, "RMSNorm's epsilon (the current record: F.rms_norm's default, fp32's 2^-23)", gt=0)
     # GPT baseline (CS336-style ablations, seed 000 hypotheses)
     norm: str = flag("rmsnorm", "norm at every site of the GPT baseline", group="gpt", choices=["rmsnorm", "layernorm", "dyt", "none"], archs=["gpt"])
     post_norm: bool = flag(False, "norm after the residual add instead of before the sub-layer", archs=["gpt"])
@@ -235,7 +236,8 @@ RECORD_MODEL = dict(  # its model (issue 31): the layer lists name its 11 layers
     n_layer=11, skip_attn_layers="6", window_long_layers="3,10", paired_head_layers="0,2,5,9", xsa_layers="1,3,4,7",
     attn_gate_layers="3,10", dc_layers="10", value_embed_layers="1,2,8,9,10", saved_layer=7, skip_connection="3:6", smear=True,
     bigram_vocab=377280, residual_lambdas=True, weight_lambdas=True, key_offset=True, backout=-0.5, mudd=True, mudd_gates=True,
-    mudd_gate_layer=4, merged_qkv=True, doc_mask=True, rope_half=True, rope_base=1024.0, attn_scale=0.1, fp8_head=True, fp8_mlp=True)
+    mudd_gate_layer=4, merged_qkv=True, doc_mask=True, rope_half=True, rope_base=1024.0, attn_scale=0.1, fp8_head=True, fp8_mlp=True,
+    norm_eps=2.0 ** -23)
 # each piece -> the flags that turn it (or a group that only works together) off: the one-piece-off table
 RECORD_PIECES = {
     "polar_express": ["--muon_ortho=newton_schulz"], "normuon": ["--normuon_beta2=0"], "cautious_wd": ["--muon_wd=0", "--adam_wd=0"],
@@ -605,9 +607,9 @@ class Probe:
 class Norm(nn.Module):
     """One normalisation site: rmsnorm (optionally with the norm_skip_tol rule), layernorm, dyt or none; out_scale
     multiplies its output (--depth_scaling)."""
-    def __init__(self, kind, dim, ops, probe=None, dyt_alpha=0.5, skip_tol=0.0, out_scale=1.0):
+    def __init__(self, kind, dim, ops, probe=None, dyt_alpha=0.5, skip_tol=0.0, out_scale=1.0, eps=1e-6):
         super().__init__()
-        self.kind, self.ops, self.probe, self.skip_tol, self.out_scale = kind, ops, probe, skip_tol, out_scale
+        self.kind, self.ops, self.probe, self.skip_tol, self.out_scale, self.eps = kind, ops, probe, skip_tol, out_scale, eps
         if kind == "dyt":
             self.alpha = nn.Parameter(torch.full((1,), float(dyt_alpha)))
             self.weight, self.bias = nn.Parameter(torch.ones(dim)), nn.Parameter(torch.zeros(dim))
@@ -617,9 +619,9 @@ class Norm(nn.Module):
     def normalise(self, x):
         if self.kind == "rmsnorm":
             if self.skip_tol > 0 and self.probe is not None and self.probe.active:
-                rms = torch.sqrt(x.float().pow(2).mean(-1) + 1e-6)
+                rms = torch.sqrt(x.float().pow(2).mean(-1) + self.eps)
                 self.probe("norm_skip_frac", ((rms - 1).abs() < self.skip_tol).float().mean())
-            return self.ops.rms_norm(x, None, 1e-6, self.skip_tol)
+            return self.ops.rms_norm(x, None, self.eps, self.skip_tol)
         if self.kind == "layernorm":
             return F.layer_norm(x, (x.size(-1),))
         if self.kind == "dyt":
@@ -698,7 +700,7 @@ class Attention(nn.Module):
     (W_qkv x lambda0, W_o x lambda1), and per call: aux_v added to V (gated value embeddings, MUDD's V mix), DC-MHA's
     weights, XSA's alphas and an output gate per head."""
     def __init__(self, dim, n_head, head_dim, ops, qk="rmsnorm", rotary=None, dyt_alpha=0.8, v_scale=1.0, out_scale=1.0,
-                 softmax_scale=0.0, merged_qkv=False, value_mix=False, plan=None, weight_lambdas=False, dc_window=112):
+                 softmax_scale=0.0, merged_qkv=False, value_mix=False, plan=None, weight_lambdas=False, dc_window=112, eps=1e-6):
         super().__init__()
         self.n_head, self.head_dim, self.ops = n_head, head_dim, ops
         if merged_qkv:
@@ -709,7 +711,7 @@ class Attention(nn.Module):
         self.rotary = rotary  # the model's one Rotary (None: no RoPE)
         self.qk, self.v_scale, self.out_scale = qk, v_scale, out_scale
         if qk in ("rmsnorm", "dyt"):
-            self.q_norm, self.k_norm = Norm(qk, head_dim, ops, dyt_alpha=dyt_alpha), Norm(qk, head_dim, ops, dyt_alpha=dyt_alpha)
+            self.q_norm, self.k_norm = Norm(qk, head_dim, ops, dyt_alpha=dyt_alpha, eps=eps), Norm(qk, head_dim, ops, dyt_alpha=dyt_alpha, eps=eps)
         if qk == "l2":  # s_qk init 1, scale 1/sqrt(d), one per head channel (1-D: optimised as a scalar, not a matrix)
             self.s_qk = Scalars((n_head * head_dim,), 1.0, dim ** -0.5)
         self.lambdas = nn.Parameter(torch.tensor([0.5, 0.5])) if value_mix else None
@@ -1026,7 +1028,7 @@ def build_rotary(config) -> Optional[Rotary]:
 
 def attention(config, ops, rotary, **kw):
     """The Attention of a block at the config's width and heads, with the model's rotary."""
-    return Attention(config.n_embd, config.n_head, attn_head_dim(config), ops, rotary=rotary, **kw)
+    return Attention(config.n_embd, config.n_head, attn_head_dim(config), ops, rotary=rotary, eps=config.norm_eps, **kw)
 
 # -----------------------------------------------------------------------------
 # Architectures: each is a block and an Arch that owns everything else that differs for it (the embedding and
@@ -1220,8 +1222,8 @@ class GPTBlock(nn.Module):
         c = config
         scale = (plan.layer + 1) ** -0.5 if c.depth_scaling else 1.0
         self.plan = plan
-        self.attn_norm = Norm(c.norm, c.n_embd, ops, probe, c.dyt_alpha_attn, c.norm_skip_tol, scale)
-        self.mlp_norm = Norm(c.norm, c.n_embd, ops, probe, c.dyt_alpha_mlp, c.norm_skip_tol, scale)
+        self.attn_norm = Norm(c.norm, c.n_embd, ops, probe, c.dyt_alpha_attn, c.norm_skip_tol, scale, c.norm_eps)
+        self.mlp_norm = Norm(c.norm, c.n_embd, ops, probe, c.dyt_alpha_mlp, c.norm_skip_tol, scale, c.norm_eps)
         if plan.attention:
             self.attn = attention(c, ops, rotary, qk="dyt" if c.norm == "dyt" and c.dyt_qk else "rmsnorm", dyt_alpha=c.dyt_alpha_attn,
                                   softmax_scale=c.attn_scale, merged_qkv=c.merged_qkv, value_mix=c.value_embeds > 0, plan=plan,
@@ -1297,7 +1299,7 @@ class GPTArch(Arch):
     def __init__(self, config, ops, probe):
         super().__init__(config, ops, probe)
         c, d = config, config.n_embd
-        self.final_norm = Norm("none" if c.post_norm else c.norm, d, ops, probe, c.dyt_alpha_final)
+        self.final_norm = Norm("none" if c.post_norm else c.norm, d, ops, probe, c.dyt_alpha_final, eps=c.norm_eps)
         self.embed_scale = nn.Parameter(torch.full((1,), d ** 0.5)) if c.dyt_embed_scale else None
         self.value_embeds = nn.ModuleList([nn.Embedding(c.vocab_size, d) for _ in range(min(c.value_embeds, c.n_layer))])
         self.skip_weights = nn.Parameter(torch.ones(c.n_layer - c.n_layer // 2)) if c.unet_skips else None
@@ -1325,7 +1327,7 @@ class GPTArch(Arch):
             gate = self.smear_lambda * torch.sigmoid(x[:, 1:, :12] @ self.smear_gate.to(x.dtype))[..., None]
             x = torch.cat([x[:, :1], x[:, 1:] + gate.to(x.dtype) * x[:, :-1]], dim=1)
         if c.x0_mix or c.residual_lambdas:  # the record's stream starts normalised: x0 = norm(embedding)
-            x = self.ops.rms_norm(x, None, 1e-6, 0.0)
+            x = self.ops.rms_norm(x, None, c.norm_eps, 0.0)
         return x * self.embed_scale if self.embed_scale is not None else x
     def run_blocks(self, blocks, x, idx):
         if self.record_stream:

@@ -185,7 +185,8 @@ from torch import nn
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DIFF = HERE / "peer_record.diff"
-DEFAULT_PATH = Path("/work/shared/peer/record_2026-08")
+DEFAULT_PATH = next((p for p in (REPO.parent / "shared" / "peer" / "record_2026-08", Path("/work/shared/peer/record_2026-08"))
+                     if (p / "train_gpt.py").is_file()), REPO.parent / "shared" / "peer" / "record_2026-08")  # ../shared beside the repo
 BANNER = "# int main"
 V_PAD = 50304                      # the record's padded vocabulary (next_multiple_of_n(50257, 128))
 E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
@@ -891,7 +892,7 @@ def adam_step(params: dict, grads: dict, table_entries=None, lr=0.008, step_inde
     for cfg in opt.param_cfgs.values():
         cfg.lr = lr
     for label, p in ps.items():
-        p.grad = grads[label].detach().float() if label in grads else None   # Adam only reads it
+        p.grad = grads[label].detach().float().clone() if label in grads else None   # a copy: the tied rule adds into lm_head's
     opt.step(do_adam=True)
     return {l: p.data.clone() for l, p in ps.items()}, state
 
