@@ -358,6 +358,9 @@ def flag_applies(name, config) -> bool:
         return False
     return not name.startswith("dyt_") or get("norm", "rmsnorm") == "dyt"
 
+# the flags of --optimizer=muon's optimizers (Muon, and the Adam beside it): with Adam for every parameter they do nothing
+MUON_MODE_FLAGS = ("muon_ortho", "normuon_beta2", "muon_wd", "muon_groups", "muon_momentum_cooldown", "muon_momentum_warmup",
+                   "adam_table", "adam_wd", "adam_every", "muon_batched")
 def preset_dropped(config) -> list:
     """The preset's settings that do not apply to this run's arch (and so keep the flag's default): e.g.
     --preset=speedrun's value embeddings under --arch=ngpt. Flags the user typed are not among them: those fail validate()."""
@@ -1177,7 +1180,7 @@ def bigram_hash(idx, rows):
     own output there, position 1 hashes that reserved index (rows - 1) as its previous token (the product wraps)."""
     x = idx.to(torch.int32)
     prev = x[:, :-1].clone()
-    prev[:, 0] = rows - 1
+    prev[:, :1] = rows - 1
     h = torch.full_like(x, rows - 1)
     h[:, 1:] = torch.bitwise_xor(36313 * x[:, 1:], 27191 * prev) % (rows - 1)
     return h.long()
@@ -3334,6 +3337,10 @@ def start(config: Hyperparameters, d: Dist, held: Optional[contextlib.ExitStack]
         dropped = [f"--{k}" if PRESETS[config.preset][k] is True else f"--{k}={PRESETS[config.preset][k]}" for k in preset_dropped(config)]
         if dropped:  # one line: what of the preset this arch does not take
             log(f"preset {config.preset}: not applied to --arch={config.arch} (they act on GPT's residual stream or logits): {' '.join(dropped)}")
+        idle = [f"--{k}={getattr(config, k)}" for k in MUON_MODE_FLAGS if getattr(config, k) != Hyperparameters.__dataclass_fields__[k].default]
+        kind = config.optimizer or ARCHS[config.arch].optimizer
+        if idle and kind != "muon":  # Adam for every parameter: Muon's and its Adam's pieces idle
+            log(f"optimizer {kind} for every parameter: no effect (--optimizer=muon takes them): {' '.join(idle)}")
     else:
         log(f"resumed from {resumed_path} at step {ckpt['step']}")
     for note in notes + loaded_notes:
@@ -3359,7 +3366,9 @@ def start(config: Hyperparameters, d: Dist, held: Optional[contextlib.ExitStack]
     if ckpt is not None:
         trainer.restore(ckpt)
     else:
-        for line in [raw_model.arch.summary()] + schedule.describe():
+        plan = raw_model.arch.plan  # printed when some layer differs from a plain one
+        plan_lines = ["layer plan:"] + [f"  {p}" for p in plan] if any(p != LayerPlan(p.layer) for p in plan) else []
+        for line in [raw_model.arch.summary()] + plan_lines + schedule.describe():
             if line: log(line)
     log(f"parameters: {sum(p.numel() for p in raw_model.parameters()):,} kernels: {ops.name}{'(' + ','.join(ops.triton_ops) + ')' if ops.name == 'mixed' else ''} grad_accum: {loader.grad_accum} micro_batch: {micro}")
     return trainer

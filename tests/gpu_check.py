@@ -1,23 +1,26 @@
-"""One-call GPU check, shortest question first: our speedrun against the record it copies, then the archs under the
-speedrun preset, then every architecture at the width it is built for and the kernels at the model's shapes, on one
-GPU, written to one text file.
+"""One-call GPU check, shortest question first: our --preset=speedrun (the current record, #89), then the archs under
+it, then the 2025 record against its own script, every architecture at the width it is built for and the kernels at
+the model's shapes, on one GPU, written to one text file.
 
-    python tests/gpu_check.py --out records/gpu/<date>_<device>        # on a GPU machine (~4 min for the record, ~12 in all)
+    python tests/gpu_check.py --out records/gpu/<date>_<device>        # on a GPU machine (~4 min for the first two, ~14 in all)
     python tests/gpu_check.py --out /tmp/gc --tiny                      # the same script on a CPU at a tiny size
 
 Sections, in this order (each run has its own timeout; a section that no longer fits --budget seconds is skipped
 and says so, so a partial result still lands):
-  record          --preset=speedrun (the record recipe) against ../shared/peer's patched 2025-01-16 record script
-                  (--peer, copied to peer/ by the caller), same 524,288 tokens per step, same steps (the window
-                  warm-up spans the run in both), within ~4 min: each side's first step compiles (~100 s on an H200)
+  speedrun        --preset=speedrun: the current record's recipe and model, compiled, 8 micro-steps a step on one
+                  GPU (its stages' 131K-393K tokens), steady ms/step and peak memory. The record's own script is not
+                  run beside it: it fetches FlashAttention 3 from a model hub (no network on the device machine) and
+                  compiles for ~7 minutes first; tests/peer_check.py compares its math with ours on a CPU instead
   speedrun_archs  --preset=speedrun with --arch=ngpt, --arch=angpt, --norm=dyt: do they run, compiled, at the
-                  record's shape (a few steps each; ratios to ours_speedrun)
+                  record's shape (a few steps each; ratios to ours_speedrun, memory beside each)
+  record          --preset=speedrun_2025 (the 2025-01-16 record) against ../shared/peer's patched script of it
+                  (--peer, copied to peer/ by the caller), same 524,288 tokens per step, same steps
   archs           gpt / ngpt / angpt (relu2, swiglu) / dyt at the 2024 speedrun shape (12 x 768, 6 x 128, d_ff
                   3072), compiled, 128 x 1024 tokens per step, Adam for every arm: last train loss, steady
                   ms/step, peak memory, and the ratios to gpt
   kernels         tests/bench_kernels.py at the model's shapes
   (record, continued: --preset=speedrun_2024)
-  components      the record recipe with one component turned off at a time (steady ms/step)
+  components      the current record with one piece (train_gpt.RECORD_PIECES) turned off at a time (steady ms/step)
 Steady ms/step is the median of the per-step train times over the steps after the first `warmup` ones (the first
 steps compile). Data: the embedded Shakespeare shards (FineWeb cannot be fetched on the device machine), so losses
 are not FineWeb losses; times compare runs of this one call.
@@ -30,6 +33,11 @@ SHAKESPEARE = ["--train_files=data/shakespeare/shakespeare_train_*.bin", "--val_
                "--val_tokens=0", "--sample_tokens=0"]
 TINY = ["--n_layer=2", "--n_embd=64", "--n_head=2", "--seq_len=128", "--batch_size=4", "--device_batch_size=2",
         "--no-compile", "--kernels=torch", "--bf16=false"]
+# --preset=speedrun at a CPU size: its 11-layer plan kept, 64 wide, two short stages, a small bigram table
+TINY_RECORD = ["--n_embd=64", "--n_head=2", "--seq_len=128", "--val_seq_len=128", "--batch_size=4", "--device_batch_size=2",
+               "--stages=512x128 w1/2 lr1 mtp1,.5,.25>1,.5,0 pre.25; +1 512x128 w1/3", "--final_window=4",
+               "--no-compile", "--kernels=torch", "--bf16=false"]
+TINY_BIGRAM = ["--bigram_vocab=1024"]  # GPT's (nGPT / anGPT drop the bigram table)
 
 SPEEDRUN_ARCHS = [  # label, flags on top of --preset=speedrun (the record's components that apply to each arch)
     ("speedrun_ngpt", ["--arch=ngpt"]),
@@ -88,7 +96,8 @@ class Check:
             return dict(ok=False, rc="skip", secs=0.0, steps=0, last_loss=None, val=None, ms=None, ms_min=None, ms_max=None,
                         peak_mib=None, params=None, tail="(skipped: budget spent)")
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"] if cuda() else [sys.executable]
-        size = TINY if self.tiny else []
+        gpt = not any(f in flags for f in ("--arch=ngpt", "--arch=angpt"))
+        size = (TINY_RECORD + TINY_BIGRAM * gpt if flags[:1] == ["--preset=speedrun"] else TINY) if self.tiny else []
         cmd = launcher + ["train_gpt.py", *SHAKESPEARE, *size, *flags, f"--steps={steps}", f"--run_name={label}",
                           f"--log_dir={os.path.join(self.out, 'logs')}"]
         rc, text, secs = self.run(label, cmd, timeout)
@@ -173,13 +182,23 @@ def archs_section(check, steps):
     table(check, rows, "gpt")
 
 
+def speedrun_section(check, steps):
+    """Ours at the current record first: its first step compiles, then steps of 8 micro-batches."""
+    if not check.section("speedrun: --preset=speedrun (the current record, #89), compiled, its stages' tokens per step", 200):
+        return []
+    # a short sample at the end exercises sampling with the record's masks (short contexts take the dense mask)
+    rows = [("ours_speedrun", check.train("ours_speedrun", ["--preset=speedrun", "--sample_tokens=8"], steps, timeout=190))]
+    check.say("(the record's own script: not run, see the docstring; tests/peer_check.py compares its math on a CPU)")
+    table(check, rows, "ours_speedrun")
+    return rows
+
+
 def record_section(check, steps):
     """Ours and the peer at the same steps (the LR cooldown and window warm-up span the run in both). Budget: two
     first-step compiles (~100 s each on an H200) and steps of ~1 s."""
-    if not check.section("record: --preset=speedrun (the 2025-01-16 record's recipe) vs the record's own script, 524,288 tokens/step", 200):
+    if not check.section("record: --preset=speedrun_2025 (the 2025-01-16 record) vs its own script, 524,288 tokens/step", 200):
         return []
-    # a short sample at the end exercises sampling with the record's masks (short contexts take the dense mask)
-    rows = [("ours_speedrun", check.train("ours_speedrun", ["--preset=speedrun", "--sample_tokens=8"], steps, timeout=170))]
+    rows = [("ours_speedrun_2025", check.train("ours_speedrun_2025", ["--preset=speedrun_2025"], steps, timeout=170))]
     if check.peer and os.path.exists(check.peer) and cuda():
         env = dict(PEER_TRAIN_GLOB=os.path.join(ROOT, "data/shakespeare/shakespeare_train_*.bin"),
                    PEER_VAL_GLOB=os.path.join(ROOT, "data/shakespeare/shakespeare_val_*.bin"), PEER_STEPS=str(max(steps, 15)),
@@ -189,7 +208,7 @@ def record_section(check, steps):
         rows.append(("peer_record", parse_peer(text, rc, secs)))
     else:
         check.say(f"(peer not run: {'no CUDA' if not cuda() else 'no script at ' + str(check.peer)})")
-    table(check, rows, "ours_speedrun")
+    table(check, rows, "ours_speedrun_2025")
     return rows
 
 
@@ -206,18 +225,17 @@ def record_2024_section(check, steps, rows):
     if not rows or not check.section("record (continued): --preset=speedrun_2024, the recipe before the record's components", 60):
         return
     rows = rows + [("ours_speedrun_2024", check.train("ours_speedrun_2024", ["--preset=speedrun_2024"], steps, timeout=150))]
-    table(check, rows, "ours_speedrun")
+    table(check, rows, "ours_speedrun_2025")
 
 
 def components_section(check, steps, components):
     if not components:
         return
-    if not check.section(f"components: --preset=speedrun with one component off, {steps} steps", 120):
+    if not check.section(f"components: --preset=speedrun with one piece off, {steps} steps", 120):
         return
     base = ["--preset=speedrun"]
     rows = [("all_on", check.train("all_on", base, steps, timeout=150))]
-    rows += [(f"no_{flag.split('=')[0].lstrip('-').replace('no-', '')}", check.train(f"off_{i}", base + [flag], steps, timeout=150))
-             for i, flag in enumerate(components)]
+    rows += [(f"no_{name}", check.train(f"no_{name}", base + flags, steps, timeout=150)) for name, flags in components]
     table(check, rows, "all_on")
 
 
@@ -235,15 +253,16 @@ def main(argv=None):
     ap.add_argument("--tiny", action="store_true", help="a tiny model on the CPU: the same code paths, minutes not hours")
     ap.add_argument("--budget", type=float, default=480, help="seconds for the whole check; sections that no longer fit are skipped")
     ap.add_argument("--peer", default=os.path.join(ROOT, "peer", "modded_train_gpt.py"), help="the patched record script (../shared/peer)")
-    ap.add_argument("--sections", default="record,speedrun_archs,archs,kernels,components")
+    ap.add_argument("--sections", default="speedrun,speedrun_archs,record,archs,kernels,components")
     ap.add_argument("--steps", type=int, default=30, help="steps of each archs run")
-    ap.add_argument("--components", default="", help="comma-separated subset of train_gpt.SPEEDRUN_COMPONENTS (default: all)")
+    ap.add_argument("--components", default="", help="comma-separated subset of train_gpt.RECORD_PIECES (default: all)")
     args = ap.parse_args(argv)
     check = Check(args.out, args.tiny, args.budget, args.peer)
     env_section(check)
     sections = args.sections.split(",")
+    speedrun_rows = speedrun_section(check, 4 if args.tiny else RECORD_STEPS) if "speedrun" in sections else []
+    if "speedrun_archs" in sections: speedrun_archs_section(check, 3 if args.tiny else 6, speedrun_rows)
     record_rows = record_section(check, 4 if args.tiny else RECORD_STEPS) if "record" in sections else []
-    if "speedrun_archs" in sections: speedrun_archs_section(check, 3 if args.tiny else 6, record_rows)
     if "archs" in sections: archs_section(check, 3 if args.tiny else args.steps)
     if "kernels" in sections: kernels_section(check)
     record_2024_section(check, 4 if args.tiny else 20, record_rows)
@@ -253,11 +272,11 @@ def main(argv=None):
 
 
 def record_components(names=""):
-    """The flags that turn one component of --preset=speedrun off (train_gpt.SPEEDRUN_COMPONENTS), all or `names`."""
+    """[(piece, the flags that turn it off)] of --preset=speedrun (train_gpt.RECORD_PIECES), all or `names`."""
     sys.path.insert(0, ROOT)
     import train_gpt
-    wanted = [n for n in names.split(",") if n] or list(train_gpt.SPEEDRUN_COMPONENTS)
-    return [train_gpt.SPEEDRUN_COMPONENTS[n] for n in wanted]
+    wanted = [n for n in names.split(",") if n] or list(train_gpt.RECORD_PIECES)
+    return [(n, train_gpt.RECORD_PIECES[n]) for n in wanted]
 
 
 if __name__ == "__main__":

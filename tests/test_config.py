@@ -87,7 +87,7 @@ def test_cpu_preset():
 
 def test_speedrun_preset_values():
     a = parse_args(["--preset=speedrun"])
-    assert (a.n_layer, a.n_embd, a.n_head) == (12, 768, 6)
+    assert (a.n_layer, a.n_embd, a.n_head) == (11, 768, 6)  # the current record (#89)
     assert "fineweb10B" in a.train_files and "fineweb10B" in a.val_files
     assert a.train_files.endswith("_train_*.bin") and a.val_files.endswith("_val_*.bin")
     assert a.val_tokens == 10485760 and a.compile is True
@@ -96,13 +96,13 @@ def test_speedrun_preset_values():
 
 
 def test_explicit_flags_override_the_preset():
-    a = parse_args(["--n_layer=2", "--preset=speedrun", "--compile=false", "--seq_len=64"])
+    a = parse_args(["--n_layer=2", "--preset=speedrun_2025", "--compile=false", "--seq_len=64"])
     assert (a.n_layer, a.compile, a.seq_len) == (2, False, 64)
-    assert (a.n_embd, a.n_head, a.batch_size) == (768, 6, PRESETS["speedrun"]["batch_size"])  # the rest still applies
+    assert (a.n_embd, a.n_head, a.batch_size) == (768, 6, PRESETS["speedrun_2025"]["batch_size"])  # the rest still applies
     # an explicit value equal to the dataclass default still beats the preset
     default_layers = Hyperparameters().n_layer
-    assert default_layers != PRESETS["speedrun"]["n_layer"]
-    assert parse_args(["--preset=speedrun", f"--n_layer={default_layers}"]).n_layer == default_layers
+    assert default_layers != PRESETS["speedrun_2025"]["n_layer"]
+    assert parse_args(["--preset=speedrun_2025", f"--n_layer={default_layers}"]).n_layer == default_layers
 
 
 def test_run_name_defaults_to_arch_and_seed():
@@ -115,11 +115,12 @@ def test_run_name_defaults_to_arch_and_seed():
 
 def test_no_preset_picks_by_cuda():
     gpu, cpu = parse_args([], cuda_available=True), parse_args([], cuda_available=False)
-    assert gpu.preset == "speedrun" and gpu.n_layer == 12 and gpu.n_embd == 768
+    assert gpu.preset == "speedrun" and gpu.n_layer == 11 and gpu.n_embd == 768
     assert cpu.preset == "cpu" and cpu == cpu_defaults()
     # an explicit preset wins over the hardware
     assert parse_args(["--preset=cpu"], cuda_available=True).preset == "cpu"
-    assert parse_args(["--preset=speedrun"], cuda_available=False).n_layer == 12
+    assert parse_args(["--preset=speedrun"], cuda_available=False).n_layer == 11
+    assert parse_args(["--preset=speedrun_2025"], cuda_available=False).n_layer == 12
 
 
 # ----------------------------------------------------------------------------- typos and bad values
@@ -309,7 +310,7 @@ def test_cli_help_lists_every_flag_with_its_default_by_group():
         assert listed[f"--{f.name}"][0] == group, f.name
         assert listed[f"--{f.name}"][1].split()[0] == repr(f.default), f.name
     assert [g for g, _ in sections] == [f.metadata["group"] for f in fields if f.metadata.get("group")]
-    assert "presets: --preset=cpu, --preset=speedrun" in r.stdout
+    assert "presets: --preset=cpu, --preset=speedrun_2024, --preset=speedrun_2025, --preset=speedrun, --preset=speedrun_cpu" in r.stdout
 
 
 def test_help_wins_over_other_flags(capsys):
@@ -445,21 +446,23 @@ def test_run_sh_help_lists_its_sub_commands_then_the_flags(flag):
         assert sub in head, (sub, head)
 
 
+@pytest.mark.parametrize("preset", ["speedrun", "speedrun_2025"])
 @pytest.mark.parametrize("argv", [["--arch=ngpt", "--ngpt_alpha_init=0.15"], ["--arch=angpt"], ["--norm=dyt"]])
-def test_speedrun_preset_takes_every_arch(argv):
-    """Issue 22: on a GPU node the default preset is speedrun, and the README's own examples must parse there. The
-    record's attention pattern, RoPE, merged QKV, FP8 head, batch and schedule apply to every arch; what acts on
-    GPT's residual stream or logits keeps its default under nGPT / anGPT (the preset's default, not the user's flag)."""
-    c = parse_args(argv, cuda_available=True)
-    assert c.preset == "speedrun"
-    shared = ("seq_len", "batch_size", "steps", "min_lr_frac", "doc_mask", "attn_window", "window_long_layers",
-              "merged_qkv", "rope_half", "rope_base", "skip_attn_layers", "fp8_head", "muon_batched", "fused_adam")
-    assert {k: getattr(c, k) for k in shared} == {k: PRESETS["speedrun"][k] for k in shared}
-    gpt_only = ("value_embeds", "unet_skips", "x0_mix", "attn_scale", "logit_softcap", "logit_softcap_form")
+def test_speedrun_preset_takes_every_arch(argv, preset):
+    """Issues 22 and 31: on a GPU node the default preset is speedrun (the current record), and the README's own
+    examples must parse there and under the 2025 record's preset. The batch, schedule, attention pattern, RoPE and
+    the recipe apply to every arch; what acts on GPT's residual stream or logits keeps its default under nGPT / anGPT
+    (the preset's default, not the user's flag)."""
+    c = parse_args(argv + ([f"--preset={preset}"] if preset != "speedrun" else []), cuda_available=True)
+    assert c.preset == preset
+    gpt_only = [k for k in PRESETS[preset] if train_gpt.flag_archs(k) == ["gpt"]]
+    shared = [k for k in PRESETS[preset] if k not in gpt_only]
+    assert {k: getattr(c, k) for k in shared} == {k: PRESETS[preset][k] for k in shared}
+    changed = [k for k in gpt_only if PRESETS[preset][k] != Hyperparameters.__dataclass_fields__[k].default]
     if c.arch == "gpt":  # DyT is the GPT baseline with another norm: it keeps all of the record
-        assert train_gpt.preset_dropped(c) == [] and all(getattr(c, k) == PRESETS["speedrun"][k] for k in gpt_only)
+        assert train_gpt.preset_dropped(c) == [] and all(getattr(c, k) == PRESETS[preset][k] for k in gpt_only)
     else:
-        assert sorted(train_gpt.preset_dropped(c)) == sorted(gpt_only)
+        assert sorted(train_gpt.preset_dropped(c)) == sorted(changed)
         assert all(getattr(c, k) == Hyperparameters.__dataclass_fields__[k].default for k in gpt_only)
 
 

@@ -26,17 +26,17 @@ def parses(*flags):
 
 def test_gpu_check_runs_tiny_on_cpu(tmp_path):
     r = subprocess.run([sys.executable, "tests/gpu_check.py", "--out", str(tmp_path), "--tiny", "--budget", "400",
-                        "--components=fp8_head,doc_mask"], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
+                        "--components=mtp,mudd"], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     report = (tmp_path / "gpu_check.txt").read_text()
     assert report == r.stdout.replace("\r", "") or report in r.stdout  # the file holds what was printed
-    # shortest question first: the record side by side, then the archs under the speedrun preset, then the rest
-    order = [report.index(f"=== {name}") for name in ("record:", "speedrun_archs", "archs:", "kernels", "record (continued)", "components")]
+    # shortest question first: ours at the current record, the archs under it, then the 2025 record side by side, the rest
+    order = [report.index(f"=== {name}") for name in ("speedrun:", "speedrun_archs", "record:", "archs:", "kernels", "record (continued)", "components")]
     assert order == sorted(order), report
     legal = {label: parses("--preset=speedrun", *flags) for label, flags in gpu_check.SPEEDRUN_ARCHS}
     assert all(legal.values()), legal  # issue 22: every arch takes the speedrun preset
-    for label in ("gpt", "ngpt", "angpt", "dyt", "angpt_swiglu", "ours_speedrun", "ours_speedrun_2024", "all_on",
-                  "no_fp8_head", "no_doc_mask", *legal):
+    for label in ("gpt", "ngpt", "angpt", "dyt", "angpt_swiglu", "ours_speedrun", "ours_speedrun_2025", "ours_speedrun_2024", "all_on",
+                  "no_mtp", "no_mudd", *legal):
         row = re.search(rf"^{label} +(\S+) +(\d+) +(\S+)", report, re.M)
         if not legal.get(label, True):  # a config error: the row says so and the check goes on
             assert row and row.group(1) == "2", f"{label}: {row and row.group(0)}"
@@ -45,7 +45,8 @@ def test_gpu_check_runs_tiny_on_cpu(tmp_path):
         assert float(row.group(3)) == float(row.group(3)), label  # a finite last loss
     assert "peer not run: no CUDA" in report
     assert (tmp_path / "raw" / "ours_speedrun.txt").exists()
-    # the record run really ran the record's recipe (the config line of its log) at the tiny size
+    # the record runs really ran the records' recipes (the config lines of their logs) at the tiny size
     log = (tmp_path / "raw" / "ours_speedrun.txt").read_text()
-    assert '"value_embeds": 3' in log and '"fp8_head": true' in log and '"n_embd": 64' in log
+    assert '"mudd": true' in log and '"fp8_mlp": true' in log and '"n_layer": 11' in log and '"n_embd": 64' in log
+    assert '"value_embeds": 3' in (tmp_path / "raw" / "ours_speedrun_2025.txt").read_text()
     assert '"norm": "dyt"' in (tmp_path / "raw" / "speedrun_dyt.txt").read_text()

@@ -1,5 +1,5 @@
 """The 2025-01-16 speedrun record's components (issue 14): each a flag of the GPT baseline, default off, all on in
---preset=speedrun; --preset=speedrun_2024 keeps the old recipe.
+--preset=speedrun_2025 (the speedrun preset until issue 31); --preset=speedrun_2024 keeps the old recipe.
 
 Every component is checked on the CPU against a reference written here from the record's facts (RECORD and the
 comments below), not derived from train_gpt: shapes, forward values, gradients against autograd of the reference,
@@ -200,12 +200,12 @@ def assert_within_bf16_ulp(a, b):
 # ----------------------------------------------------------------------------- 1. presets
 
 def test_speedrun_preset_is_the_record():
-    c = T.parse_args(["--preset=speedrun"])
+    c = T.parse_args(["--preset=speedrun_2025"])
     wrong = {k: (getattr(c, k), v) for k, v in RECORD.items() if getattr(c, k) != v}
     assert not wrong, f"--preset=speedrun differs from the record (got, record): {wrong}"
-    assert set(COMPONENTS) <= set(T.SPEEDRUN_COMPONENTS), set(COMPONENTS) - set(T.SPEEDRUN_COMPONENTS)
+    assert set(COMPONENTS) <= set(T.SPEEDRUN_2025_COMPONENTS), set(COMPONENTS) - set(T.SPEEDRUN_2025_COMPONENTS)
     defaults = T.Hyperparameters()
-    for name in T.SPEEDRUN_COMPONENTS:
+    for name in T.SPEEDRUN_2025_COMPONENTS:
         assert getattr(c, name) != getattr(defaults, name), f"--preset=speedrun leaves {name} off"
         assert getattr(defaults, name) == COMPONENTS.get(name, getattr(defaults, name)), f"{name} is not off by default"
     # LR: constant, then a linear cooldown over the last 40% down to 0.1x
@@ -218,7 +218,7 @@ def test_speedrun_preset_is_the_record():
 
 def test_speedrun_2024_has_no_component_on():
     c, d = T.parse_args(["--preset=speedrun_2024"]), T.Hyperparameters()
-    on = [name for name in T.SPEEDRUN_COMPONENTS if getattr(c, name) != getattr(d, name)]
+    on = [name for name in T.SPEEDRUN_2025_COMPONENTS if getattr(c, name) != getattr(d, name)]
     assert not on, f"--preset=speedrun_2024 turns on {on}"
     assert (c.seq_len, c.batch_size, c.n_layer, c.n_embd, c.n_head, c.steps) == (1024, 512, 12, 768, 6, 1750)
     assert (c.muon_momentum_warmup, c.min_lr_frac, c.logit_softcap, c.logit_softcap_form, c.rope_base) == (0, 0.0, 30.0, "tanh", 10000.0)
@@ -226,19 +226,19 @@ def test_speedrun_2024_has_no_component_on():
 
 @pytest.mark.parametrize("name", sorted(COMPONENTS))
 def test_each_component_flag_turns_exactly_it_off(name):
-    flag = T.SPEEDRUN_COMPONENTS[name]
-    base = T.asdict(T.parse_args(["--preset=speedrun"]))
-    off = T.asdict(T.parse_args(["--preset=speedrun", flag]))
+    flag = T.SPEEDRUN_2025_COMPONENTS[name]
+    base = T.asdict(T.parse_args(["--preset=speedrun_2025"]))
+    off = T.asdict(T.parse_args(["--preset=speedrun_2025", flag]))
     changed = {k for k in base if base[k] != off[k]}
     assert changed == {name}, f"{flag} changed {changed}"
     assert off[name] == COMPONENTS[name] == getattr(T.Hyperparameters(), name)
 
 
-REDUCED = ["--preset=speedrun", "--n_layer=12", "--n_embd=32", "--n_head=2", f"--vocab_size={VOCAB}", "--seq_len=256",
+REDUCED = ["--preset=speedrun_2025", "--n_layer=12", "--n_embd=32", "--n_head=2", f"--vocab_size={VOCAB}", "--seq_len=256",
            "--kernels=torch", "--bf16=false", "--no-compile"]
 
 
-@pytest.mark.parametrize("flag", [None] + [T.SPEEDRUN_COMPONENTS[n] for n in sorted(COMPONENTS)])
+@pytest.mark.parametrize("flag", [None] + [T.SPEEDRUN_2025_COMPONENTS[n] for n in sorted(COMPONENTS)])
 def test_speedrun_with_one_component_off_trains_a_step(flag, monkeypatch):
     """The record's 12 layers (so layer 7 and the long layers exist) at width 32: forward, backward and a step of
     both optimizers, with every component on and with each one off. The small vocabulary's EOT is id 5."""
@@ -665,7 +665,7 @@ def test_long_and_short_layers_get_their_windows():
         for h in hooks:
             h.remove()
     everyone = mdl("--n_layer=3", "--attn_window=256", "--steps=4", "--seq_len=512")  # '' = every layer long
-    assert everyone.arch.long_layers == {0, 1, 2}
+    assert [p.long_window for p in everyone.arch.plan] == [True, True, True]
 
 
 # ----------------------------------------------------------------------------- 10. FP8 head
@@ -885,8 +885,8 @@ def test_reduced_speedrun_preset_learns(speedrun_shards, monkeypatch):
     monkeypatch.setattr(T, "EOT_TOKEN", RUN_EOT)
     masks = []
     real_dense = T.dense_attention_mask
-    monkeypatch.setattr(T, "dense_attention_mask", lambda idx, w=None, doc=True: masks.append((w, doc)) or real_dense(idx, w, doc))
-    c = T.parse_args(["--preset=speedrun", "--n_layer=8", "--n_embd=64", "--n_head=2", f"--vocab_size={RUN_VOCAB}",
+    monkeypatch.setattr(T, "dense_attention_mask", lambda idx, w=None, doc=True, *rest: masks.append((w, doc)) or real_dense(idx, w, doc, *rest))
+    c = T.parse_args(["--preset=speedrun_2025", "--n_layer=8", "--n_embd=64", "--n_head=2", f"--vocab_size={RUN_VOCAB}",
                       "--seq_len=256", "--batch_size=8", "--device_batch_size=4", "--steps=20", "--val_every=10",
                       "--val_tokens=4096", "--no-compile", "--kernels=torch", "--sample_tokens=0",
                       f"--train_files={d}/sr_train_*.bin", f"--val_files={d}/sr_val_*.bin",
@@ -949,7 +949,7 @@ def test_every_arch_trains_under_the_speedrun_preset(flags, speedrun_shards, mon
     d = speedrun_shards
     monkeypatch.setattr(T, "EOT_TOKEN", RUN_EOT)
     name = "sr_" + flags[0].split("=")[1]
-    c = T.parse_args(["--n_layer=8", "--n_embd=64", "--n_head=2", f"--vocab_size={RUN_VOCAB}", "--seq_len=256",
+    c = T.parse_args(["--preset=speedrun_2025", "--n_layer=8", "--n_embd=64", "--n_head=2", f"--vocab_size={RUN_VOCAB}", "--seq_len=256",
                       "--batch_size=4", "--device_batch_size=4", "--steps=6", "--val_every=6", "--val_tokens=2048",
                       "--no-compile", "--kernels=torch", "--sample_tokens=0", "--bf16=false", *flags,
                       f"--train_files={d}/sr_train_*.bin", f"--val_files={d}/sr_val_*.bin",
@@ -960,11 +960,11 @@ def test_every_arch_trains_under_the_speedrun_preset(flags, speedrun_shards, mon
     lines = step_lines(text)
     assert len(lines["train"]) == 6 and all(np.isfinite(list(lines["train"].values())))
     assert lines["val"][6][0] < lines["val"][0][0], lines["val"]
-    dropped = [l for l in text.splitlines() if l.startswith("preset speedrun: not applied")]
+    dropped = [l for l in text.splitlines() if l.startswith("preset speedrun_2025: not applied")]
     if c.arch == "gpt":
         assert dropped == []
     else:
-        assert dropped == [f"preset speedrun: not applied to --arch={c.arch} (they act on GPT's residual stream or logits): "
+        assert dropped == [f"preset speedrun_2025: not applied to --arch={c.arch} (they act on GPT's residual stream or logits): "
                            "--value_embeds=3 --unet_skips --x0_mix --attn_scale=0.12 --logit_softcap=15.0 --logit_softcap_form=sigmoid"]
 
 
@@ -976,7 +976,7 @@ def test_normalised_archs_train_under_the_speedrun_preset_at_full_width(arch, sp
     d = speedrun_shards
     monkeypatch.setattr(T, "EOT_TOKEN", RUN_EOT)
     name = f"sr768_{arch}"
-    c = T.parse_args(["--n_layer=8", "--n_embd=768", "--n_head=6", f"--vocab_size={RUN_VOCAB}", "--seq_len=256",
+    c = T.parse_args(["--preset=speedrun_2025", "--n_layer=8", "--n_embd=768", "--n_head=6", f"--vocab_size={RUN_VOCAB}", "--seq_len=256",
                       "--batch_size=4", "--device_batch_size=4", "--steps=4", "--val_every=4", "--val_tokens=2048",
                       "--no-compile", "--kernels=torch", "--sample_tokens=0", "--bf16=false", f"--arch={arch}",
                       f"--train_files={d}/sr_train_*.bin", f"--val_files={d}/sr_val_*.bin",

@@ -348,18 +348,18 @@ def test_speedrun_2024_preset_builds_full_size_and_steps_on_cpu(tmp_path):
 
 
 def test_speedrun_preset_has_the_records_parameter_count():
-    """--preset=speedrun builds the 2025-01-16 record's model: 275,598,388 parameters there (embeddings of 50,257
+    """--preset=speedrun_2025 builds the 2025-01-16 record's model: 275,598,388 parameters there (embeddings of 50,257
     rows, the head padded to 50,304); ours pads the four embeddings to 50,304 too: 4 x 47 x 768 more."""
-    a = tg.parse_args(["--preset=speedrun", "--compile=false"])
+    a = tg.parse_args(["--preset=speedrun_2025", "--compile=false"])
     n = sum(p.numel() for p in tg.build_model(a).parameters())
     assert n == 275_598_388 + 4 * 47 * 768
 
 
 # ----------------------------------------------------------------------------- the speedrun compiled: one graph
 
-# --preset=speedrun at a CPU size with the record's window schedule: --attn_window=512 over 8 steps grows the long
+# --preset=speedrun_2025 at a CPU size with the record's window schedule: --attn_window=512 over 8 steps grows the long
 # window through 1, 2, 3 and 4 blocks ((512/128 - 0.5) * step / 8, rounded up), the short one through 1 and 2
-COMPILED_SPEEDRUN = ["--preset=speedrun", "--n_layer=2", "--n_embd=64", "--n_head=2", "--seq_len=512", "--batch_size=2",
+COMPILED_SPEEDRUN = ["--preset=speedrun_2025", "--n_layer=2", "--n_embd=64", "--n_head=2", "--seq_len=512", "--batch_size=2",
                      "--device_batch_size=1", "--attn_window=512", "--steps=8", "--val_every=4", "--val_tokens=1024",
                      "--sample_tokens=0", "--bf16=false", "--kernels=torch"]
 
