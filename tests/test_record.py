@@ -885,7 +885,7 @@ def test_reduced_speedrun_preset_learns(speedrun_shards, monkeypatch):
     monkeypatch.setattr(T, "EOT_TOKEN", RUN_EOT)
     masks = []
     real_dense = T.dense_attention_mask
-    monkeypatch.setattr(T, "dense_attention_mask", lambda idx, w=None, doc=True, *rest: masks.append((w, doc)) or real_dense(idx, w, doc, *rest))
+    monkeypatch.setattr(T, "dense_attention_mask", lambda idx, w=None, doc=True, *rest: masks.append((None if w is None else int(w), doc)) or real_dense(idx, w, doc, *rest))
     c = T.parse_args(["--preset=speedrun_2025", "--n_layer=8", "--n_embd=64", "--n_head=2", f"--vocab_size={RUN_VOCAB}",
                       "--seq_len=256", "--batch_size=8", "--device_batch_size=4", "--steps=20", "--val_every=10",
                       "--val_tokens=4096", "--no-compile", "--kernels=torch", "--sample_tokens=0",
