@@ -152,7 +152,8 @@ def test_find_shards_falls_back_to_the_repo(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("pattern, script, needles", [
-    ("{tmp}/data/fineweb10B/fineweb_train_*.bin", "data/cached_fineweb10B.py", []),
+    # ./run.sh fetches FineWeb on GPU nodes only: the hint must not send a CPU user there (issue 32, item 11)
+    ("{tmp}/data/fineweb10B/fineweb_train_*.bin", "data/cached_fineweb10B.py", ["on a GPU node, not on a CPU"]),
     ("{tmp}/data/shakespeare/shakespeare_val_*.bin", "data/prepare_shakespeare.py", ["git checkout"]),
     ("{tmp}/mytext/mine_train_*.bin", "data/tokenize_text.py", []),
 ])
