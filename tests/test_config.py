@@ -310,7 +310,7 @@ def test_cli_help_lists_every_flag_with_its_default_by_group():
         assert listed[f"--{f.name}"][0] == group, f.name
         assert listed[f"--{f.name}"][1].split()[0] == repr(f.default), f.name
     assert [g for g, _ in sections] == [f.metadata["group"] for f in fields if f.metadata.get("group")]
-    assert "presets: --preset=cpu, --preset=speedrun_2024, --preset=speedrun_2025, --preset=speedrun, --preset=speedrun_cpu" in r.stdout
+    assert "presets: --preset=cpu, --preset=speedrun_2024, --preset=speedrun_2025, --preset=speedrun, --preset=speedrun_cpu, --preset=speedrun_medium" in r.stdout
 
 
 def test_help_wins_over_other_flags(capsys):
