@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ./run.sh [flags]        train: GPU node -> torchrun over all local GPUs, speedrun preset on FineWeb (fetched if missing);
 #                         no GPU -> the cpu preset on the embedded Shakespeare shards. Flags pass through to train_gpt.py.
-# ./run.sh test [args]    the test suite (pytest; args pass through)
+# ./run.sh test [args]    the test suite (pytest on every core; args pass through: -m "not slow" is the quick tier)
 # ./run.sh sweep NAME --seeds=N -- "CONFIG FLAGS" ...   several configs x seeds into records/NAME (records/sweep.py)
 # ./run.sh compare PATHS...                            the comparison table + plot (records/compare.py)
 # ./run.sh -h | --help   this help, then train_gpt.py's flags
@@ -12,7 +12,7 @@ PY="$VENV/bin/python"
 
 setup() {  # make the venv from requirements.txt once; reuse it while the packages import
   [ -x "$PY" ] || python3 -m venv "$VENV"
-  if ! "$PY" -c "import torch, triton, tiktoken, numpy, scipy, matplotlib, pytest" 2>/dev/null; then
+  if ! "$PY" -c "import torch, triton, tiktoken, numpy, scipy, matplotlib, pytest, xdist" 2>/dev/null; then
     echo "setting up $VENV from requirements.txt" >&2
     "$PY" -m pip install -q --upgrade pip >&2 || true
     "$PY" -m pip install -q -r requirements.txt >&2
@@ -32,14 +32,14 @@ case "${1:-}" in
 esac
 setup
 case "${1:-}" in
-  test)    shift; exec "$PY" -m pytest -q tests "$@" ;;
+  test)    shift; exec "$PY" -m pytest -q -n auto --durations=15 tests "$@" ;;   # a worker per core; the 15 slowest tests at the end
   sweep)   shift; exec "$PY" records/sweep.py "$@" ;;
   compare) shift; exec "$PY" records/compare.py "$@" ;;
 esac
 
 n=$(ngpus)
 if [ "$n" -gt 0 ]; then
-  # the speedrun reads 1750 x 512 x 1024 = 917M tokens of data/fineweb10B: fetch the 10 train shards (1B
+  # the speedrun (the current record) reads ~0.34B tokens of data/fineweb10B, speedrun_2024 917M: fetch 10 train shards (1B
   # tokens) + val when any is missing; the fetch needs huggingface_hub, which only GPU nodes install
   if [ ! -f data/fineweb10B/fineweb_val_000000.bin ] || [ ! -f data/fineweb10B/fineweb_train_000010.bin ]; then
     "$PY" -c "import huggingface_hub" 2>/dev/null || "$PY" -m pip install -q huggingface_hub >&2
