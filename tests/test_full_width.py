@@ -1,5 +1,7 @@
 """Every architecture trains at the width it is built for: 768 wide, d_ff 3072, 6 heads x 128 (the speedrun's
-block), 2 layers, 20 steps on the CPU in bf16 through the real train loop. A behaviour checked only at width 128
+block), 2 layers, 20 steps (GPT 10: Muon's orthogonalisation at 768 x 3072 is most of a CPU step) on the CPU in fp32
+(this CPU has no bf16 instructions: emulated bf16 tripled the cost; the width-dependent behaviour is the same) through
+the real train loop. A behaviour checked only at width 128
 is unchecked at 768: anGPT's first activation factor (nu on unit-norm inputs, 45 for ReLU^2 at this width)
 trained fine at 128 and diverged here (../shared/gpu/2026-11-26_h200).
 
@@ -19,10 +21,12 @@ import train_gpt as T
 from conftest import ROOT, step_lines, train_in_process
 
 VOCAB = 1024
-RUNS = {  # name -> flags; every --arch with both MLP kinds, and DyT
+# GPT's rows show it runs and learns at 768 wide, no more: at 2 layers x 10 steps the loss is the embeddings' and
+# head's (with Muon's updates zeroed for every matrix >= 512 wide, each step's loss moved by < 0.16), and neither a
+# width-dependent Muon lr (x fan_in/128) nor a 6x MLP pre-activation scale made them fail
+RUNS = {  # name -> flags; every --arch with both MLP kinds, and DyT (on GPT's SwiGLU row: one Muon run less)
     "gpt_relu2": ["--arch=gpt", "--mlp=relu2"],
-    "gpt_swiglu": ["--arch=gpt", "--mlp=swiglu"],
-    "gpt_dyt": ["--arch=gpt", "--norm=dyt"],
+    "gpt_swiglu_dyt": ["--arch=gpt", "--mlp=swiglu", "--norm=dyt"],
     "ngpt_relu2": ["--arch=ngpt", "--mlp=relu2"],
     "ngpt_swiglu": ["--arch=ngpt", "--mlp=swiglu"],
     "angpt_relu2": ["--arch=angpt", "--mlp=relu2"],
@@ -49,7 +53,7 @@ def small_vocab_shards(tmp_path_factory):
 def train_full_width(d, name, flags, steps=20):
     a = T.parse_args(["--preset=cpu", "--n_layer=2", "--n_embd=768", "--n_head=6", "--mlp_ratio=4", f"--vocab_size={VOCAB}",
                       "--seq_len=64", "--batch_size=8", "--device_batch_size=8", f"--steps={steps}", "--val_every=1",
-                      "--val_tokens=512", "--sample_tokens=0", "--kernels=torch", "--bf16=true",
+                      "--val_tokens=512", "--sample_tokens=0", "--kernels=torch", "--bf16=false",
                       f"--train_files={d}/syn_train_*.bin", f"--val_files={d}/syn_val_*.bin",
                       f"--log_dir={d}/logs", f"--run_name={name}", f"--checkpoint_dir={d}/ck"] + flags)
     assert train_in_process(a) == 0
@@ -62,13 +66,14 @@ def train_full_width(d, name, flags, steps=20):
 
 @pytest.mark.parametrize("name", list(RUNS))
 def test_trains_at_full_width(small_vocab_shards, name):
-    a, train, hidden = train_full_width(small_vocab_shards, name, RUNS[name])
+    steps = 10 if name.startswith("gpt") else 20
+    a, train, hidden = train_full_width(small_vocab_shards, name, RUNS[name], steps=steps)
     assert (a.n_embd, a.n_embd // a.n_head, int(a.mlp_ratio * a.n_embd)) == (768, 128, 3072)
-    assert len(train) == 20 and all(np.isfinite(train)), f"{name}: train losses {train}"
+    assert len(train) == steps and all(np.isfinite(train)), f"{name}: train losses {train}"
     assert max(train[1:]) <= train[0], f"{name}: a step's loss rose above the first ({train[0]:.3f}): {train}"
-    assert np.mean(train[-3:]) < train[0] - 0.5, f"{name}: no clear fall in 20 steps: {train}"
+    assert np.mean(train[-3:]) < train[0] - 0.5, f"{name}: no clear fall in {steps} steps: {train}"
     if a.arch == "angpt":
-        assert len(hidden) == 21, hidden
+        assert len(hidden) == steps + 1, hidden
         # the paper's premise (nu factors keep the stream's norm near 1) holds where the stream itself is kept:
         # under --angpt_norm=output (and none, at this depth). Under the default (input) the sub-layers see
         # normalised inputs and nothing holds the stream: it grows past 2 here with SwiGLU (README, anGPT)
