@@ -31,7 +31,7 @@ DIST_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: real training runs through the CLI (deselect with -m 'not slow')")
+    config.addinivalue_line("markers", "slow: the tests of ~20 s or more: real training runs, compiles, the full-shape peer check (deselect with -m 'not slow')")
 
 
 def tiny_config(*flags) -> T.Hyperparameters:

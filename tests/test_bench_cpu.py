@@ -20,6 +20,7 @@ def test_without_nanogpt_it_says_what_is_missing_and_exits_0(tmp_path):
     assert "skipped" in out.stdout and f"{tmp_path} lacks train_cmp.py" in out.stdout and "nanogpt_cmp/README.md" in out.stdout
 
 
+@pytest.mark.slow
 def test_ours_side_by_side_in_two_precisions(tmp_path):
     """Two interleaved rounds of ours in bf16 and fp32 at a tiny size: per-step times from the real logs, tok/s at
     the tiny batch (64 tokens), the ratio per round, and the report written to --out."""

@@ -20,6 +20,8 @@ import pytest
 import train_gpt as T
 from conftest import ROOT, step_lines, train_in_process
 
+pytestmark = pytest.mark.slow
+
 VOCAB = 1024
 # GPT's rows show it runs and learns at 768 wide, no more: at 2 layers x 10 steps the loss is the embeddings' and
 # head's (with Muon's updates zeroed for every matrix >= 512 wide, each step's loss moved by < 0.16), and neither a

@@ -254,6 +254,7 @@ def test_triton_on_cpu_needs_the_interpreter():
 
 AOT_WIDTHS = [16, 32, 64, 96, 128, 200, 256, 512, 768, 1024, 2048, 3072, 4096, 8192]  # head dims, test shapes, model widths (MLP 4x included)
 
+@pytest.mark.slow
 def test_kernels_compile_for_hopper(tmp_path):
     """Every kernel, for every tile it is launched with at these widths and for bf16 and fp32 activations
     (constexpr flags all on; every flag combination at one width), compiles to PTX and a cubin for sm_90 with the

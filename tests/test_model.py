@@ -434,6 +434,7 @@ def test_gpt_loss_on_cpu_takes_the_chunked_softcap_path():
     torch.testing.assert_close(m(idx, tgt), plain, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batched", [True])  # unbatched splits the same way (muon_owners); one variant keeps the suite short
 def test_muon_split_over_ranks_matches_one_rank_and_divides_the_work(tmp_path, batched):
     """Issue 22: Muon over 2 and 4 gloo processes (tests/bench_muon.py: the same gradients on every rank, as DDP

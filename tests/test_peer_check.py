@@ -27,6 +27,7 @@ def run_pieces(peer, names=None, skip_model=False):
     return rc, lines
 
 
+@pytest.mark.slow
 def test_every_recipe_piece_matches_the_record(peer):
     rc, lines = run_pieces(peer, skip_model=True)
     assert rc == 0, "\n".join(lines)

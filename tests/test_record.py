@@ -968,6 +968,7 @@ def test_every_arch_trains_under_the_speedrun_preset(flags, speedrun_shards, mon
                            "--value_embeds=3 --unet_skips --x0_mix --attn_scale=0.12 --logit_softcap=15.0 --logit_softcap_form=sigmoid"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["ngpt", "angpt"])
 def test_normalised_archs_train_under_the_speedrun_preset_at_full_width(arch, speedrun_shards, monkeypatch):
     """The same at the record's width: 768 wide, d_ff 3072, 6 heads x 128, 8 layers (so layer 7 has no attention and

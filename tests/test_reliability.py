@@ -233,6 +233,7 @@ def test_signal_then_resume_auto_reproduces_every_loss(shared, tiny_shards, tmp_
     and bit-identical final weights as the uninterrupted run."""
     check_resume_reproduces(shared, tiny_shards, tmp_path, arch, 1, sig)
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["gpt", "ngpt"])
 def test_signal_then_resume_under_torchrun(shared, tiny_shards, tmp_path, arch):
     """2-process gloo torchrun: SIGTERM to torchrun (which forwards it to both ranks) stops both ranks at the same

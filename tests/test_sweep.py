@@ -323,6 +323,7 @@ def test_progress_lines_say_k_of_n_elapsed_and_eta(tmp_path, capfd):
     assert re.search(r", elapsed \d+s, eta n/a: ", lines[0])  # no run has ended yet
     assert all(re.search(r", elapsed \d+s, eta \d+s: ", l) for l in lines[1:])
 
+@pytest.mark.slow
 def test_save_every_run_interrupted_then_resumed_with_the_real_trainer(tmp_path):
     """train_gpt.py refuses a fresh run whose name has checkpoints: the re-run of an interrupted --save_every run
     used to fail there (exit 2); with --checkpoint_dir under --out and --resume=auto it continues."""
@@ -347,6 +348,7 @@ def test_save_every_run_interrupted_then_resumed_with_the_real_trainer(tmp_path)
     text = log.read_text()
     assert logs(out)["t_c0_s0"] == [log] and "resumed from" in text and "step:120/120 val_loss" in text
 
+@pytest.mark.slow
 def test_lr_grid_tunes_extends_past_an_edge_picks_then_confirms_on_fresh_seeds(tmp_path, capfd):
     """Config 0's best lr lies past the grid (8): 2 is an edge pick, the grid grows to 4 (--max_extend=1), still an
     edge: flagged. Config 1 has its own grid, and its lr 1 diverges (inf): 0.5 is picked, inside the grid."""

@@ -270,6 +270,7 @@ def node_command(nodes, per_node, port, args):
             "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", f"--rdzv_id=job{port}", str(ROOT / "train_gpt.py"), *args]
 
 
+@pytest.mark.slow
 def test_two_nodes_match_one_process(tmp_path, tiny_shards, single):
     """2 nodes x 1 process (two torchrun agents started together, gloo): the same training as one process."""
     port = tg._free_port()
@@ -303,6 +304,7 @@ FAKE_SCONTROL = """#!/bin/bash
 """
 
 
+@pytest.mark.slow
 def test_slurm_script_runs_two_nodes_like_one_process(tmp_path, tiny_shards, single):
     """slurm.sbatch itself (bash) in a faked 2-node job: SLURM_* variables, a fake srun that starts the per-node
     torchrun twice on this host, a fake scontrol that names 127.0.0.1 the head node."""
@@ -323,6 +325,7 @@ def test_slurm_script_runs_two_nodes_like_one_process(tmp_path, tiny_shards, sin
 
 # ----------------------------------------------------------------------------- the GPU recipe, one step on the CPU
 
+@pytest.mark.slow
 def test_speedrun_2024_preset_builds_full_size_and_steps_on_cpu(tmp_path):
     sp = str(ROOT / "data" / "shakespeare")
     a = tg.parse_args(["--preset=speedrun_2024", "--seq_len=64", "--batch_size=2", "--device_batch_size=2", "--val_tokens=128",
