@@ -1,7 +1,6 @@
 """Every architecture trains at the width it is built for: 768 wide, d_ff 3072, 6 heads x 128 (the speedrun's
-block), 2 layers, 20 steps (GPT 10: Muon's orthogonalisation at 768 x 3072 is most of a CPU step) on the CPU in fp32
-(this CPU has no bf16 instructions: emulated bf16 tripled the cost; the width-dependent behaviour is the same) through
-the real train loop. A behaviour checked only at width 128
+block), 2 layers, 8 x 32 tokens a step, 20 steps (GPT 10) on the CPU in fp32 (this CPU has no bf16 instructions:
+emulated bf16 tripled the cost; the width-dependent behaviour is the same) through the real train loop. A behaviour checked only at width 128
 is unchecked at 768: anGPT's first activation factor (nu on unit-norm inputs, 45 for ReLU^2 at this width)
 trained fine at 128 and diverged here (../shared/gpu/2026-11-26_h200).
 
@@ -13,7 +12,7 @@ the stream is kept (--angpt_norm=output); under the default (input) it does not 
 
 Two layers hide what depth does: anGPT with nu factors alone (--angpt_norm=none) passes at 2 layers and spikes at the speedrun's 12,
 where each MLP's excess output norm compounds through the next (records/angpt_depth). So anGPT also trains here
-at the full 12 x 768, 10 steps."""
+at the full 12 x 768, 6 steps of 8 x 64 tokens."""
 import numpy as np
 import pytest
 
@@ -25,10 +24,12 @@ pytestmark = pytest.mark.slow
 VOCAB = 1024
 # GPT's rows show it runs and learns at 768 wide, no more: at 2 layers x 10 steps the loss is the embeddings' and
 # head's (with Muon's updates zeroed for every matrix >= 512 wide, each step's loss moved by < 0.16), and neither a
-# width-dependent Muon lr (x fan_in/128) nor a 6x MLP pre-activation scale made them fail
-RUNS = {  # name -> flags; every --arch with both MLP kinds, and DyT (on GPT's SwiGLU row: one Muon run less)
-    "gpt_relu2": ["--arch=gpt", "--mlp=relu2"],
-    "gpt_swiglu_dyt": ["--arch=gpt", "--mlp=swiglu", "--norm=dyt"],
+# width-dependent Muon lr (x fan_in/128) nor a 6x MLP pre-activation scale made them fail. So they take Adam (a tenth
+# of a Muon step's cost at 768 x 3072 here); Muon at the record's shape is checked against the record's own code by
+# tests/peer_check.py (the whole 11 x 768 model, 3 steps) and stepped at 12 x 768 by speedrun_2024's full-size test
+RUNS = {  # name -> flags; every --arch with both MLP kinds, and DyT (on GPT's SwiGLU row)
+    "gpt_relu2": ["--arch=gpt", "--mlp=relu2", "--optimizer=adam"],
+    "gpt_swiglu_dyt": ["--arch=gpt", "--mlp=swiglu", "--norm=dyt", "--optimizer=adam"],
     "ngpt_relu2": ["--arch=ngpt", "--mlp=relu2"],
     "ngpt_swiglu": ["--arch=ngpt", "--mlp=swiglu"],
     "angpt_relu2": ["--arch=angpt", "--mlp=relu2"],
@@ -52,9 +53,9 @@ def small_vocab_shards(tmp_path_factory):
     return d
 
 
-def train_full_width(d, name, flags, steps=20):
+def train_full_width(d, name, flags, steps=20, seq_len=32):
     a = T.parse_args(["--preset=cpu", "--n_layer=2", "--n_embd=768", "--n_head=6", "--mlp_ratio=4", f"--vocab_size={VOCAB}",
-                      "--seq_len=64", "--batch_size=8", "--device_batch_size=8", f"--steps={steps}", "--val_every=1",
+                      f"--seq_len={seq_len}", "--batch_size=8", "--device_batch_size=8", f"--steps={steps}", "--val_every=1",
                       "--val_tokens=512", "--sample_tokens=0", "--kernels=torch", "--bf16=false",
                       f"--train_files={d}/syn_train_*.bin", f"--val_files={d}/syn_val_*.bin",
                       f"--log_dir={d}/logs", f"--run_name={name}", f"--checkpoint_dir={d}/ck"] + flags)
@@ -86,14 +87,15 @@ def test_trains_at_full_width(small_vocab_shards, name):
 
 @pytest.mark.parametrize("mlp", ["relu2"])  # the record's MLP; SwiGLU at 12 layers behaves alike (100 s more)
 def test_angpt_trains_at_full_depth(small_vocab_shards, mlp):
-    """12 x 768 anGPT, 10 steps: no NaN, no step above the first, a clear fall, the stream's norm bounded. With
-    --angpt_norm=none this fails: both MLP kinds spike above the first step's loss. With the exact norms the
-    stream's norm still grows (to ~5-6 in these 10 steps: the MLP outputs outgrow their nu factors after the first
-    Adam steps), so the bound is loose: it catches the compounding growth, not the paper's premise of norm ~1."""
+    """12 x 768 anGPT, 6 steps: no NaN, no step above the first, a clear fall, the stream's norm bounded. With
+    --angpt_norm=none this fails: the loss spikes at step 2 (129.9 against 7.16) and the norm reaches 11.7. With the
+    exact norms the stream's norm still grows (to ~4 in these 6 steps: the MLP outputs outgrow their nu factors after
+    the first Adam steps), so the bound is loose: it catches the compounding growth, not the paper's premise of norm ~1."""
     name = f"angpt_{mlp}_12"
-    a, train, hidden = train_full_width(small_vocab_shards, name, ["--arch=angpt", f"--mlp={mlp}", "--n_layer=12"], steps=10)
+    a, train, hidden = train_full_width(small_vocab_shards, name, ["--arch=angpt", f"--mlp={mlp}", "--n_layer=12"], steps=6,
+                                        seq_len=64)  # at 8 x 32 tokens the right code spikes too (7.63 over 7.20 at step 2)
     assert a.n_layer == 12 and a.angpt_norm == "input"
-    assert len(train) == 10 and all(np.isfinite(train)), f"{name}: train losses {train}"
+    assert len(train) == 6 and all(np.isfinite(train)), f"{name}: train losses {train}"
     assert max(train[1:]) <= train[0], f"{name}: a step's loss rose above the first ({train[0]:.3f}): {train}"
-    assert np.mean(train[-3:]) < train[0] - 0.5, f"{name}: no clear fall in 10 steps: {train}"
-    assert len(hidden) == 11 and max(hidden) <= 10.0, f"{name}: the stream's norm grew past 10: {hidden}"
+    assert np.mean(train[-3:]) < train[0] - 0.5, f"{name}: no clear fall in 6 steps: {train}"
+    assert len(hidden) == 7 and max(hidden) <= 10.0, f"{name}: the stream's norm grew past 10: {hidden}"
