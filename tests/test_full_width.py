@@ -17,11 +17,10 @@ import numpy as np
 import pytest
 
 import train_gpt as T
-from conftest import ROOT, step_lines, train_in_process
+from conftest import frequent_token_files, step_lines, train_in_process
 
 pytestmark = pytest.mark.slow
 
-VOCAB = 1024
 # GPT's rows show it runs and learns at 768 wide, no more: at 2 layers x 10 steps the loss is the embeddings' and
 # head's (with Muon's updates zeroed for every matrix >= 512 wide, each step's loss moved by < 0.16), and neither a
 # width-dependent Muon lr (x fan_in/128) nor a 6x MLP pre-activation scale made them fail. So they take Adam (a tenth
@@ -38,26 +37,11 @@ RUNS = {  # name -> flags; every --arch with both MLP kinds, and DyT (on GPT's S
 }
 
 
-@pytest.fixture(scope="module")
-def small_vocab_shards(tmp_path_factory):
-    """Shakespeare train tokens re-numbered by frequency: the top VOCAB-1 keep an id each, the rest share the last."""
-    d = tmp_path_factory.mktemp("fullwidth")
-    tok = np.asarray(T.read_shard(str(ROOT / "data/shakespeare/shakespeare_train_000000.bin")))
-    ids, counts = np.unique(tok, return_counts=True)
-    rank = np.full(1 << 16, VOCAB - 1, dtype=np.int64)
-    top = ids[np.argsort(-counts, kind="stable")][:VOCAB - 1]
-    rank[top] = np.arange(len(top))
-    small = rank[tok]
-    T.write_shard(str(d / "syn_train_000000.bin"), small[:100_000])
-    T.write_shard(str(d / "syn_val_000000.bin"), small[100_000:101_000])
-    return d
-
-
 def train_full_width(d, name, flags, steps=20, seq_len=32):
-    a = T.parse_args(["--preset=cpu", "--n_layer=2", "--n_embd=768", "--n_head=6", "--mlp_ratio=4", f"--vocab_size={VOCAB}",
+    a = T.parse_args(["--preset=cpu", "--n_layer=2", "--n_embd=768", "--n_head=6", "--mlp_ratio=4",
                       f"--seq_len={seq_len}", "--batch_size=8", "--device_batch_size=8", f"--steps={steps}", "--val_every=1",
                       "--val_tokens=512", "--sample_tokens=0", "--kernels=torch", "--bf16=false",
-                      f"--train_files={d}/syn_train_*.bin", f"--val_files={d}/syn_val_*.bin",
+                      *frequent_token_files(d),
                       f"--log_dir={d}/logs", f"--run_name={name}", f"--checkpoint_dir={d}/ck"] + flags)
     assert train_in_process(a) == 0
     (log,) = (d / "logs").glob(f"{name}_*.txt")
@@ -68,9 +52,9 @@ def train_full_width(d, name, flags, steps=20, seq_len=32):
 
 
 @pytest.mark.parametrize("name", list(RUNS))
-def test_trains_at_full_width(small_vocab_shards, name):
+def test_trains_at_full_width(frequent_token_shards, name):
     steps = 10 if name.startswith("gpt") else 20
-    a, train, hidden = train_full_width(small_vocab_shards, name, RUNS[name], steps=steps)
+    a, train, hidden = train_full_width(frequent_token_shards, name, RUNS[name], steps=steps)
     assert (a.n_embd, a.n_embd // a.n_head, int(a.mlp_ratio * a.n_embd)) == (768, 128, 3072)
     assert len(train) == steps and all(np.isfinite(train)), f"{name}: train losses {train}"
     assert max(train[1:]) <= train[0], f"{name}: a step's loss rose above the first ({train[0]:.3f}): {train}"
@@ -86,13 +70,13 @@ def test_trains_at_full_width(small_vocab_shards, name):
 
 
 @pytest.mark.parametrize("mlp", ["relu2"])  # the record's MLP; SwiGLU at 12 layers behaves alike (100 s more)
-def test_angpt_trains_at_full_depth(small_vocab_shards, mlp):
+def test_angpt_trains_at_full_depth(frequent_token_shards, mlp):
     """12 x 768 anGPT, 6 steps: no NaN, no step above the first, a clear fall, the stream's norm bounded. With
     --angpt_norm=none this fails: the loss spikes at step 2 (129.9 against 7.16) and the norm reaches 11.7. With the
     exact norms the stream's norm still grows (to ~4 in these 6 steps: the MLP outputs outgrow their nu factors after
     the first Adam steps), so the bound is loose: it catches the compounding growth, not the paper's premise of norm ~1."""
     name = f"angpt_{mlp}_12"
-    a, train, hidden = train_full_width(small_vocab_shards, name, ["--arch=angpt", f"--mlp={mlp}", "--n_layer=12"], steps=6,
+    a, train, hidden = train_full_width(frequent_token_shards, name, ["--arch=angpt", f"--mlp={mlp}", "--n_layer=12"], steps=6,
                                         seq_len=64)  # at 8 x 32 tokens the right code spikes too (7.63 over 7.20 at step 2)
     assert a.n_layer == 12 and a.angpt_norm == "input"
     assert len(train) == 6 and all(np.isfinite(train)), f"{name}: train losses {train}"

@@ -1,16 +1,14 @@
 """Every architecture variant and hypothesis flag trains for real through the CLI (subprocess, CPU, fp32):
 no NaN, the val loss falls, and the validation lines carry the variant's fields.
 
-Slow-ish (7 runs of 30 steps, ~20 s each on one core): marked `slow`; run alone with
+Marked `slow` (9 runs of 30 steps); run alone with
     .venv/bin/python -m pytest tests/test_variants_train.py --durations=15
-or leave it out of a quick run with `-m "not slow"`. The hypothesis flags are grouped several to a run, each
-flag in exactly one run (the flag-by-flag equations are unit-tested in test_ngpt.py / test_angpt_dyt.py); a
-failing run names its flags. The vocab (50304: the shipped Shakespeare shards hold GPT-2 ids up to 50256)
-dominates the cost, so val uses 1024 tokens (32 fixed sequences) rather than 4096: a quarter of the validation time
-for the same check."""
+The hypothesis flags are grouped several to a run, each flag in exactly one run (the flag-by-flag equations are
+unit-tested in test_ngpt.py / test_angpt_dyt.py); a failing run names its flags. The data is Shakespeare in its 1,023
+most frequent tokens (conftest's frequent_token_shards): a 50k-row head would be most of each run's cost."""
 import pytest
 
-from conftest import TINY, run_cli, step_lines
+from conftest import TINY, frequent_token_files, run_cli, step_lines
 
 pytestmark = pytest.mark.slow
 
@@ -39,11 +37,11 @@ RUNS = {
 
 
 @pytest.mark.parametrize("name", list(RUNS))
-def test_variant_trains(name, tmp_path):
+def test_variant_trains(name, tmp_path, frequent_token_shards):
     flags = RUNS[name]
-    # run from tmp_path: the default data globs fall back to the repo's shards; one thread (cli_env) is twice as
-    # fast as two on the shared 2-core CI box
-    r = run_cli(*RUN, *flags, f"--log_dir={tmp_path}/logs", f"--run_name={name}", cwd=tmp_path, timeout=600)
+    # one thread (cli_env) is twice as fast as two on the shared 2-core CI box
+    r = run_cli(*RUN, *frequent_token_files(frequent_token_shards), *flags, f"--log_dir={tmp_path}/logs", f"--run_name={name}",
+                cwd=tmp_path, timeout=600)
     where = f"{' '.join(flags)}\n--- stdout tail\n{r.stdout[-3000:]}\n--- stderr tail\n{r.stderr[-3000:]}"
     assert r.returncode == 0, where
     lines = step_lines(r.stdout)
