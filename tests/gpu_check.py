@@ -3,7 +3,7 @@ it, then the 2025 record against its own script, every architecture at the width
 the model's shapes, on one GPU, written to one text file.
 
     python tests/gpu_check.py --out records/gpu/<date>_<device>        # on a GPU machine (~4 min for the first two, ~14 in all)
-    python tests/gpu_check.py --out /tmp/gc --tiny                      # the same script on a CPU at a tiny size
+    python tests/gpu_check.py --out /tmp/gc --tiny                      # the same script on a CPU at a tiny size (~40 s)
 
 Sections, in this order (each run has its own timeout; a section that no longer fits --budget seconds is skipped
 and says so, so a partial result still lands):
@@ -78,14 +78,18 @@ class Check:
         return self.deadline - time.monotonic()
 
     def run(self, label, cmd, timeout, env=None):
-        """Runs cmd (from the repo root), keeps its output in raw/<label>.txt; returns (rc, output, seconds)."""
+        """Runs cmd (from the repo root), keeps its output in raw/<label>.txt; returns (rc, output, seconds). A
+        train_gpt.py run of --tiny on a CPU runs in this process (in_process): a torch import per run was most of its time."""
         timeout = min(timeout, max(1, self.left()))
         t0 = time.monotonic()
-        try:
-            r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
-            rc, text = r.returncode, r.stdout + r.stderr
-        except subprocess.TimeoutExpired as e:
-            rc, text = "timeout", (e.stdout or b"").decode(errors="replace") + (e.stderr or b"").decode(errors="replace")
+        if self.tiny and not cuda() and cmd[1:2] == ["train_gpt.py"] and not env:
+            rc, text = in_process(cmd[2:])
+        else:
+            try:
+                r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+                rc, text = r.returncode, r.stdout + r.stderr
+            except subprocess.TimeoutExpired as e:
+                rc, text = "timeout", (e.stdout or b"").decode(errors="replace") + (e.stderr or b"").decode(errors="replace")
         with open(os.path.join(self.out, "raw", f"{label}.txt"), "w") as f:
             f.write(f"$ {' '.join(cmd)}\n{text}")
         return rc, text, time.monotonic() - t0
@@ -110,6 +114,29 @@ class Check:
             return False
         self.say(f"\n=== {name}")
         return True
+
+
+def in_process(argv):
+    """train_gpt.main(argv) in this process, from the repo root, as `python train_gpt.py ARGV` would run it: returns
+    (exit code, stdout + stderr); an exception is exit code "error" with its traceback. The signal handlers that
+    train() installs are given back."""
+    import contextlib, io, signal, traceback
+    sys.path.insert(0, ROOT)
+    import train_gpt
+    out, cwd = io.StringIO(), os.getcwd()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        os.chdir(ROOT)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            rc = train_gpt.main(list(argv))
+    except Exception:
+        rc = "error"
+        out.write(traceback.format_exc())
+    finally:
+        os.chdir(cwd)
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    return rc, out.getvalue()
 
 
 def steady(times_ms, warmup):

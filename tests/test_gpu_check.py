@@ -1,5 +1,6 @@
 """tests/gpu_check.py, the one-call GPU check, runs on the CPU at a tiny size so it cannot rot: every section's
-runs go through train_gpt.py and land in one text file with a row per run, the sections in their order."""
+runs go through train_gpt.py's main (in gpu_check's process there; torchrun subprocesses on a GPU) and land in one
+text file with a row per run, the sections in their order."""
 import re
 import subprocess
 import sys
