@@ -972,13 +972,14 @@ def test_every_arch_trains_under_the_speedrun_preset(flags, speedrun_shards, mon
 @pytest.mark.parametrize("arch", ["ngpt", "angpt"])
 def test_normalised_archs_train_under_the_speedrun_preset_at_full_width(arch, speedrun_shards, monkeypatch):
     """The same at the record's width: 768 wide, d_ff 3072, 6 heads x 128, 8 layers (so layer 7 has no attention and
-    layers 0, 4, 7 are long), with the document mask, windows, merged QKV, half RoPE and the FP8 head on. A width
-    can break what 64 does not (anGPT's nu factors did, tests/test_full_width.py): 4 steps, finite, val falls."""
+    layers 0, 4, 7 are long), with the document mask, windows, merged QKV, half RoPE and the FP8 head on: 4 steps of
+    2 x 256 tokens, finite, val (1,024 tokens) falls. anGPT's FP8 head without its s_z scaling (logits = s_z x
+    fp8(x, W)) fails here; the nu-factor width bug does not (4 steps): tests/test_full_width.py catches that one."""
     d = speedrun_shards
     monkeypatch.setattr(T, "EOT_TOKEN", RUN_EOT)
     name = f"sr768_{arch}"
     c = T.parse_args(["--preset=speedrun_2025", "--n_layer=8", "--n_embd=768", "--n_head=6", f"--vocab_size={RUN_VOCAB}", "--seq_len=256",
-                      "--batch_size=4", "--device_batch_size=4", "--steps=4", "--val_every=4", "--val_tokens=2048",
+                      "--batch_size=2", "--device_batch_size=2", "--steps=4", "--val_every=4", "--val_tokens=1024",
                       "--no-compile", "--kernels=torch", "--sample_tokens=0", "--bf16=false", f"--arch={arch}",
                       f"--train_files={d}/sr_train_*.bin", f"--val_files={d}/sr_val_*.bin",
                       f"--log_dir={d}/logs", f"--run_name={name}", f"--checkpoint_dir={d}/ck"], cuda_available=True)
