@@ -209,7 +209,8 @@ def check_adam_every_other():
         T.optimizer_step(m, opts, c, step)
     theirs, _ = R.adam_step({"lm_head": head0.T}, {"lm_head": (gs[0] + gs[1]).T}, lr=0.008 * T.lr_multiplier(1, c), step_index=1, split_embed=True)
     flags = [row["adam"] for row in R.schedule()["steps"]]
-    ours_flags = [T.Schedule(record_config())[s].adam for s in range(len(flags))]
+    schedule = T.Schedule(record_config())
+    ours_flags = [schedule[s].adam for s in range(len(flags))]
     return max(rel(m.lm_head.weight.detach() - head0, theirs["lm_head"].T - head0), float(flags != ours_flags)), 1e-5
 
 
