@@ -102,10 +102,11 @@ def ptxas_resources(ptx):
     spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", out)
     return regs, int(spills.group(1)), int(spills.group(2))
 
-def hopper_compile(widths=AOT_WIDTHS, every_flag_at=1024, acts=("*bf16", "*fp32")):
+def hopper_compile(widths=AOT_WIDTHS, every_flag_at=1024, acts=("*bf16", "*fp32"), fp32_widths=None):
     """Compiles every *_kernel of train_gpt for sm_90 without a GPU, for each tile it is launched with at `widths`
-    and each activation dtype (constexpr flags all on; every flag combination at the tile of width every_flag_at):
-    yields (kernel name, act dtype, constexprs, num_warps, CompiledKernel). Needs TRITON_INTERPRET unset."""
+    (fp32 activations: at fp32_widths, if given) and each activation dtype (constexpr flags all on; every flag
+    combination at the tile of width every_flag_at): yields (kernel name, act dtype, constexprs, num_warps,
+    CompiledKernel). Needs TRITON_INTERPRET unset."""
     import itertools, triton
     import train_gpt as T
     from triton.compiler import ASTSource
@@ -119,7 +120,8 @@ def hopper_compile(widths=AOT_WIDTHS, every_flag_at=1024, acts=("*bf16", "*fp32"
     for (name, fn), act in itertools.product(sorted(kernels.items()), acts):
         sig = {p.name: arg_type(p, act) for p in fn.params}
         flags = [p.name for p in fn.params if p.is_constexpr and not p.name.startswith("BLOCK_")]
-        for bm, bn, warps in sorted({T._blocks(d, bwd=name.endswith("_bwd_kernel")) for d in widths}):
+        at = fp32_widths if act == "*fp32" and fp32_widths is not None else widths
+        for bm, bn, warps in sorted({T._blocks(d, bwd=name.endswith("_bwd_kernel")) for d in at}):
             every = bn == every_flag_at and act == "*bf16"
             for combo in itertools.product([True, False], repeat=len(flags)) if every else [(True,) * len(flags)]:
                 consts = dict(BLOCK_M=bm, BLOCK_N=bn, **dict(zip(flags, combo)))
