@@ -32,7 +32,7 @@ case "${1:-}" in
 esac
 setup
 case "${1:-}" in
-  test)    shift; exec "$PY" -m pytest -q -n auto --durations=15 tests "$@" ;;   # a worker per core; the 15 slowest tests at the end
+  test)    shift; exec "$PY" -m pytest -q -n auto --dist worksteal --durations=15 tests "$@" ;;   # a worker per core (an idle one takes tests from a busy one); the 15 slowest tests at the end
   sweep)   shift; exec "$PY" records/sweep.py "$@" ;;
   compare) shift; exec "$PY" records/compare.py "$@" ;;
 esac

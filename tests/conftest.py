@@ -34,6 +34,17 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: the tests of ~20 s or more: real training runs, compiles, the full-shape peer check (deselect with -m 'not slow')")
 
 
+LONGEST = "test_the_whole_model_matches_the_record"  # the peer check at full shape: ~3.5 minutes, a fifth of the suite's CPU
+
+
+def pytest_collection_modifyitems(items):
+    """The longest test first, then the files that hold slow tests, then the rest (each file's tests kept together, in
+    their order, so that module fixtures are made once a worker): under xdist's worksteal (./run.sh test) one worker starts the
+    longest at once and the others share the rest, instead of a long test starting last and running alone."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: (item.name != LONGEST, item.path not in slow_files))  # stable: file order within each
+
+
 def tiny_config(*flags) -> T.Hyperparameters:
     """TINY plus flags, parsed and validated as the CLI would."""
     return T.parse_args(TINY + list(flags))
