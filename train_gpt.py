@@ -585,14 +585,18 @@ def setup_distributed() -> Dist:
         dist.init_process_group(backend, rank=rank, world_size=world, device_id=device if backend == "nccl" else None)
     return Dist(rank, local_rank, world, device)
 
-def keep_freed_memory() -> bool:
+def keep_freed_memory(keep=True) -> bool:
     """glibc gives every freed block above 32 MB back to the OS, so each CPU step page-faults its (tokens x vocab)
     logits and their gradient in again (seen in a profile of a cpu preset step). No mmap and a 1 GiB trim threshold keep freed
-    memory in the heap for the next step. Returns whether it applied (False on a C library without mallopt)."""
+    memory in the heap for the next step. keep=False: glibc's defaults again, the heap trimmed. Returns whether it
+    applied (False on a C library without mallopt)."""
     try:
-        mallopt = ctypes.CDLL(None).mallopt
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
+    if not keep:  # M_MMAP_MAX = 65536, M_TRIM_THRESHOLD = 128 KiB (the defaults), then give the free heap back
+        return bool(mallopt(-4, 65536)) and bool(mallopt(-1, 128 * 1024)) and libc.malloc_trim(0) >= 0
     return bool(mallopt(-4, 0)) and bool(mallopt(-1, 1 << 30))  # M_MMAP_MAX = 0, M_TRIM_THRESHOLD = 1 GiB
 
 def _free_port():
