@@ -129,6 +129,8 @@ def in_process(argv):
         os.chdir(ROOT)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
             rc = train_gpt.main(list(argv))
+    except SystemExit as e:  # as the process would have ended
+        rc = e.code
     except Exception:
         rc = "error"
         out.write(traceback.format_exc())
