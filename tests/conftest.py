@@ -96,6 +96,16 @@ def tiny_shards(tmp_path_factory):
     return [f"--train_files={d}/tiny_train_*.bin", f"--val_files={d}/tiny_val_*.bin"]
 
 
+def by_frequency(tok, n, first=0, leave_out=None):
+    """A lookup table over GPT-2 ids: the n most frequent ids of `tok` (leave_out aside) -> first, first+1, ... by
+    frequency; every other id -> first + n."""
+    ids, counts = np.unique(tok[tok != leave_out] if leave_out is not None else tok, return_counts=True)
+    rank = np.full(1 << 16, first + n, dtype=np.int64)
+    top = ids[np.argsort(-counts, kind="stable")][:n]
+    rank[top] = np.arange(first, first + len(top))
+    return rank
+
+
 @pytest.fixture(scope="session")
 def frequent_token_shards(tmp_path_factory):
     """Shakespeare re-numbered for a SMALL_VOCAB vocabulary: the SMALL_VOCAB-1 most frequent GPT-2 tokens of the train
@@ -103,11 +113,7 @@ def frequent_token_shards(tmp_path_factory):
     head no longer dominates its cost. Train 100,000 tokens, val 2,000; frequent_token_files(folder) gives the flags."""
     d = tmp_path_factory.mktemp("frequent_tokens")
     tok = np.asarray(T.read_shard(str(ROOT / "data/shakespeare/shakespeare_train_000000.bin")))
-    ids, counts = np.unique(tok, return_counts=True)
-    rank = np.full(1 << 16, SMALL_VOCAB - 1, dtype=np.int64)
-    top = ids[np.argsort(-counts, kind="stable")][:SMALL_VOCAB - 1]
-    rank[top] = np.arange(len(top))
-    small = rank[tok]
+    small = by_frequency(tok, SMALL_VOCAB - 1)[tok]
     T.write_shard(str(d / "syn_train_000000.bin"), small[:100_000])
     T.write_shard(str(d / "syn_val_000000.bin"), small[100_000:102_000])
     return d
@@ -128,10 +134,7 @@ def documents_shards(tmp_path_factory):
     DOC_EOT (monkeypatch). Returns the folder: sr_train_000000.bin (120,000 tokens) and sr_val_000000.bin (20,000)."""
     d = tmp_path_factory.mktemp("documents")
     tok = np.asarray(T.read_shard(str(ROOT / "data/shakespeare/shakespeare_train_000000.bin"))).astype(np.int64)
-    ids, counts = np.unique(tok[tok != T.EOT_TOKEN], return_counts=True)
-    rank = np.full(1 << 16, DOC_VOCAB - 1, dtype=np.int64)
-    top = ids[np.argsort(-counts, kind="stable")][:DOC_VOCAB - 2]
-    rank[top] = np.arange(1, len(top) + 1)
+    rank = by_frequency(tok, DOC_VOCAB - 2, first=1, leave_out=T.EOT_TOKEN)
     rank[T.EOT_TOKEN] = DOC_EOT
     small = rank[tok[:140_000]]
     rng = np.random.default_rng(0)
