@@ -19,7 +19,7 @@ import sweep  # noqa: E402
 # a stand-in for train_gpt.py: parses the flags the sweep passes, writes a log in train_gpt.py's format
 # (<run_name>_<8 hex>.txt), and like it: SIGTERM/SIGINT -> finish the step, checkpoint, exit 128+signal (a second
 # signal exits at once); --resume=auto continues the newest checkpoint, appending to the same log. Test knobs:
-# --fail_seed=S (exit 3), --sleep=SECONDS per step (default 0.05) while --slow_while=PATH exists (default /), --best_lr /
+# --fail_seed=S (exit 3), --sleep=SECONDS per step (default 0: a run takes no time) while --slow_while=PATH exists (default /), --best_lr /
 # --diverge_above (the final loss's lr dependence: a parabola in log2 lr around best_lr; above it the run stops
 # at step 1 on a nan loss, exit 2, as train_gpt.py does)
 STUB = r"""
@@ -58,7 +58,7 @@ if lr > float(args.get("diverge_above", "inf")):  # train_gpt.py's NaN stop: the
     log("step:1/20 train_loss:nan -- stopping: the loss is not finite. Last checkpoint: none (set --save_every)")
     sys.exit(2)
 while step < 20:
-    if os.path.exists(args.get("slow_while", "/")): time.sleep(float(args.get("sleep", 0.05)))
+    if os.path.exists(args.get("slow_while", "/")): time.sleep(float(args.get("sleep", 0)))
     step += 1
     if step in (10, 20):
         log(f"step:{step}/20 val_loss:{5.0 if step == 10 else final:.4f} train_time:{step * 10}ms step_avg:10.00ms")
@@ -381,7 +381,7 @@ def test_lr_sweep_resumes_in_the_tune_and_the_confirm_phase(tmp_path, capfd):
     recomputed from the finished tune logs), and no run is made twice."""
     out, slow = tmp_path / "out", tmp_path / "slow"
     cmd = ["t", "--lr_grid=1,2", "--tune_seeds=2", "--seeds=1", f"--out={out}", f"--script={write_stub(tmp_path)}",
-           "--launcher=python", "--", f"--arch=gpt --best_lr=1.4 --slow_while={slow}"]
+           "--launcher=python", "--", f"--arch=gpt --best_lr=1.4 --sleep=0.05 --slow_while={slow}"]
     slow.touch()  # 1 s a run while it exists
     for target, k in (("t_c0_lr1_s1", 2), ("t_c0_lr1_s2", 6)):  # a tune run of seed 1, then the confirm run (seed 2)
         p = start_sweep(*cmd)
@@ -469,7 +469,7 @@ def test_ladder_runs_rung_by_rung_stops_on_the_budget_and_resumes(tmp_path, capf
     ladder, slow = write_ladder(tmp_path), tmp_path / "slow"
     common = [f"--ladder={ladder}", f"--script={write_stub(tmp_path)}", "--launcher=python"]
     rec = json.loads(Path(ladder).read_text())
-    rec["arms"] = {k: f"{v} --slow_while={slow}" for k, v in rec["arms"].items()}
+    rec["arms"] = {k: f"{v} --sleep=0.05 --slow_while={slow}" for k, v in rec["arms"].items()}
     Path(ladder).write_text(json.dumps(rec))
     slow.touch()  # a run takes > 1 s: after the first one, the next would end past 1.5 s
     assert ladder_run.main(common + ["--only=a", f"--budget_hours={1.5 / 3600}"]) == 3
@@ -487,8 +487,8 @@ def test_ladder_runs_rung_by_rung_stops_on_the_budget_and_resumes(tmp_path, capf
     assert "## rung a: 8 runs, 8 done, 0 left x 1 s = 0s of CPU" in plan and "<pick>" not in plan
     assert re.search(r"^# done: .* --arch=ngpt .*--lr_scale=1 --seed=1 .*--run_name=a_c1_lr1_s1 ", plan, re.M)
     sw = json.loads((tmp_path / "a" / "sweep.json").read_text())
-    assert sw["configs"] == [f"--n_layer=1 --arch=gpt --slow_while={slow}",
-                             f"--n_layer=1 --arch=ngpt --slow_while={slow} --lr_grid=0.5,1"]
+    assert sw["configs"] == [f"--n_layer=1 --arch=gpt --sleep=0.05 --slow_while={slow}",
+                             f"--n_layer=1 --arch=ngpt --sleep=0.05 --slow_while={slow} --lr_grid=0.5,1"]
     assert sw["picks"] == {str(i): dict(lr_scale=1, edge=False, grid=[0.5, 1, 2]) for i in (0, 1)}
     assert len(sw["runs"]) == 8
     assert ladder_run.main(common) == 0  # rung a is done: nothing runs there; rung b runs
