@@ -1150,7 +1150,7 @@ class GateMLP(nn.Module):
     def __init__(self, dim, init, scale, weights="mudd_weight", bias="mudd_bias", hidden=64):
         super().__init__()
         self.w1, self.w2 = tag(nn.Parameter(torch.empty(hidden, dim)), weights), tag(nn.Parameter(torch.zeros(len(init), hidden)), weights)
-        self.b2 = tag(nn.Parameter(torch.tensor(init, dtype=torch.float32) / float(scale.detach() if torch.is_tensor(scale) else scale)), bias)
+        self.b2 = tag(nn.Parameter(torch.tensor(init, dtype=torch.float32) / (scale.detach() if torch.is_tensor(scale) else scale)), bias)
         self.scale = scale
         self.reset_parameters()
     @torch.no_grad()

@@ -59,6 +59,12 @@ def tiny_model(*flags, seed=0, ops=None) -> T.GPT:
 SMALL_VOCAB = 1024  # model-level tests use a small vocabulary: faster, and the loss at init is ln(SMALL_VOCAB)
 
 
+def parameter_count(config) -> int:
+    """build_model(config)'s parameter count, built on the meta device: the shapes without the GB of init."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in T.build_model(config).parameters())
+
+
 def small_vocab_config(*flags, vocab=SMALL_VOCAB) -> T.Hyperparameters:
     return tiny_config(f"--vocab_size={vocab}", *flags)
 

@@ -18,7 +18,7 @@ import torch
 from torch._dynamo.utils import counters
 
 import train_gpt as tg
-from conftest import ROOT, STEP_RE, TINY, cli_env, run_cli, step_lines, train_in_process
+from conftest import ROOT, STEP_RE, TINY, cli_env, parameter_count, run_cli, step_lines, train_in_process
 
 sys.path.insert(0, str(ROOT / "records"))
 import compare  # noqa: E402  (records/compare.py)
@@ -347,8 +347,7 @@ def test_speedrun_preset_has_the_records_parameter_count():
     """--preset=speedrun_2025 builds the 2025-01-16 record's model: 275,598,388 parameters there (embeddings of 50,257
     rows, the head padded to 50,304); ours pads the four embeddings to 50,304 too: 4 x 47 x 768 more."""
     a = tg.parse_args(["--preset=speedrun_2025", "--compile=false"])
-    n = sum(p.numel() for p in tg.build_model(a).parameters())
-    assert n == 275_598_388 + 4 * 47 * 768
+    assert parameter_count(a) == 275_598_388 + 4 * 47 * 768
 
 
 # ----------------------------------------------------------------------------- the speedrun compiled: one graph
