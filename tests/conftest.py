@@ -89,17 +89,32 @@ def tokens(b=2, t=32, vocab=50257, seed=0):
     return torch.randint(0, vocab, (b, t), generator=g), torch.randint(0, vocab, (b, t), generator=g)
 
 
-@pytest.fixture(scope="session")
-def tiny_shards(tmp_path_factory):
+def write_tiny_shards(d, rank=None):
     """Three train shards of 600 tokens (a 4 x 32 batch crosses a shard boundary within 5 steps) and one val shard
-    of 1,000 tokens, cut from the shipped Shakespeare shards. Returns the --train_files / --val_files flags."""
-    d = tmp_path_factory.mktemp("tiny_shards")
-    train = np.asarray(T.read_shard(str(ROOT / "data/shakespeare/shakespeare_train_000000.bin"))[:1800])
-    val = np.asarray(T.read_shard(str(ROOT / "data/shakespeare/shakespeare_val_000000.bin"))[:1000])
+    of 1,000 tokens, cut from the shipped Shakespeare shards, their ids mapped through `rank` if given."""
+    shard = lambda split: np.asarray(T.read_shard(str(ROOT / f"data/shakespeare/shakespeare_{split}_000000.bin")))
+    train, val = shard("train")[:1800], shard("val")[:1000]
+    if rank is not None:
+        train, val = rank[train], rank[val]
     for i in range(3):
         T.write_shard(str(d / f"tiny_train_{i:06d}.bin"), train[600 * i:600 * (i + 1)])
     T.write_shard(str(d / "tiny_val_000000.bin"), val)
     return [f"--train_files={d}/tiny_train_*.bin", f"--val_files={d}/tiny_val_*.bin"]
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory):
+    """write_tiny_shards re-numbered for a SMALL_VOCAB vocabulary (by_frequency over the train split): GPT-2's 50k-row
+    embedding and head made a tiny run's steps, validations and checkpoints (75 MB each) cost more than its layers.
+    Returns the --train_files / --val_files / --vocab_size flags."""
+    rank = by_frequency(np.asarray(T.read_shard(str(ROOT / "data/shakespeare/shakespeare_train_000000.bin"))), SMALL_VOCAB - 1)
+    return write_tiny_shards(tmp_path_factory.mktemp("tiny_shards"), rank) + [f"--vocab_size={SMALL_VOCAB}"]
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_shards(tmp_path_factory):
+    """write_tiny_shards with GPT-2's ids (for a run that samples text, or whose thresholds were set at GPT-2's vocabulary)."""
+    return write_tiny_shards(tmp_path_factory.mktemp("tiny_gpt2_shards"))
 
 
 def by_frequency(tok, n, first=0, leave_out=None):

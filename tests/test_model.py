@@ -351,15 +351,15 @@ def run_train(shards, log_dir, *flags):
 
 
 @pytest.fixture(scope="module")
-def plain_run(tiny_shards, tmp_path_factory):
-    return run_train(tiny_shards, tmp_path_factory.mktemp("plain"))
+def plain_run(tiny_gpt2_shards, tmp_path_factory):
+    return run_train(tiny_gpt2_shards, tmp_path_factory.mktemp("plain"))
 
 
-def test_grad_accum_matches_one_big_batch(tiny_shards, plain_run, tmp_path):
+def test_grad_accum_matches_one_big_batch(tiny_gpt2_shards, plain_run, tmp_path):
     tr, va, _ = plain_run
     assert sorted(tr) == [1, 2, 3] and sorted(va) == [0, 3]
     assert va[3] < va[0] - 0.02  # it learns (Muon + Adam defaults: 10.83 -> 10.76 in 3 steps; clipped or warming up it moves < 0.01)
-    tr2, va2, text = run_train(tiny_shards, tmp_path, "--grad_accum=2")
+    tr2, va2, text = run_train(tiny_gpt2_shards, tmp_path, "--grad_accum=2")
     assert "grad_accum: 2 micro_batch: 2" in text
     for s in tr:
         assert tr2[s] == pytest.approx(tr[s], abs=2e-4)  # the log keeps 4 decimals
@@ -367,19 +367,19 @@ def test_grad_accum_matches_one_big_batch(tiny_shards, plain_run, tmp_path):
         assert va2[s] == pytest.approx(va[s], abs=2e-4)
 
 
-def test_grad_clip_reaches_the_optimizer(tiny_shards, plain_run, tmp_path):
+def test_grad_clip_reaches_the_optimizer(tiny_gpt2_shards, plain_run, tmp_path):
     """A tiny clip norm leaves Adam steps of ~lr*g/eps: the model barely moves, where unclipped it learns."""
     tr, va, _ = plain_run
-    tr2, va2, text = run_train(tiny_shards, tmp_path, "--grad_clip=1e-9")
+    tr2, va2, text = run_train(tiny_gpt2_shards, tmp_path, "--grad_clip=1e-9")
     assert '"grad_clip": 1e-09' in text
     assert tr2[1] == pytest.approx(tr[1], abs=1e-4)  # the first loss is before any update
     assert abs(va2[3] - va2[0]) < 0.01 and va[3] < va[0] - 0.02, (va, va2)  # unclipped it learns
 
 
-def test_lr_schedule_reaches_the_optimizer(tiny_shards, plain_run, tmp_path):
+def test_lr_schedule_reaches_the_optimizer(tiny_gpt2_shards, plain_run, tmp_path):
     """A cosine schedule with a 1000-step warmup runs these 3 steps at <= 0.3% of the LR: the model barely moves."""
     _, va, _ = plain_run
-    _, va2, text = run_train(tiny_shards, tmp_path, "--lr_schedule=cosine", "--warmup_steps=1000")
+    _, va2, text = run_train(tiny_gpt2_shards, tmp_path, "--lr_schedule=cosine", "--warmup_steps=1000")
     assert '"lr_schedule": "cosine"' in text
     assert abs(va2[3] - va2[0]) < 0.01 and va[3] < va[0] - 0.02, (va, va2)
 

@@ -254,7 +254,7 @@ def test_second_signal_exits_at_once(tiny_shards, tmp_path):
     finishing the step or saving, and says so in one line (before: without a word). Both land in the validation of step 0 (2048 sequences of the shipped val shard:
     seconds even on a fast idle CPU; the run never gets to finish it), which starts right after the handler is
     installed, so a graceful stop cannot win the race."""
-    args = [*QUIET, *tiny_shards, "--val_files=data/shakespeare/shakespeare_val_*.bin", "--val_tokens=65536",
+    args = [*QUIET, *tiny_shards, "--val_files=data/shakespeare/shakespeare_val_*.bin", "--vocab_size=50304", "--val_tokens=65536",
             "--steps=50", "--save_every=0", f"--run_name={RUN}", f"--log_dir={tmp_path}/logs",
             f"--checkpoint_dir={tmp_path}/ck"]
     live = Live(args)
@@ -422,10 +422,11 @@ def test_data_error_reaches_the_user_before_training(tiny_shards, tmp_path, case
     else:
         (val,) = glob.glob(tiny_shards[1].split("=", 1)[1])
         tokens = np.array(train_gpt.read_shard(val))
-        tokens[500] = 50304  # the default --vocab_size: one past the last id
+        vocab = int(tiny_shards[-1].split("=", 1)[1])  # tiny_shards' --vocab_size
+        tokens[500] = vocab  # one past the last id
         bad = tmp_path / "bad_val_000000.bin"
         train_gpt.write_shard(str(bad), tokens)
-        args, needles = [f"--val_files={bad}"], [str(bad), "token id 50304", "--vocab_size=50304"]
+        args, needles = [f"--val_files={bad}"], [str(bad), f"token id {vocab}", f"--vocab_size={vocab}"]
     p = run_cli(*QUIET, *tiny_shards, *args, "--steps=2", f"--log_dir={tmp_path}/logs", f"--checkpoint_dir={tmp_path}/ck")
     assert_clean_error(p, *needles)
     assert p.returncode == 2, p.returncode
@@ -838,7 +839,7 @@ def test_shard_symlink_loop_is_named(tiny_shards, tmp_path):
     """A train shard that is a symlink loop: before, an OSError traceback (Too many levels of symbolic links)."""
     shutil.copy(glob.glob(tiny_shards[0].split("=", 1)[1])[0], tmp_path / "x_train_000000.bin")
     os.symlink("x_train_000001.bin", tmp_path / "x_train_000001.bin")
-    p = run_cli(*QUIET, tiny_shards[1], f"--train_files={tmp_path}/x_train_*.bin", "--steps=1", f"--log_dir={tmp_path}/logs",
+    p = run_cli(*QUIET, *tiny_shards[1:], f"--train_files={tmp_path}/x_train_*.bin", "--steps=1", f"--log_dir={tmp_path}/logs",
                 f"--checkpoint_dir={tmp_path}/ck")
     assert_clean_error(p, f"--train_files={tmp_path}/x_train_*.bin matches {tmp_path}/x_train_000001.bin, which cannot be read "
                           f"(Too many levels of symbolic links): fix or remove that file, or narrow the glob")
@@ -849,7 +850,7 @@ def test_empty_val_shard_says_how_many_tokens_it_holds(tiny_shards, tmp_path):
     failed after its log header: that stub log is removed (records/compare.py warned about it)."""
     empty = tmp_path / "empty_val_000000.bin"
     train_gpt.write_shard(str(empty), np.zeros(0, dtype=np.uint16))
-    p = run_cli(*QUIET, tiny_shards[0], f"--val_files={empty}", "--steps=1", f"--log_dir={tmp_path}/logs",
+    p = run_cli(*QUIET, tiny_shards[0], tiny_shards[2], f"--val_files={empty}", "--steps=1", f"--log_dir={tmp_path}/logs",
                 f"--checkpoint_dir={tmp_path}/ck")
     assert_clean_error(p, f"--val_tokens=256 needs 257 tokens (each input's next token is its target) but the val shards "
                           f"['{empty}'] hold 0: lower --val_tokens (at most 0; 0 = no validation)")
