@@ -1,16 +1,16 @@
-"""Every architecture variant and hypothesis flag trains for real through the CLI (subprocess, CPU, fp32):
-no NaN, the val loss falls, and the validation lines carry the variant's fields.
+"""Every architecture variant and hypothesis flag trains for real through the CLI's parse and train loop (in this
+process: a subprocess's torch start-up was most of each run; CPU, fp32): no NaN, the val loss falls, and the
+validation lines carry the variant's fields.
 
-Marked `slow` (9 runs of 30 steps); run alone with
-    .venv/bin/python -m pytest tests/test_variants_train.py --durations=15
-The hypothesis flags are grouped several to a run, each flag in exactly one run (the flag-by-flag equations are
+9 runs of 30 steps, ~5 s in all. The hypothesis flags are grouped several to a run, each flag in exactly one run (the flag-by-flag equations are
 unit-tested in test_ngpt.py / test_angpt_dyt.py); a failing run names its flags. The data is Shakespeare in its 1,023
 most frequent tokens (conftest's frequent_token_shards): a 50k-row head would be most of each run's cost."""
 import pytest
 
-from conftest import TINY, frequent_token_files, run_cli, step_lines
+import train_gpt as T
+from conftest import TINY, frequent_token_files, step_lines, train_in_process
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 RUN = [*TINY, "--steps=30", "--val_every=10", "--val_tokens=1024", "--sample_tokens=0"]  # on the shipped Shakespeare
 NGPT_FIELDS = ("hidden_norm", "alpha_attn", "alpha_mlp")
@@ -37,14 +37,15 @@ RUNS = {
 
 
 @pytest.mark.parametrize("name", list(RUNS))
-def test_variant_trains(name, tmp_path, frequent_token_shards):
+def test_variant_trains(name, tmp_path, frequent_token_shards, capsys):
     flags = RUNS[name]
-    # one thread (cli_env) is twice as fast as two on the shared 2-core CI box
-    r = run_cli(*RUN, *frequent_token_files(frequent_token_shards), *flags, f"--log_dir={tmp_path}/logs", f"--run_name={name}",
-                cwd=tmp_path, timeout=600)
-    where = f"{' '.join(flags)}\n--- stdout tail\n{r.stdout[-3000:]}\n--- stderr tail\n{r.stderr[-3000:]}"
-    assert r.returncode == 0, where
-    lines = step_lines(r.stdout)
+    config = T.parse_args([*RUN, *frequent_token_files(frequent_token_shards), *flags, f"--log_dir={tmp_path}/logs",
+                           f"--run_name={name}", f"--checkpoint_dir={tmp_path}/ck"])
+    rc = train_in_process(config)
+    out, err = capsys.readouterr()
+    where = f"{' '.join(flags)}\n--- stdout tail\n{out[-3000:]}\n--- stderr tail\n{err[-3000:]}"
+    assert rc == 0, where
+    lines = step_lines(out)
     vals = [(s, loss, fields) for s, (loss, fields) in lines["val"].items()]
     assert [s for s, _, _ in vals] == [0, 10, 20, 30], where
     losses = [v for _, v, _ in vals]
