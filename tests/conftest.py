@@ -3,11 +3,13 @@
 Triton runs under its interpreter on machines without CUDA: TRITON_INTERPRET must be set before triton is
 imported (train_gpt itself never edits the environment), so it is set here, before train_gpt is imported."""
 import contextlib
+import io
 import os
 import re
 import signal
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -208,6 +210,26 @@ def run_cli(*args, world=1, cwd=ROOT, timeout=300, **env):
     """`python train_gpt.py ARGS` (or torchrun with `world` processes, gloo) as a subprocess."""
     return subprocess.run(cli_command(args, world), cwd=cwd, env=cli_env(**env), capture_output=True, text=True,
                           timeout=timeout)
+
+
+def run_main(*args, cwd=ROOT):
+    """train_gpt.main(ARGS) in this process, answered like run_cli (exit code, stdout, stderr) and run as it is (one
+    thread, from cwd): the same code from the command line on, without the ~3 CPU-s of a torch start-up per run. An
+    exception main lets out is printed as the interpreter would (a traceback on stderr, exit 1). What needs a process
+    of its own stays on run_cli: signals, a lock held by a killed run, torchrun, the environment read at import, a
+    file that may run code when loaded, an allocation that may not fail."""
+    out, err, here, threads = io.StringIO(), io.StringIO(), os.getcwd(), torch.get_num_threads()
+    try:
+        os.chdir(cwd); torch.set_num_threads(1)
+        with kept_signal_handlers(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc = T.main(list(args))
+            except Exception:
+                traceback.print_exc(); rc = 1
+    finally:
+        os.chdir(here); torch.set_num_threads(threads)
+        T.keep_freed_memory(keep=False)  # main's setup_distributed kept freed memory in the heap, for a training process
+    return subprocess.CompletedProcess(["train_gpt.py", *args], rc, out.getvalue(), err.getvalue())
 
 
 STEP_RE = re.compile(r"^step:(\d+)/(\d+) (val_loss|train_loss):(\S+) (.*)$", re.M)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import train_gpt
-from conftest import ROOT, TINY, cli_command, cli_env, kept_signal_handlers, run_cli, step_lines, train_in_process
+from conftest import ROOT, TINY, cli_command, cli_env, kept_signal_handlers, run_cli, run_main, step_lines, train_in_process
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # in-process runs use one thread, as the CLI runs do
 
@@ -281,7 +281,7 @@ def test_truncated_checkpoint_by_path_is_rejected(shared, tiny_shards, tmp_path)
     shared.copy_stopped(stopped, tmp_path)
     newest = train_gpt.list_checkpoints(str(tmp_path / "ck"), RUN)[-1]
     os.truncate(newest, os.path.getsize(newest) // 2)
-    p = run_cli(*flags(tiny_shards, tmp_path, extra=[f"--resume={newest}"]))
+    p = run_main(*flags(tiny_shards, tmp_path, extra=[f"--resume={newest}"]))
     assert_clean_error(p, newest)
     assert "train_loss" not in p.stdout
     # what to do: take another checkpoint (an older one, or --resume=auto which skips unreadable ones); and with
@@ -299,7 +299,7 @@ def test_truncated_newest_checkpoint_auto_falls_back(shared, tiny_shards, tmp_pa
     newest, previous = steps[-1], steps[-2]
     with open(tmp_path / "ck" / f"{RUN}_step{newest}.pt", "r+b") as f:
         f.truncate(1000)
-    p = run_cli(*flags(tiny_shards, tmp_path, extra=["--resume=auto"]))
+    p = run_main(*flags(tiny_shards, tmp_path, extra=["--resume=auto"]))
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert f"{RUN}_step{newest}.pt" in p.stderr and "unreadable" in p.stderr
     assert f"resumed from {tmp_path / 'ck'}/{RUN}_step{previous}.pt at step {previous}" in p.stdout
@@ -334,7 +334,7 @@ def test_final_checkpoint_written_once(shared):
 def test_resume_with_different_config_names_the_flags(shared, tiny_shards, tmp_path):
     stopped = shared.interrupted("gpt", 1)
     path = train_gpt.list_checkpoints(str(stopped["ck"]), RUN)[-1]
-    p = run_cli(*flags(tiny_shards, tmp_path, extra=[f"--resume={path}", "--n_embd=128", "--seed=7"]))
+    p = run_main(*flags(tiny_shards, tmp_path, extra=[f"--resume={path}", "--n_embd=128", "--seed=7"]))
     assert_clean_error(p, path, "--n_embd=64", "(now 128)", "--seed=0", "(now 7)")
     assert "train_loss" not in p.stdout
     # run-only flags (steps, log/checkpoint dirs, save_every, ...) may differ: not named
@@ -342,7 +342,7 @@ def test_resume_with_different_config_names_the_flags(shared, tiny_shards, tmp_p
 
 def test_resume_path_that_does_not_exist(tiny_shards, tmp_path):
     missing = str(tmp_path / "no" / "such.pt")
-    p = run_cli(*flags(tiny_shards, tmp_path, extra=[f"--resume={missing}"]))
+    p = run_main(*flags(tiny_shards, tmp_path, extra=[f"--resume={missing}"]))
     assert_clean_error(p, f"--resume={missing}", "--resume=auto")
     assert not os.path.exists(tmp_path / "logs") or not log_files(tmp_path / "logs")
 
@@ -362,7 +362,7 @@ def test_nan_loss_stops_with_step_and_last_checkpoint(tiny_shards, tmp_path):
     args = [*QUIET, *tiny_shards, "--steps=20", "--val_every=20", f"--save_every={save_every}", f"--run_name={RUN}",
             f"--log_dir={tmp_path}/logs", f"--checkpoint_dir={tmp_path}/ck", "--optimizer=adam", "--lr=1e37",
             "--logit_softcap=0"]
-    p = run_cli(*args)
+    p = run_main(*args)
     assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
     m = re.search(r"^step:(\d+)/20 train_loss:(\S+) .*not finite.*Last checkpoint: (.+)$", p.stdout, re.M)
     assert m, p.stdout[-3000:] + p.stderr[-2000:]
@@ -391,14 +391,14 @@ def test_same_run_name_never_overwrites_a_log(shared):
 def test_unwritable_log_dir_fails_before_training(tiny_shards, tmp_path):
     (tmp_path / "a_file").write_text("not a folder")
     bad = str(tmp_path / "a_file" / "logs")
-    p = run_cli(*QUIET, *tiny_shards, "--steps=2", f"--log_dir={bad}", f"--checkpoint_dir={tmp_path}/ck")
+    p = run_main(*QUIET, *tiny_shards, "--steps=2", f"--log_dir={bad}", f"--checkpoint_dir={tmp_path}/ck")
     assert_clean_error(p, bad, "--log_dir")
     assert "train_loss" not in p.stdout
 
 def test_unwritable_checkpoint_dir_fails_before_training(tiny_shards, tmp_path):
     (tmp_path / "a_file").write_text("not a folder")
     bad = str(tmp_path / "a_file" / "ck")
-    p = run_cli(*QUIET, *tiny_shards, "--steps=2", "--save_every=1", f"--log_dir={tmp_path}/logs", f"--checkpoint_dir={bad}")
+    p = run_main(*QUIET, *tiny_shards, "--steps=2", "--save_every=1", f"--log_dir={tmp_path}/logs", f"--checkpoint_dir={bad}")
     assert_clean_error(p, bad, "--checkpoint_dir")
     assert "train_loss" not in p.stdout
 
@@ -407,7 +407,7 @@ def test_unwritable_checkpoint_dir_without_save_every_fails_before_training(tiny
     front in that case too; otherwise the stop signal of a long run ends in a traceback and no checkpoint."""
     (tmp_path / "a_file").write_text("not a folder")
     bad = str(tmp_path / "a_file" / "ck")
-    p = run_cli(*QUIET, *tiny_shards, "--steps=2", "--save_every=0", f"--log_dir={tmp_path}/logs", f"--checkpoint_dir={bad}")
+    p = run_main(*QUIET, *tiny_shards, "--steps=2", "--save_every=0", f"--log_dir={tmp_path}/logs", f"--checkpoint_dir={bad}")
     assert_clean_error(p, bad, "--checkpoint_dir")
     assert "train_loss" not in p.stdout
 
@@ -427,7 +427,7 @@ def test_data_error_reaches_the_user_before_training(tiny_shards, tmp_path, case
         bad = tmp_path / "bad_val_000000.bin"
         train_gpt.write_shard(str(bad), tokens)
         args, needles = [f"--val_files={bad}"], [str(bad), f"token id {vocab}", f"--vocab_size={vocab}"]
-    p = run_cli(*QUIET, *tiny_shards, *args, "--steps=2", f"--log_dir={tmp_path}/logs", f"--checkpoint_dir={tmp_path}/ck")
+    p = run_main(*QUIET, *tiny_shards, *args, "--steps=2", f"--log_dir={tmp_path}/logs", f"--checkpoint_dir={tmp_path}/ck")
     assert_clean_error(p, *needles)
     assert p.returncode == 2, p.returncode
     assert "train_loss" not in p.stdout and "val_loss" not in p.stdout
@@ -469,7 +469,7 @@ def test_same_run_name_without_resume_is_refused_and_nothing_is_overwritten(smal
     assert run_small(small_shards, tmp_path) == 0
     before = snapshot(tmp_path / "ck", tmp_path / "logs")
     assert sorted(os.path.basename(p) for p in before if p.endswith(".pt")) == [f"{RUN}_step2.pt", f"{RUN}_step4.pt"]
-    p = run_cli(*small(small_shards, tmp_path, "--seed=1"))
+    p = run_main(*small(small_shards, tmp_path, "--seed=1"))
     assert_clean_error(p, f"--run_name={RUN} already has checkpoints in {tmp_path}/ck", "--resume=auto", "another --run_name")
     assert p.returncode == 2 and "val_loss" not in p.stdout
     assert snapshot(tmp_path / "ck", tmp_path / "logs") == before  # no new log, no lock left, every byte as it was
@@ -555,7 +555,7 @@ def test_checkpoint_records_its_checksum_and_a_flipped_byte_is_caught(small_shar
     flip_bytes_in_largest_tensor(newest)
     assert os.path.getsize(newest) == size
     assert train_gpt.read_checkpoint(newest)[1].startswith("fails its checksum")
-    p = run_cli(*small(small_shards, tmp_path, f"--resume={newest}"))
+    p = run_main(*small(small_shards, tmp_path, f"--resume={newest}"))
     assert_clean_error(p, newest, "fails its checksum", "--resume=auto")
     assert "train_loss" not in p.stdout
     capsys.readouterr()
@@ -571,7 +571,7 @@ def test_non_finite_weights_are_never_checkpointed(tiny_shards, tmp_path):
     """--lr=1e30: after step 1 the weights are ~1e30 (finite, checkpointed), after step 2 the embedding is inf while
     step 2's loss, computed before that update, is still finite. Before, that step-2 checkpoint was written and the
     run named it; now it is not written, the log says why, and the run stops (exit 2) naming step 1's, which loads."""
-    p = run_cli(*QUIET, *tiny_shards, "--steps=20", "--val_every=20", "--save_every=1", f"--run_name={RUN}",
+    p = run_main(*QUIET, *tiny_shards, "--steps=20", "--val_every=20", "--save_every=1", f"--run_name={RUN}",
                 f"--log_dir={tmp_path}/logs", f"--checkpoint_dir={tmp_path}/ck", "--optimizer=adam", "--lr=1e30", "--logit_softcap=0")
     assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
     step1 = str(tmp_path / "ck" / f"{RUN}_step1.pt")
@@ -586,7 +586,7 @@ def test_non_finite_val_loss_stops_before_sampling(tiny_shards, tmp_path):
     """--lr=1e37: step 1's loss is finite, its update leaves weights whose logits overflow, so the val loss after it
     is NaN. Before, only the train loss was checked and the run died in sampling ("probability tensor contains
     either inf, nan or element < 0"); now it stops there (exit 2) naming the last checkpoint, with no sample."""
-    p = run_cli(*QUIET, *tiny_shards, "--sample_tokens=5", "--steps=3", "--val_every=1", "--save_every=1", f"--run_name={RUN}",
+    p = run_main(*QUIET, *tiny_shards, "--sample_tokens=5", "--steps=3", "--val_every=1", "--save_every=1", f"--run_name={RUN}",
                 f"--log_dir={tmp_path}/logs", f"--checkpoint_dir={tmp_path}/ck", "--optimizer=adam", "--lr=1e37", "--logit_softcap=0")
     assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
     assert "Traceback" not in p.stderr and "probability tensor" not in p.stderr, p.stderr[-2000:]
@@ -616,7 +616,7 @@ def test_stray_and_foreign_files_in_the_checkpoint_folder(small_shards, tmp_path
     out, err = capsys.readouterr()
     assert f"warning: checkpoint {foreign} is not a train_gpt.py checkpoint (it has no 'step'" in err, err
     assert f"resumed from {tmp_path / 'ck'}/{RUN}_step4.pt at step 4" in out
-    p = run_cli(*small(small_shards, tmp_path, f"--resume={foreign}"))
+    p = run_main(*small(small_shards, tmp_path, f"--resume={foreign}"))
     assert_clean_error(p, f"checkpoint {foreign} is not a train_gpt.py checkpoint", "'args'")
     assert "KeyError" not in p.stderr and "train_loss" not in p.stdout
 
@@ -703,7 +703,7 @@ def test_checkpoint_dir_that_cannot_be_made_fails_before_training(small_shards, 
     file system allows) passed the old start-up probe and failed at the first save, after the training steps, with
     a bare errno message. It is made at start-up now, so it fails there, naming --checkpoint_dir."""
     bad = str(tmp_path / ("c" * 300) / "ck")
-    p = run_cli(*small(small_shards, tmp_path, f"--checkpoint_dir={bad}"))
+    p = run_main(*small(small_shards, tmp_path, f"--checkpoint_dir={bad}"))
     assert_clean_error(p, bad, "File name too long", "point --checkpoint_dir at a writable folder")
     assert "train_loss" not in p.stdout and not log_files(tmp_path / "logs")
 
@@ -839,7 +839,7 @@ def test_shard_symlink_loop_is_named(tiny_shards, tmp_path):
     """A train shard that is a symlink loop: before, an OSError traceback (Too many levels of symbolic links)."""
     shutil.copy(glob.glob(tiny_shards[0].split("=", 1)[1])[0], tmp_path / "x_train_000000.bin")
     os.symlink("x_train_000001.bin", tmp_path / "x_train_000001.bin")
-    p = run_cli(*QUIET, *tiny_shards[1:], f"--train_files={tmp_path}/x_train_*.bin", "--steps=1", f"--log_dir={tmp_path}/logs",
+    p = run_main(*QUIET, *tiny_shards[1:], f"--train_files={tmp_path}/x_train_*.bin", "--steps=1", f"--log_dir={tmp_path}/logs",
                 f"--checkpoint_dir={tmp_path}/ck")
     assert_clean_error(p, f"--train_files={tmp_path}/x_train_*.bin matches {tmp_path}/x_train_000001.bin, which cannot be read "
                           f"(Too many levels of symbolic links): fix or remove that file, or narrow the glob")
@@ -850,7 +850,7 @@ def test_empty_val_shard_says_how_many_tokens_it_holds(tiny_shards, tmp_path):
     failed after its log header: that stub log is removed (records/compare.py warned about it)."""
     empty = tmp_path / "empty_val_000000.bin"
     train_gpt.write_shard(str(empty), np.zeros(0, dtype=np.uint16))
-    p = run_cli(*QUIET, tiny_shards[0], tiny_shards[2], f"--val_files={empty}", "--steps=1", f"--log_dir={tmp_path}/logs",
+    p = run_main(*QUIET, tiny_shards[0], tiny_shards[2], f"--val_files={empty}", "--steps=1", f"--log_dir={tmp_path}/logs",
                 f"--checkpoint_dir={tmp_path}/ck")
     assert_clean_error(p, f"--val_tokens=256 needs 257 tokens (each input's next token is its target) but the val shards "
                           f"['{empty}'] hold 0: lower --val_tokens (at most 0; 0 = no validation)")
