@@ -11,7 +11,7 @@ import sys
 import pytest
 
 import train_gpt
-from conftest import ROOT, cli_env, run_cli
+from conftest import ROOT, cli_env, run_main
 from train_gpt import PRESETS, ConfigError, Hyperparameters, parse_args
 
 # a run that must not be able to read any data: if validation did not come first we would see a data error
@@ -289,7 +289,7 @@ def help_sections(text):
 
 
 def test_cli_help_lists_every_flag_with_its_default_by_group():
-    r = run_cli("--help")
+    r = run_main("--help")
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert r.stdout.startswith("usage: train_gpt.py")
     sections = help_sections(r.stdout)
@@ -323,7 +323,7 @@ def test_help_wins_over_other_flags(capsys):
 
 
 def test_cli_bad_combination_fails_before_reading_data():
-    r = run_cli("--n_embd=100", "--n_head=3", *NO_DATA)
+    r = run_main("--n_embd=100", "--n_head=3", *NO_DATA)
     assert r.returncode != 0
     assert "--n_embd" in r.stderr and "--n_head" in r.stderr, r.stderr
     assert "nonexistent" not in r.stderr and "matches no file" not in r.stderr, r.stderr
@@ -331,7 +331,7 @@ def test_cli_bad_combination_fails_before_reading_data():
 
 
 def test_cli_typo_and_bad_value():
-    r = run_cli("--n_layers=3", "--arch=foo", *NO_DATA)
+    r = run_main("--n_layers=3", "--arch=foo", *NO_DATA)
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
     assert "--n_layers" in r.stderr and "--n_layer?" in r.stderr, r.stderr
     assert "matches no file" not in r.stderr
@@ -339,7 +339,7 @@ def test_cli_typo_and_bad_value():
 
 def test_cli_missing_data_is_reported_after_valid_flags(tmp_path):
     """The counterpart of the tests above: with valid flags the same run does reach the data and names it."""
-    r = run_cli("--preset=cpu", *NO_DATA, f"--log_dir={tmp_path}")
+    r = run_main("--preset=cpu", *NO_DATA, f"--log_dir={tmp_path}")
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
     assert "--train_files=/nonexistent/*_train_*.bin" in r.stderr and "matches no file" in r.stderr
     assert list(tmp_path.iterdir()) == []  # nothing was logged before the data check
@@ -428,7 +428,7 @@ def test_run_names_that_fit_are_accepted():
 
 
 def test_cli_run_name_outside_its_folder_writes_nothing(tmp_path):
-    r = run_cli("--preset=cpu", "--run_name=../esc", *NO_DATA, f"--log_dir={tmp_path}/logs", f"--checkpoint_dir={tmp_path}/ck")
+    r = run_main("--preset=cpu", "--run_name=../esc", *NO_DATA, f"--log_dir={tmp_path}/logs", f"--checkpoint_dir={tmp_path}/ck")
     assert r.returncode == 2 and r.stderr.startswith("error: --run_name='../esc' holds a '/'") and "Traceback" not in r.stderr
     assert list(tmp_path.iterdir()) == []
 
