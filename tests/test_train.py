@@ -18,7 +18,7 @@ import torch
 from torch._dynamo.utils import counters
 
 import train_gpt as tg
-from conftest import ROOT, SMALL_VOCAB, STEP_RE, TINY, cli_env, parameter_count, run_cli, step_lines, train_in_process
+from conftest import ROOT, SMALL_VOCAB, STEP_RE, TINY, cli_env, parameter_count, run_cli, run_main, step_lines, train_in_process
 
 sys.path.insert(0, str(ROOT / "records"))
 import compare  # noqa: E402  (records/compare.py)
@@ -46,8 +46,10 @@ def the_log(base):
 
 
 def train_cli(base, shards, *extra, world=1):
-    """Runs train_gpt.py in base/ (run_flags); returns the completed process and its one log file."""
-    r = run_cli(*run_flags(base, shards, *extra), world=world, cwd=base)
+    """Runs train_gpt.py in base/ (run_flags): one process in this one (run_main), more under torchrun; returns the
+    completed process and its one log file."""
+    args = run_flags(base, shards, *extra)
+    r = run_main(*args, cwd=base) if world == 1 else run_cli(*args, world=world, cwd=base)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r, the_log(base)
 
