@@ -585,19 +585,23 @@ def setup_distributed() -> Dist:
         dist.init_process_group(backend, rank=rank, world_size=world, device_id=device if backend == "nccl" else None)
     return Dist(rank, local_rank, world, device)
 
-def keep_freed_memory(keep=True) -> bool:
+def keep_freed_memory() -> bool:
     """glibc gives every freed block above 32 MB back to the OS, so each CPU step page-faults its (tokens x vocab)
     logits and their gradient in again (seen in a profile of a cpu preset step). No mmap and a 1 GiB trim threshold keep freed
-    memory in the heap for the next step. keep=False: glibc's defaults again, the heap trimmed. Returns whether it
-    applied (False on a C library without mallopt)."""
+    memory in the heap for the next step. For good: once set, glibc's adaptive thresholds stay off (give_back_freed_memory
+    returns the free heap). Returns whether it applied (False on a C library without mallopt)."""
     try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
-    if not keep:  # M_MMAP_MAX = 65536, M_TRIM_THRESHOLD = 128 KiB (the defaults), then give the free heap back
-        return bool(mallopt(-4, 65536)) and bool(mallopt(-1, 128 * 1024)) and libc.malloc_trim(0) >= 0
     return bool(mallopt(-4, 0)) and bool(mallopt(-1, 1 << 30))  # M_MMAP_MAX = 0, M_TRIM_THRESHOLD = 1 GiB
+
+def give_back_freed_memory() -> bool:
+    """The heap's free memory back to the OS now (malloc_trim), after a job whose GB-sized tensors are gone."""
+    try:
+        return ctypes.CDLL(None).malloc_trim(0) >= 0
+    except (OSError, AttributeError):
+        return False
 
 def _free_port():
     import socket

@@ -25,6 +25,10 @@ torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.
 
 import train_gpt as T  # noqa: E402
 
+# tests train in this process as a CPU training process does (setup_distributed): freed memory stays in the heap, not
+# page-faulted in again at every step. Set once, for good: glibc's adaptive thresholds cannot be restored afterwards
+T.keep_freed_memory()
+
 # The tiny model most tests build: 2 layers x 64, fp32, torch references (a test that needs Triton asks for it).
 TINY = ["--preset=cpu", "--n_layer=2", "--n_embd=64", "--n_head=2", "--seq_len=32", "--batch_size=4",
         "--device_batch_size=4", "--bf16=false", "--kernels=torch"]
@@ -228,7 +232,6 @@ def run_main(*args, cwd=ROOT):
                 traceback.print_exc(); rc = 1
     finally:
         os.chdir(here); torch.set_num_threads(threads)
-        T.keep_freed_memory(keep=False)  # main's setup_distributed kept freed memory in the heap, for a training process
     return subprocess.CompletedProcess(["train_gpt.py", *args], rc, out.getvalue(), err.getvalue())
 
 

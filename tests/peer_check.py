@@ -526,7 +526,7 @@ class Whole:
             try:                   # its time was the kernel's (sys 63 s of 194; 28 of 162 with the heap kept, 13.8 GB peak)
                 cls.cache = cls()
             finally:
-                T.keep_freed_memory(keep=False)
+                T.give_back_freed_memory()  # what it kept, back for a test worker beside it
         return cls.cache
 
     def __init__(self):
