@@ -148,7 +148,8 @@ def flags(shards, where, arch="gpt", world=1, steps=STEPS, extra=()):
             f"--checkpoint_dir={where}/ck", *extra]
 
 class Shared:
-    """Runs made once per module: an uninterrupted reference and a run stopped by a signal, per (arch, world)."""
+    """Runs made once per module: an uninterrupted reference (in this process for one rank) and a run stopped by a
+    signal (a process of its own), per (arch, world)."""
     def __init__(self, factory, shards):
         self.factory, self.shards, self.refs, self.stopped = factory, shards, {}, {}
         self.logs = factory.mktemp("shared_logs")  # reference and stopped run of one config share a log dir
@@ -157,7 +158,8 @@ class Shared:
         key = (arch, world)
         if key not in self.refs:
             where = self.factory.mktemp(f"ref_{arch}_{world}")
-            p = run_cli(*flags(self.shards, where, arch, world), f"--log_dir={self.logs}/{arch}_{world}", world=world)
+            args = [*flags(self.shards, where, arch, world), f"--log_dir={self.logs}/{arch}_{world}"]
+            p = run_main(*args) if world == 1 else run_cli(*args, world=world)  # one process: this one
             assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
             self.refs[key] = dict(dir=where, ck=where / "ck", p=p, train=per_step(p.stdout, "train"), val=per_step(p.stdout, "val"))
         return self.refs[key]
@@ -212,7 +214,8 @@ def check_resume_reproduces(shared, tiny_shards, tmp_path, arch, world, sig):
     assert got == {s: v for s, v in ref["train"].items() if s <= k}
 
     log = shared.copy_stopped(stopped, tmp_path)
-    p = run_cli(*flags(tiny_shards, tmp_path, arch, world, extra=["--resume=auto"]), world=world)
+    args = flags(tiny_shards, tmp_path, arch, world, extra=["--resume=auto"])
+    p = run_main(*args) if world == 1 else run_cli(*args, world=world)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert f"resumed from {tmp_path / 'ck'}/{RUN}_step{k}.pt at step {k}" in p.stdout
     # every step's train loss and every val loss equal the uninterrupted run's, as logged (4 decimals)
