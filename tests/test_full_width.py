@@ -40,7 +40,7 @@ RUNS = {  # name -> flags; every --arch with both MLP kinds, and DyT (on GPT's S
 def train_full_width(d, name, flags, steps=20, seq_len=32):
     a = T.parse_args(["--preset=cpu", "--n_layer=2", "--n_embd=768", "--n_head=6", "--mlp_ratio=4",
                       f"--seq_len={seq_len}", "--batch_size=8", "--device_batch_size=8", f"--steps={steps}", "--val_every=1",
-                      "--val_tokens=512", "--sample_tokens=0", "--kernels=torch", "--bf16=false",
+                      "--val_tokens=256", "--sample_tokens=0", "--kernels=torch", "--bf16=false",
                       *frequent_token_files(d),
                       f"--log_dir={d}/logs", f"--run_name={name}", f"--checkpoint_dir={d}/ck"] + flags)
     assert train_in_process(a) == 0
