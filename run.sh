@@ -32,7 +32,7 @@ case "${1:-}" in
 esac
 setup
 case "${1:-}" in
-  test)    shift; exec "$PY" -m pytest -q -n auto --dist worksteal --durations=15 tests "$@" ;;   # a worker per core (an idle one takes tests from a busy one); the 15 slowest tests at the end
+  test)    shift; exec "$PY" -m pytest -q -n auto --dist load --maxschedchunk=1 --durations=15 tests "$@" ;;   # a worker per core, each given the next test when free (tests/conftest.py orders them); the 15 slowest at the end
   sweep)   shift; exec "$PY" records/sweep.py "$@" ;;
   compare) shift; exec "$PY" records/compare.py "$@" ;;
 esac
