@@ -40,7 +40,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: the tests of ~20 s or more: real training runs, compiles, the full-shape peer check (deselect with -m 'not slow')")
 
 
-LONGEST = "test_the_whole_model_matches_the_record"  # the peer check at full shape: ~3.5 minutes, a fifth of the suite's CPU
+LONGEST = "test_the_whole_model_matches_the_record"  # the peer check at full shape: 2.5-3 minutes, a fifth of the suite's CPU
 
 
 def pytest_collection_modifyitems(items):
