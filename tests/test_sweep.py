@@ -324,13 +324,15 @@ def test_progress_lines_say_k_of_n_elapsed_and_eta(tmp_path, capfd):
     assert all(re.search(r", elapsed \d+s, eta \d+s: ", l) for l in lines[1:])
 
 @pytest.mark.slow
-def test_save_every_run_interrupted_then_resumed_with_the_real_trainer(tmp_path):
+def test_save_every_run_interrupted_then_resumed_with_the_real_trainer(tmp_path, tiny_shards):
     """train_gpt.py refuses a fresh run whose name has checkpoints: the re-run of an interrupted --save_every run
-    used to fail there (exit 2); with --checkpoint_dir under --out and --resume=auto it continues."""
+    used to fail there (exit 2); with --checkpoint_dir under --out and --resume=auto it continues. On tiny_shards'
+    1,024-token vocabulary a step is ~10x cheaper than at GPT-2's, so the run is 600 steps: after the first checkpoint
+    (step 200) 400 more leave the signal time to arrive."""
     from conftest import cli_env  # one intra-op thread, as every CLI run of the suite: two spin on a shared CPU (5x)
     out = tmp_path / "out"
-    tiny = ("--n_layer=1 --n_embd=32 --n_head=2 --seq_len=32 --batch_size=2 --device_batch_size=2 --steps=120 "
-            "--val_every=120 --val_tokens=64 --sample_tokens=0 --bf16=false --kernels=torch --save_every=40")
+    tiny = ("--n_layer=1 --n_embd=32 --n_head=2 --seq_len=32 --batch_size=2 --device_batch_size=2 --steps=600 "
+            "--val_every=600 --val_tokens=64 --sample_tokens=0 --bf16=false --kernels=torch --save_every=200 " + " ".join(tiny_shards))
     cmd = ["t", "--seeds=1", f"--out={out}", "--launcher=python", "--", tiny]
     p = start_sweep(*cmd, env=cli_env())
     wait_for(lambda: list((out / "checkpoints").glob("t_c0_s0_step*.pt")) if (out / "checkpoints").exists() else [],
@@ -346,7 +348,7 @@ def test_save_every_run_interrupted_then_resumed_with_the_real_trainer(tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "continued from its checkpoint" in again.stdout
     text = log.read_text()
-    assert logs(out)["t_c0_s0"] == [log] and "resumed from" in text and "step:120/120 val_loss" in text
+    assert logs(out)["t_c0_s0"] == [log] and "resumed from" in text and "step:600/600 val_loss" in text
 
 @pytest.mark.slow
 def test_lr_grid_tunes_extends_past_an_edge_picks_then_confirms_on_fresh_seeds(tmp_path, capfd):
