@@ -151,7 +151,7 @@ def main(argv=None):
         say("(register table skipped: TRITON_INTERPRET=1 makes interpreted kernels, which do not compile)")
     else:
         say("# sm_90 resources per kernel (ptxas -v on the AOT-compiled PTX, bf16 activations, every flag on)")
-        for line in resource_table((128, 768) if a.tiny else AOT_WIDTHS):
+        for line in resource_table((128,) if a.tiny else AOT_WIDTHS):  # --tiny: one width, the plumbing
             say(line)
     if a.aot_only or not torch.cuda.is_available():
         if not a.aot_only:
